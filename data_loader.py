@@ -1,0 +1,338 @@
+"""Images in: Office-31 domains (or any `<root>/<domain>/[images/]<class>/*.jpg` tree) as batches.
+
+    domain = load_domain("data/office31", "amazon", resize_size=256, cache=True, device="cuda")
+    for x, y in domain.train_batches(num_batches=250, batch_size=32, crop_size=224, generator=g): ...
+    for x, y in domain.test_batches(batch_size=256, crop_size=224): ...
+
+Two interchangeable paths give the same tensors for the same crop and flip:
+- CachedDomain (default): every image decoded once, resized to resize x resize uint8 and kept in memory
+  (on the GPU when training there); random crop, flip and normalisation run per sample on whole batches.
+- ImageFolderDomain (cache=False): the classic torchvision ImageFolder + PIL transforms per sample.
+Also here: finding domains under a root, the Office-31 download, and the layout/count checks.
+"""
+import hashlib
+import os
+import shutil
+import tempfile
+
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset, RandomSampler
+from torchvision import datasets, transforms
+from torchvision.datasets.utils import download_file_from_google_drive, extract_archive
+from torchvision.transforms.functional import pil_to_tensor
+from tqdm import tqdm
+
+OFFICE31_SIZES = {"amazon": 2817, "webcam": 795, "dslr": 498}
+OFFICE31_CLASSES = 31
+OFFICE31_DRIVE_ID = "0B4IapRTv9pJ1WGZVd1VDMmhwdlE"
+OFFICE31_ARCHIVE = "domain_adaptation_images.tar.gz"
+OFFICE31_SHA1 = "7aa25a86f3880b6e79283227816f9d4d8506d636"  # published by a third party, checked as a warning only
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+EXPECTED_TREE = """Expected either layout (the official archive, or the flattened one many repos use):
+    <data_root>/amazon/images/back_pack/frame_0001.jpg      <data_root>/amazon/back_pack/frame_0001.jpg
+    <data_root>/dslr/images/...                             <data_root>/dslr/...
+    <data_root>/webcam/images/...                           <data_root>/webcam/...
+Office-31 (domain_adaptation_images.tar.gz) is linked from people.eecs.berkeley.edu/~jhoffman/domainadapt/
+(Google Drive id %s); unpack it into <data_root>.""" % OFFICE31_DRIVE_ID
+
+
+class UserError(Exception):
+    """A mistake the user can fix (bad path, bad flag, bad file): printed as one paragraph, no traceback."""
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Finding domains on disk
+
+
+def class_root(domain_dir):
+    """The folder holding the class folders: <domain>/images (official archive) or <domain> itself."""
+    images = os.path.join(domain_dir, "images")
+    return images if os.path.isdir(images) else domain_dir
+
+
+def _subdirs(path):
+    return sorted(e.name for e in os.scandir(path) if e.is_dir() and not e.name.startswith("."))
+
+
+def find_domains(data_root):
+    """Names of the domains under data_root: sub-folders whose class root holds class folders."""
+    if not os.path.isdir(data_root):
+        return []
+    return [d for d in _subdirs(data_root) if _subdirs(class_root(os.path.join(data_root, d)))]
+
+
+def dataset_root(data_root):
+    """data_root itself, or its domain_adaptation_images/ folder when the archive was unpacked there as is."""
+    nested = os.path.join(data_root, "domain_adaptation_images")
+    return nested if find_domains(nested) else data_root
+
+
+def resolve_domain(data_root, name):
+    """Path of the class root of domain `name` (full name or initial, any case) under data_root."""
+    found = find_domains(data_root)
+    if not found:
+        raise UserError(f"no domains found under '{data_root}'. {EXPECTED_TREE}")
+    matches = [d for d in found if d.lower() == name.lower()]
+    if not matches and len(name) == 1:
+        matches = [d for d in found if d[0].lower() == name.lower()]
+    if len(matches) != 1:
+        why = "is ambiguous" if matches else "was not found"
+        raise UserError(f"domain '{name}' {why} under '{data_root}'; found: {', '.join(found)}. "
+                        "Use a folder name or its initial.")
+    return os.path.join(data_root, matches[0])
+
+
+def check_same_classes(source, target):
+    """Labels are ImageFolder indices into the sorted class names, so they agree only if the names do."""
+    if source.classes == target.classes:
+        return
+    only_source = sorted(set(source.classes) - set(target.classes))
+    only_target = sorted(set(target.classes) - set(source.classes))
+    raise UserError(f"source and target have different classes: only in {source.root}: "
+                    f"{', '.join(only_source) or '-'}; only in {target.root}: {', '.join(only_target) or '-'}. "
+                    "Classes are matched by folder name; rename or remove folders so both domains have the same set.")
+
+
+def count_images(root):
+    """Images ImageFolder would find under root (a class root), without decoding any."""
+    classes = _subdirs(root)
+    index = {c: i for i, c in enumerate(classes)}
+    return len(datasets.folder.make_dataset(root, index, datasets.folder.IMG_EXTENSIONS, allow_empty=True))
+
+
+def office31_problems(data_root):
+    """What differs from a complete Office-31 tree (31 classes; 2,817 / 795 / 498 images); [] if nothing."""
+    problems = []
+    for domain, size in OFFICE31_SIZES.items():
+        path = os.path.join(data_root, domain)
+        if not os.path.isdir(path):
+            problems.append(f"{domain}: missing")
+            continue
+        classes, count = len(_subdirs(class_root(path))), count_images(class_root(path))
+        if classes != OFFICE31_CLASSES or count != size:
+            problems.append(f"{domain}: {classes} classes and {count} images, expected {OFFICE31_CLASSES} and {size}")
+    return problems
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Downloading Office-31
+
+
+def fetch_archive(folder):
+    """Download the official archive into folder (the only function here that touches the network)."""
+    download_file_from_google_drive(OFFICE31_DRIVE_ID, folder, OFFICE31_ARCHIVE)
+    return os.path.join(folder, OFFICE31_ARCHIVE)
+
+
+def sha1_of(path):
+    digest = hashlib.sha1()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def download_office31(data_root):
+    """Fetch and unpack Office-31 into data_root. Everything happens in a temporary folder beside data_root
+    that is renamed into place only once the tree is complete, so a failure leaves nothing a later run trusts."""
+    parent = os.path.dirname(os.path.abspath(data_root))
+    os.makedirs(parent, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=parent, prefix=".office31-download-") as tmp:
+        try:
+            archive = fetch_archive(tmp)
+        except Exception as e:  # offline, Drive quota, proxy...: all end in the same manual steps
+            raise UserError(f"could not download Office-31 ({type(e).__name__}: {e}). Download "
+                            f"{OFFICE31_ARCHIVE} by hand and unpack it into '{data_root}', or point "
+                            f"--data_root at an unpacked copy. {EXPECTED_TREE}") from None
+        if sha1_of(archive) != OFFICE31_SHA1:
+            print(f"warning: {OFFICE31_ARCHIVE} has SHA-1 {sha1_of(archive)}, not the {OFFICE31_SHA1} "
+                  "published by a third party; checking the unpacked tree instead.")
+        unpacked = os.path.join(tmp, "unpacked")
+        try:
+            extract_archive(archive, unpacked)
+        except Exception as e:
+            raise UserError(f"the downloaded {OFFICE31_ARCHIVE} could not be unpacked ({e}); "
+                            "delete nothing by hand, just run again.") from None
+        tree = dataset_root(unpacked)
+        problems = office31_problems(tree)
+        if problems:
+            raise UserError(f"the downloaded Office-31 is incomplete: {'; '.join(problems)}. Nothing was "
+                            f"written to '{data_root}'. Run again, or download it by hand. {EXPECTED_TREE}")
+        if os.path.isdir(data_root):
+            os.rmdir(data_root)  # only ever reached when data_root is empty
+        os.replace(tree, data_root)
+
+
+def prepare_data_root(data_root, download):
+    """The folder to read domains from: data_root, fetching Office-31 into it when it is missing or empty."""
+    root = dataset_root(data_root)
+    if find_domains(root):
+        return root
+    if os.path.isdir(data_root) and os.listdir(data_root):
+        raise UserError(f"'{data_root}' holds no domain folders with class folders inside. {EXPECTED_TREE}")
+    if not download:
+        raise UserError(f"'{data_root}' does not exist or is empty, and --download=False. {EXPECTED_TREE}")
+    print(f"Office-31 not found in '{data_root}': downloading it (about 80 MB).")
+    download_office31(data_root)
+    return data_root
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Decoding and transforms
+
+
+def load_rgb(path):
+    """Any mode (grayscale, CMYK, RGBA, palette) as RGB; a broken file is named, not a traceback."""
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except Exception as e:
+        raise UserError(f"cannot read image '{path}' ({type(e).__name__}: {e}). Replace or delete it.") from None
+
+
+def train_transform(resize_size, crop_size):
+    return transforms.Compose([
+        transforms.Resize((resize_size, resize_size)),
+        transforms.RandomCrop(crop_size),
+        transforms.RandomHorizontalFlip(),
+        transforms.ToTensor(),
+        transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+    ])
+
+
+def test_transform(resize_size, crop_size):
+    return transforms.Compose([
+        transforms.Resize((resize_size, resize_size)),
+        transforms.CenterCrop(crop_size),
+        transforms.ToTensor(),
+        transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+    ])
+
+
+def normalize(batch_uint8):
+    """uint8 NCHW -> ImageNet-normalised float: ToTensor's x / 255 and Normalize's (x - mean) / std,
+    folded into one multiply-add (equal up to float rounding)."""
+    std = torch.tensor(IMAGENET_STD, device=batch_uint8.device).view(1, 3, 1, 1)
+    mean = torch.tensor(IMAGENET_MEAN, device=batch_uint8.device).view(1, 3, 1, 1)
+    return batch_uint8.float().mul_(1 / (255 * std)).add_(-mean / std)
+
+
+def crop_batch(images, index, tops, lefts, flips, crop_size):
+    """Crop images[index[k]] at (tops[k], lefts[k]) and flip it when flips[k]: one crop per image, where a
+    batched torchvision transform would draw one crop for the whole batch. Views, then a single copy."""
+    crops = [images[i, :, top:top + crop_size, left:left + crop_size]
+             for i, top, left in zip(index.tolist(), tops.tolist(), lefts.tolist())]
+    return torch.stack([crop.flip(-1) if flip else crop for crop, flip in zip(crops, flips.tolist())])
+
+
+def random_crop_batch(images, index, crop_size, generator):
+    """RandomCrop + RandomHorizontalFlip drawn independently for each image (same ranges as torchvision's)."""
+    n, size = len(index), images.shape[-1]
+    tops = torch.randint(0, size - crop_size + 1, (n,), generator=generator)
+    lefts = torch.randint(0, size - crop_size + 1, (n,), generator=generator)
+    flips = torch.rand(n, generator=generator) < 0.5
+    return crop_batch(images, index, tops, lefts, flips, crop_size)
+
+
+def center_crop_batch(images, index, crop_size):
+    """CenterCrop's offset (it rounds half the margin) for every image."""
+    n, offset = len(index), int(round((images.shape[-1] - crop_size) / 2.0))
+    at = torch.full((n,), offset)
+    return crop_batch(images, index, at, at, torch.zeros(n, dtype=torch.bool), crop_size)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The two domain paths
+
+
+class ImageFolderDomain:
+    """The classic per-sample path: ImageFolder, PIL resize/crop/flip in DataLoader workers every epoch."""
+
+    def __init__(self, root, name, resize_size, num_workers, device):
+        self.root, self.name, self.resize_size = root, name, resize_size
+        self.num_workers, self.device = num_workers, device
+        self.images = datasets.ImageFolder(root, loader=load_rgb)
+        self.classes = self.images.classes
+
+    def __len__(self):
+        return len(self.images)
+
+    def _loader(self, transform, batch_size, sampler=None, generator=None):
+        self.images.transform = transform
+        return DataLoader(self.images, batch_size=batch_size, sampler=sampler, generator=generator,
+                          num_workers=self.num_workers, pin_memory=self.device.type == "cuda")
+
+    def train_batches(self, num_batches, batch_size, crop_size, generator):
+        # Shuffled passes over the source, back to back, for exactly num_batches full batches.
+        sampler = RandomSampler(self.images, num_samples=num_batches * batch_size, generator=generator)
+        loader = self._loader(train_transform(self.resize_size, crop_size), batch_size, sampler, generator)
+        for x, y in loader:
+            yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+
+    def test_batches(self, batch_size, crop_size):
+        for x, y in self._loader(test_transform(self.resize_size, crop_size), batch_size):
+            yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+
+
+class _Resized(Dataset):
+    def __init__(self, samples, resize_size):
+        self.samples, self.resize = samples, transforms.Resize((resize_size, resize_size))
+
+    def __len__(self):
+        return len(self.samples)
+
+    def __getitem__(self, i):
+        return pil_to_tensor(self.resize(load_rgb(self.samples[i][0])))
+
+
+class CachedDomain:
+    """Every image decoded once to resize x resize uint8 (about 196 KB each at 256) and kept on the device;
+    crops, flips and normalisation run there on whole batches, with per-sample random offsets."""
+
+    def __init__(self, root, name, resize_size, num_workers, device):
+        folder = datasets.ImageFolder(root)  # indexes files and classes only; decoding happens below
+        self.root, self.name, self.classes = root, name, folder.classes
+        self.labels = torch.tensor(folder.targets, dtype=torch.long, device=device)
+        self.images = torch.empty((len(folder), 3, resize_size, resize_size), dtype=torch.uint8, device=device)
+        loader = DataLoader(_Resized(folder.samples, resize_size), batch_size=64, num_workers=num_workers)
+        start = 0
+        for batch in tqdm(loader, desc=f"decoding {name}", unit="batch", leave=False):
+            self.images[start:start + len(batch)] = batch.to(device)
+            start += len(batch)
+
+    def __len__(self):
+        return len(self.images)
+
+    def train_batches(self, num_batches, batch_size, crop_size, generator):
+        # Same sampling as the per-sample path: shuffled passes back to back.
+        order = RandomSampler(range(len(self)), num_samples=num_batches * batch_size, generator=generator)
+        order = torch.tensor(list(order))
+        for index in order.split(batch_size):
+            images = random_crop_batch(self.images, index, crop_size, generator)
+            yield normalize(images), self.labels[index.to(self.labels.device)]
+
+    def test_batches(self, batch_size, crop_size):
+        for index in torch.arange(len(self)).split(batch_size):
+            images = center_crop_batch(self.images, index, crop_size)
+            yield normalize(images), self.labels[index.to(self.labels.device)]
+
+
+def load_domain(data_root, name, resize_size, cache, num_workers, device):
+    """Domain `name` under data_root as a CachedDomain (cache=True) or an ImageFolderDomain."""
+    domain_dir = resolve_domain(data_root, name)
+    root = class_root(domain_dir)
+    if not _subdirs(root):
+        raise UserError(f"'{root}' has no class folders. {EXPECTED_TREE}")
+    folder = os.path.basename(domain_dir)
+    kind = CachedDomain if cache else ImageFolderDomain
+    try:
+        domain = kind(root, folder, resize_size, num_workers, torch.device(device))
+    except FileNotFoundError as e:  # ImageFolder: a class folder without images
+        raise UserError(f"{e}. Every class folder under '{root}' needs at least one image.") from None
+    if OFFICE31_SIZES.get(folder, len(domain)) != len(domain):
+        print(f"notice: {folder} has {len(domain)} images, not the {OFFICE31_SIZES[folder]} "
+              "of the full Office-31 (fine for a subset).")
+    return domain

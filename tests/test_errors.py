@@ -1,0 +1,92 @@
+"""Bad input: one clear paragraph, a non-zero exit, no traceback, nothing written."""
+import os
+import urllib.error
+
+import pytest
+import torch
+
+import office31
+from conftest import make_tree
+from test_train import TINY, run_script
+
+
+def fails_with(argv, capsys, *phrases):
+    """Run main() in-process; it must exit non-zero with every phrase in one 'error:' paragraph."""
+    with pytest.raises(SystemExit) as stop:
+        office31.main(argv)
+    message = str(stop.value.code)
+    assert message.startswith("error: ") and stop.value.code != 0
+    for phrase in phrases:
+        assert phrase in message, message
+    return message
+
+
+@pytest.mark.parametrize("argv, phrases", [
+    (["--epochs=-1"], ["--epochs=-1", "at least 1"]),
+    (["--model=vgg16"], ["--model=vgg16", "alexnet, resnet18"]),
+    (["--crop_size=300"], ["--crop_size=300", "larger than --resize_size=256"]),
+    (["--weights=IMAGENET1K_V2", "--model=resnet18"], ["IMAGENET1K_V1, none for resnet18"]),
+    (["--epoch=3"], ["unknown argument '--epoch=3'", "epochs, iters_per_epoch"]),
+    (["epochs=3"], ["unknown argument 'epochs=3'"]),
+    (["--batch_size=3.5"], ["--batch_size=3.5: expected int"]),
+    (["--cache=maybe"], ["--cache=maybe: expected bool"]),
+    (["--momentum=1.5"], ["--momentum=1.5"]),
+])
+def test_bad_flags(argv, phrases, capsys):
+    fails_with(argv, capsys, *phrases)
+
+
+def test_missing_data_root_explains_the_tree(tmp_path, capsys):
+    message = fails_with([f"--data_root={tmp_path / 'nowhere'}", "--download=False"], capsys,
+                         "does not exist or is empty", "<data_root>/amazon/images/back_pack/frame_0001.jpg",
+                         "<data_root>/amazon/back_pack/frame_0001.jpg", "domain_adaptation_images.tar.gz")
+    assert not (tmp_path / "nowhere").exists()
+
+
+def test_folder_without_domains(tmp_path, capsys):
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "notes.txt").write_text("hello")
+    fails_with([f"--data_root={tmp_path / 'junk'}"], capsys, "holds no domain folders", "Expected either layout")
+
+
+def test_unknown_domain_and_class_mismatch(tmp_path, capsys):
+    make_tree(tmp_path / "d", {"amazon": 1}, classes=["bike", "mug"])
+    make_tree(tmp_path / "d", {"webcam": 1}, classes=["bike", "pen"])
+    root = f"--data_root={tmp_path / 'd'}"
+    fails_with([root, "--target=clipart", *TINY], capsys, "domain 'clipart' was not found", "found: amazon, webcam")
+    fails_with([root, *TINY, f"--out_dir={tmp_path / 'out'}"], capsys, "different classes", ": mug;", ": pen.")
+    assert not (tmp_path / "out").exists()
+
+
+def test_weights_that_cannot_be_downloaded(tree, tmp_path, monkeypatch, capsys):
+    def offline(url, dst, *args, **kwargs):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    checkpoints = os.path.join(torch.hub.get_dir(), "checkpoints")
+    fails_with([f"--data_root={tree}", *TINY, "--weights=IMAGENET1K_V1"], capsys,
+               "https://download.pytorch.org/models/resnet18-f37072fd.pth",
+               os.path.join(checkpoints, "resnet18-f37072fd.pth"), "--weights=none")
+
+
+def test_damaged_checkpoint_says_delete_it(tree, capsys):
+    checkpoints = os.path.join(torch.hub.get_dir(), "checkpoints")
+    os.makedirs(checkpoints)
+    with open(os.path.join(checkpoints, "resnet18-f37072fd.pth"), "wb") as f:
+        f.write(b"half a file")
+    fails_with([f"--data_root={tree}", *TINY, "--weights=IMAGENET1K_V1"], capsys, "delete it")
+
+
+@pytest.mark.parametrize("args, phrase", [
+    (["--epochs=0"], "--epochs=0: must be at least 1"),
+    (["--source=X"], "domain 'X' was not found"),
+    (["--num_workers=2"], "cannot read image"),
+])
+def test_script_exits_nonzero_without_traceback(tree, tmp_path, args, phrase):
+    bad = os.path.join(tree, "amazon", "images", "bike", "frame_0003.jpg")
+    with open(bad, "wb") as f:
+        f.write(b"\xff\xd8 truncated")
+    result = run_script(f"--data_root={tree}", *TINY, f"--out_dir={tmp_path / 'out'}", *args)
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr and phrase in result.stderr, result.stderr
+    assert not (tmp_path / "out").exists()

@@ -1,0 +1,98 @@
+"""The fine-tune loop: schedule, the 10x layer, evaluation counts, end-to-end runs of office31.py."""
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import office31
+from conftest import ROOT, make_tree
+from data_loader import load_domain
+
+TINY = ["--model=resnet18", "--weights=none", "--resize_size=40", "--crop_size=32", "--epochs=2",
+        "--iters_per_epoch=4", "--batch_size=8", "--num_workers=0", "--device=cpu"]
+FINAL_LINE = re.compile(r"^([A-Z])→([A-Z]) accuracy: (\d+\.\d\d)% \((\d+)/(\d+)\)$")
+
+
+def run_script(*args, cwd=ROOT):
+    return subprocess.run([sys.executable, os.path.join(ROOT, "office31.py"), *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_schedule_values():
+    assert office31.annealed(0.01, 0.0) == pytest.approx(0.01)
+    assert office31.annealed(0.01, 0.5) == pytest.approx(0.01 * 6 ** -0.75)
+    assert office31.annealed(0.01, 1.0) == pytest.approx(0.01 * 11 ** -0.75)
+
+
+def test_new_layer_alone_gets_lr_mult_and_schedule_keeps_ratio():
+    for name in ("alexnet", "resnet18"):
+        model, new_layer = office31.build_model(name, 5, "none")
+        c = dict(office31.FLAGS, lr=0.002, lr_mult=10.0)
+        optimizer = office31.make_optimizer(model, new_layer(model), c)
+        pretrained, new = optimizer.param_groups
+        names = {id(p): n for n, p in model.named_parameters()}
+        prefix = "classifier.6." if name == "alexnet" else "fc."
+        assert sorted(names[id(p)] for p in new["params"]) == [prefix + "bias", prefix + "weight"]
+        assert new["params"][0].shape[0] == 5
+        assert len(pretrained["params"]) + 2 == len(list(model.parameters()))
+        assert optimizer.defaults["nesterov"] and optimizer.defaults["momentum"] == 0.9
+        assert optimizer.defaults["weight_decay"] == 5e-4
+        for progress in (0.0, 0.3, 1.0):
+            office31.set_progress(optimizer, progress)
+            assert pretrained["lr"] == pytest.approx(office31.annealed(0.002, progress))
+            assert new["lr"] == pytest.approx(10 * pretrained["lr"])
+
+
+def test_every_target_image_counted_once(tree):
+    domain = load_domain(tree, "webcam", 40, True, 0, "cpu")  # 15 images, batches of 4: the last holds 3
+    model, _ = office31.build_model("resnet18", 3, "none")
+    seen = []
+
+    class Spy(torch.nn.Module):
+        def forward(self, x):
+            seen.append(len(x))
+            return model(x)
+
+    spy = Spy().to(memory_format=torch.channels_last)
+    spy.p = torch.nn.Parameter(torch.zeros(1))
+    correct, total = office31.evaluate(spy, domain.test_batches(4, 32), False, torch.channels_last)
+    assert seen == [4, 4, 4, 3] and total == 15 and 0 <= correct <= 15
+
+
+def test_end_to_end_prints_final_line_and_writes_json(tree, tmp_path):
+    out = tmp_path / "out"
+    result = run_script(f"--data_root={tree}", f"--out_dir={out}", "--source=A", "--target=D", *TINY)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.strip().splitlines()
+    match = FINAL_LINE.match(lines[-1])
+    assert match and match.group(1, 2) == ("A", "D") and match.group(5) == "9", lines[-1]
+    assert float(match.group(3)) == pytest.approx(100 * int(match.group(4)) / 9, abs=0.005)
+    assert sum(line.startswith("epoch ") for line in lines) == 2
+    assert "config: " in result.stdout and "overriding: model = 'resnet18'" in result.stdout
+    [saved] = list(out.glob("A2D_*.json"))
+    data = json.loads(saved.read_text())
+    assert data["config"]["model"] == "resnet18" and data["task"] == "A→D"
+    assert [e["epoch"] for e in data["epochs"]] == [1, 2]
+    assert (data["correct"], data["total"]) == (int(match.group(4)), 9)
+
+
+def test_seeded_runs_repeat_and_learn_the_easy_pair(tmp_path):
+    tree = make_tree(tmp_path / "easy", {"amazon": 12, "webcam": 8})
+    args = [f"--data_root={tree}", *TINY, "--epochs=3", "--iters_per_epoch=6", "--eval_every=0", "--seed=3"]
+    [first] = office31.main(args + [f"--out_dir={tmp_path / 'a'}"])
+    [second] = office31.main(args + [f"--out_dir={tmp_path / 'b'}"])
+    assert [(e["loss"], e["source_acc"]) for e in first["epochs"]] == \
+           [(e["loss"], e["source_acc"]) for e in second["epochs"]]
+    assert first["correct"] == second["correct"]
+    assert first["accuracy"] > 0.8  # chance is 1/3
+
+
+def test_save_model_writes_plain_state_dict(tree, tmp_path):
+    office31.main([f"--data_root={tree}", *TINY, "--epochs=1", "--save_model=True", f"--out_dir={tmp_path}"])
+    [path] = list(tmp_path.glob("*.pt"))
+    state = torch.load(path, weights_only=True)
+    assert state["fc.weight"].shape == (3, 512)
