@@ -1,0 +1,167 @@
+"""Speed of this repo's defaults against the classic pipeline, measured side by side in one run.
+
+    python tests/benchmark.py              # Office-31-sized: 2,817 source images ~300x300, 795 target 640x480
+    python tests/benchmark.py --quick      # a tenth of the images and fewer steps, for a quick look
+
+Not a test (pytest does not collect it): it prints images/s and ratios against the classic reference
+(ImageFolder + PIL per sample, fp32, NCHW) measured on the same machine in the same run:
+  1. data throughput over two source epochs: classic DataLoader vs the cached path;
+  2. training-step throughput of alexnet and resnet50 (random init, default crop): fp32 NCHW vs defaults;
+  3. one full A->W alexnet epoch (train on the source + evaluate the whole target): wall time, peak memory.
+The generated tree is kept in --root and reused by later runs.
+"""
+import argparse
+import functools
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import torch
+from PIL import Image, ImageDraw
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import office31  # noqa: E402
+from data_loader import load_domain  # noqa: E402
+
+CLASSES = 31
+
+
+def make_domain(root, name, count, size):
+    """count JPEGs of the given size over 31 classes: a coloured background and a few drawn shapes."""
+    g = torch.Generator().manual_seed(len(name))
+    for i in range(count):
+        folder = os.path.join(root, name, "images", f"class_{i % CLASSES:02d}")
+        path = os.path.join(folder, f"frame_{i:04d}.jpg")
+        if os.path.exists(path):
+            continue
+        os.makedirs(folder, exist_ok=True)
+        colour = tuple(int(v) for v in torch.randint(0, 256, (3,), generator=g))
+        image = Image.new("RGB", size, colour)
+        draw = ImageDraw.Draw(image)
+        for _ in range(4):
+            x, y = (int(v) for v in torch.randint(0, min(size) // 2, (2,), generator=g))
+            w = int(torch.randint(10, min(size) // 2, (1,), generator=g))
+            draw.ellipse([x, y, x + w, y + w], fill=tuple(255 - c for c in colour), outline=(0, 0, 0))
+        image.save(path, quality=90)
+
+
+def images_per_second(batches):
+    start, seen = time.perf_counter(), 0
+    for x, _ in batches:
+        seen += len(x)
+    return seen / (time.perf_counter() - start)
+
+
+def data_throughput(root, workers, batch_size):
+    """Images/s over two source epochs: classic per-sample loader vs cache (build, then steady state)."""
+    device = torch.device("cpu")
+    classic = load_domain(root, "amazon", 256, False, workers, device)
+    n_batches = math.ceil(len(classic) / batch_size)
+    g = torch.Generator().manual_seed(0)
+    classic_rate = images_per_second(b for _ in range(2)
+                                     for b in classic.train_batches(n_batches, batch_size, 224, g))
+    start = time.perf_counter()
+    cached = load_domain(root, "amazon", 256, True, workers, device)
+    build = time.perf_counter() - start
+    epoch_start = time.perf_counter()
+    images_per_second(cached.train_batches(n_batches, batch_size, 224, g))
+    first = n_batches * batch_size / (build + time.perf_counter() - epoch_start)
+    steady = images_per_second(cached.train_batches(n_batches, batch_size, 224, g))
+    return classic_rate, build, first, steady
+
+
+def step_throughput(name, steps, batch_size, amp, channels_last, fused):
+    """Training steps on random inputs (random-init weights), as images/s."""
+    model, new_layer = office31.build_model(name, CLASSES, "none")
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    model = model.to(memory_format=memory_format)
+    optimizer = office31.make_optimizer(model, new_layer(model), office31.FLAGS, fused=fused)
+    x, y = torch.randn(batch_size, 3, 224, 224), torch.randint(0, CLASSES, (batch_size,))
+    batches = [(x, y)] * (steps + 2)
+    office31.train_one_epoch(model, optimizer, batches[:2], 0, 10, amp, memory_format)  # warm-up
+    start = time.perf_counter()
+    office31.train_one_epoch(model, optimizer, batches[2:], 0, 10, amp, memory_format)
+    return steps * batch_size / (time.perf_counter() - start)
+
+
+def one_epoch(root, kind, workers):
+    """Run in a child process (so peak memory is its own): one A->W alexnet epoch through fine_tune."""
+    n_batches = math.ceil(sum(1 for _, _, f in os.walk(os.path.join(root, "amazon")) for _ in f) / 32)
+    c = dict(office31.FLAGS, data_root=root, model="alexnet", weights="none", epochs=1, iters_per_epoch=n_batches,
+             num_workers=workers, out_dir=tempfile.mkdtemp())
+    if kind == "classic":  # per-sample PIL, fp32, NCHW, and the per-tensor SGD loop classic scripts run
+        c.update(cache=False, amp="off", channels_last=False)
+        office31.make_optimizer = functools.partial(office31.make_optimizer, fused=False)
+    cpu, start = torch.device("cpu"), time.perf_counter()
+    source, target = (load_domain(root, name, c["resize_size"], c["cache"], workers, cpu) for name in ("A", "W"))
+    result = office31.fine_tune(dict(c, source="amazon", target="webcam"), source, target, cpu)
+    peak_mb = peak_memory_mb()
+    print(json.dumps({"seconds": time.perf_counter() - start, "peak_mb": peak_mb, "total": result["total"]}))
+
+
+def peak_memory_mb():
+    """This process's peak resident memory (VmHWM starts afresh at exec, unlike ru_maxrss; workers not counted)."""
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM")) / 1024
+
+
+def run_epoch_child(root, kind, workers):
+    out = subprocess.run([sys.executable, __file__, f"--root={root}", f"--epoch={kind}", f"--workers={workers}"],
+                         capture_output=True, text=True, check=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--root", default=os.path.join(tempfile.gettempdir(), "office31-benchmark"))
+    parser.add_argument("--quick", action="store_true", help="a tenth of the images, 3 steps a model")
+    parser.add_argument("--steps", type=int, default=5, help="timed training steps per model and setting")
+    parser.add_argument("--workers", type=int, default=os.cpu_count())
+    parser.add_argument("--skip", default="", help="comma list of parts to skip: data,steps,epoch")
+    parser.add_argument("--epoch", help=argparse.SUPPRESS)  # internal: run one epoch in this process
+    args = parser.parse_args()
+    if args.epoch:
+        return one_epoch(args.root, args.epoch, args.workers)
+    scale, steps = (10, 3) if args.quick else (1, args.steps)
+    root = args.root + ("-quick" if args.quick else "")
+    start = time.perf_counter()
+    make_domain(root, "amazon", 2817 // scale, (300, 300))
+    make_domain(root, "webcam", 795 // scale, (640, 480))
+    cpu = torch.device("cpu")
+    amp = office31.use_bf16("auto", cpu)
+    print(f"tree: {root} ({2817 // scale} + {795 // scale} images, ready in {time.perf_counter() - start:.0f}s); "
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.workers} workers; bf16 on this "
+          f"CPU: {torch.ops.mkldnn._is_mkldnn_bf16_supported()}, AMX: {torch.cpu._is_amx_tile_supported()}, "
+          f"so --amp=auto trains in {'bf16' if amp else 'fp32'}")
+    skip = set(args.skip.split(","))
+    if "data" not in skip:
+        classic, build, first, steady = data_throughput(root, args.workers, 32)
+        print("1. data, images/s over source epochs (224 crops, batch 32)")
+        print(f"   classic ImageFolder + PIL          {classic:7.0f}   1.0x")
+        print(f"   cache, epoch 1 (build {build:5.1f}s)    {first:7.0f}   {first / classic:.1f}x")
+        print(f"   cache, steady state                {steady:7.0f}   {steady / classic:.1f}x")
+    if "steps" not in skip:
+        print(f"2. training step, images/s (batch 32, 224x224, {steps} steps; x: against fp32 NCHW)")
+        for name in ("alexnet", "resnet50"):
+            reference = step_throughput(name, steps, 32, False, False, False)
+            print(f"   {name:8s} fp32 NCHW, per-tensor SGD       {reference:7.1f}   1.0x")
+            fast = step_throughput(name, steps, 32, amp, True, True)
+            print(f"   {name:8s} defaults (channels_last, fused) {fast:7.1f}   {fast / reference:.1f}x")
+            if not amp and torch.ops.mkldnn._is_mkldnn_bf16_supported():
+                forced = step_throughput(name, steps, 32, True, True, True)
+                print(f"   {name:8s} the same with --amp=bf16        {forced:7.1f}   {forced / reference:.1f}x")
+    if "epoch" not in skip:
+        print("3. one A→W alexnet epoch (train one source pass + evaluate every target image)")
+        classic = run_epoch_child(root, "classic", args.workers)
+        fast = run_epoch_child(root, "defaults", args.workers)
+        print(f"   classic fp32 pipeline   {classic['seconds']:7.1f}s  peak {classic['peak_mb']:6.0f} MB  1.0x")
+        print(f"   defaults                {fast['seconds']:7.1f}s  peak {fast['peak_mb']:6.0f} MB  "
+              f"{classic['seconds'] / fast['seconds']:.1f}x")
+
+
+if __name__ == "__main__":
+    main()
