@@ -147,15 +147,17 @@ def download_office31(data_root):
             raise UserError(f"could not download Office-31 ({type(e).__name__}: {e}). Download "
                             f"{OFFICE31_ARCHIVE} by hand and unpack it into '{data_root}', or point "
                             f"--data_root at an unpacked copy. {EXPECTED_TREE}") from None
-        if sha1_of(archive) != OFFICE31_SHA1:
-            print(f"warning: {OFFICE31_ARCHIVE} has SHA-1 {sha1_of(archive)}, not the {OFFICE31_SHA1} "
+        sha1 = sha1_of(archive)
+        if sha1 != OFFICE31_SHA1:
+            print(f"warning: {OFFICE31_ARCHIVE} has SHA-1 {sha1}, not the {OFFICE31_SHA1} "
                   "published by a third party; checking the unpacked tree instead.")
         unpacked = os.path.join(tmp, "unpacked")
         try:
             extract_archive(archive, unpacked)
         except Exception as e:
-            raise UserError(f"the downloaded {OFFICE31_ARCHIVE} could not be unpacked ({e}); "
-                            "delete nothing by hand, just run again.") from None
+            raise UserError(f"the downloaded {OFFICE31_ARCHIVE} could not be unpacked ({e}); Google Drive may "
+                            f"have sent a web page instead of the file. Nothing was written to '{data_root}'. Run "
+                            f"again later, or download it by hand. {EXPECTED_TREE}") from None
         tree = dataset_root(unpacked)
         problems = office31_problems(tree)
         if problems:

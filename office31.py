@@ -11,6 +11,7 @@ training, centre crop for testing. The printed accuracy is the final model's, on
 import datetime
 import itertools
 import json
+import math
 import os
 import pickle
 import sys
@@ -89,6 +90,9 @@ def parse_flags(argv, defaults=FLAGS):
     """nanoGPT-style overrides: each --name=value replaces one flag and is echoed; anything else is an error."""
     config = dict(defaults)
     for arg in argv:
+        if arg in ("-h", "--help"):
+            print(__doc__ + "\nflags (--name=value):\n" + "\n".join(f"  {k} = {v!r}" for k, v in defaults.items()))
+            sys.exit(0)
         name, eq, text = arg[2:].partition("=")
         if not arg.startswith("--") or not eq or name not in defaults:
             raise UserError(f"unknown argument '{arg}'. Use --name=value with a name among: "
@@ -111,7 +115,7 @@ def check_config(c):
     for name in ("num_workers", "eval_every", "weight_decay"):
         if c[name] < 0:
             raise UserError(f"--{name}={c[name]}: must not be negative.")
-    if c["lr"] <= 0 or c["lr_mult"] <= 0:
+    if not (0 < c["lr"] < math.inf and 0 < c["lr_mult"] < math.inf):
         raise UserError(f"--lr={c['lr']} and --lr_mult={c['lr_mult']} must both be positive.")
     if not 0 <= c["momentum"] < 1:
         raise UserError(f"--momentum={c['momentum']}: must be in [0, 1).")
@@ -323,6 +327,8 @@ def run_sweep(c, data_root, device, results_path):
     done = {(r["source"], r["target"], r["seed"]) for r in read_rows(results_path) if same_experiment(r, c)}
     sweep = c["tasks"] != "" or c["seeds"] > 1  # a single source -> target run always trains, as before
     domains, finished = {}, []
+    if plan[index::count]:
+        build_model(c["model"], 2, c["weights"])  # fetch the ImageNet weights (or fail) before decoding images
     for source, target, seed in plan[index::count]:
         if sweep and not c["rerun"] and (source, target, seed) in done:
             print(f"skipping {task_name(source, target)} seed {seed}: already in {results_path} (--rerun=True to redo)")

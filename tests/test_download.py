@@ -93,3 +93,13 @@ def test_fresh_machine_run_downloads_then_trains(tmp_path, monkeypatch, full_arc
                             "--resize_size=8", "--crop_size=8", "--epochs=1", "--iters_per_epoch=1",
                             "--num_workers=0", "--device=cpu", f"--out_dir={tmp_path / 'out'}"])
     assert (result["task"], result["total"]) == ("A→W", 795)
+
+
+def test_archive_that_is_not_an_archive(tmp_path, monkeypatch):
+    page = tmp_path / data_loader.OFFICE31_ARCHIVE
+    page.write_text("<html>Google Drive can't scan this file for viruses</html>")
+    serve(monkeypatch, page)
+    (tmp_path / "data").mkdir()
+    with pytest.raises(UserError, match="could not be unpacked.*web page.*by hand"):
+        data_loader.prepare_data_root(str(tmp_path / "data" / "office31"), download=True)
+    assert os.listdir(tmp_path / "data") == []
