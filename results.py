@@ -4,10 +4,14 @@
     rows = read_rows("out/results.jsonl")     # a file that is not ours, or cut mid-line, is a UserError
     print(markdown_table(rows, tasks))        # mean ± std over seeds per task, and the average row
 """
-import fcntl
 import json
 import os
 import statistics
+
+try:
+    import fcntl
+except ImportError:  # Windows has no flock: appends still go in whole lines, but run shards on Linux/macOS
+    fcntl = None
 
 from data_loader import UserError
 
@@ -19,7 +23,8 @@ def append_row(path, row):
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     line = json.dumps(row, ensure_ascii=False) + "\n"
     with open(path, "a", encoding="utf-8") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
+        if fcntl:
+            fcntl.flock(f, fcntl.LOCK_EX)
         f.write(line)
         f.flush()
         os.fsync(f.fileno())
