@@ -344,7 +344,8 @@ def run_sweep(c, data_root, device, results_path):
     if sweep:
         order = {pair: k for k, pair in enumerate(dict.fromkeys((s, t) for s, t, _ in plan))}
         rows = [r for r in read_rows(results_path) if same_experiment(r, c) and (r["source"], r["target"]) in order]
-        print_table(sorted(rows, key=lambda r: order[(r["source"], r["target"])]), c, results_path)
+        if rows:  # a shard with nothing to do, before the others finish, has nothing to show yet
+            print_table(sorted(rows, key=lambda r: order[(r["source"], r["target"])]), c, results_path)
     return finished
 
 

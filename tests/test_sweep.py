@@ -120,6 +120,11 @@ def test_two_shards_at_once_cover_the_sweep_once(tmp_path, three):
     assert len(runs) == 12 and len(set(runs)) == 12
 
 
+def test_shard_with_nothing_to_do_exits_cleanly(tmp_path, three):
+    assert sweep(three, tmp_path / "out", "--tasks=A-W", "--shard=1/2") == []
+    assert rows_of(tmp_path / "out") == []
+
+
 def append_many(path, worker):
     for k in range(40):
         results.append_row(path, {"worker": worker, "k": k, "padding": "x" * 20000})
