@@ -12,7 +12,6 @@ Also here: finding domains under a root, the Office-31 download, and the layout/
 """
 import hashlib
 import os
-import shutil
 import tempfile
 
 import torch

@@ -37,9 +37,9 @@ def test_bad_flags(argv, phrases, capsys):
 
 
 def test_missing_data_root_explains_the_tree(tmp_path, capsys):
-    message = fails_with([f"--data_root={tmp_path / 'nowhere'}", "--download=False"], capsys,
-                         "does not exist or is empty", "<data_root>/amazon/images/back_pack/frame_0001.jpg",
-                         "<data_root>/amazon/back_pack/frame_0001.jpg", "domain_adaptation_images.tar.gz")
+    fails_with([f"--data_root={tmp_path / 'nowhere'}", "--download=False"], capsys,
+               "does not exist or is empty", "<data_root>/amazon/images/back_pack/frame_0001.jpg",
+               "<data_root>/amazon/back_pack/frame_0001.jpg", "domain_adaptation_images.tar.gz")
     assert not (tmp_path / "nowhere").exists()
 
 

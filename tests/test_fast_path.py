@@ -1,7 +1,6 @@
 """The cached path gives the per-sample path's tensors; bf16, channels_last and the fused SGD keep the protocol."""
 import pytest
 import torch
-from PIL import Image
 from torchvision import transforms
 
 import data_loader
