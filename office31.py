@@ -326,13 +326,14 @@ def run_sweep(c, data_root, device, results_path):
     index, count = map(int, c["shard"].split("/"))
     done = {(r["source"], r["target"], r["seed"]) for r in read_rows(results_path) if same_experiment(r, c)}
     sweep = c["tasks"] != "" or c["seeds"] > 1  # a single source -> target run always trains, as before
-    domains, finished = {}, []
-    if plan[index::count]:
+    mine = plan[index::count]
+    todo = mine if c["rerun"] or not sweep else [run for run in mine if run not in done]
+    for source, target, seed in (run for run in mine if run not in todo):
+        print(f"skipping {task_name(source, target)} seed {seed}: already in {results_path} (--rerun=True to redo)")
+    if todo and c["weights"] != "none":
         build_model(c["model"], 2, c["weights"])  # fetch the ImageNet weights (or fail) before decoding images
-    for source, target, seed in plan[index::count]:
-        if sweep and not c["rerun"] and (source, target, seed) in done:
-            print(f"skipping {task_name(source, target)} seed {seed}: already in {results_path} (--rerun=True to redo)")
-            continue
+    domains, finished = {}, []
+    for source, target, seed in todo:
         for name in (source, target):
             if name not in domains:  # decoded once per process, shared by every task that uses the domain
                 domains[name] = load_domain(data_root, name, c["resize_size"], c["cache"], c["num_workers"], device)
