@@ -273,6 +273,7 @@ def fine_tune(c, source, target, device):
     stem = os.path.join(c["out_dir"], f"{task.replace('→', '2')}_{c['model']}_seed{c['seed']}_"
                         f"{datetime.datetime.now():%Y%m%d-%H%M%S}")
     if c["save_model"]:
+        os.makedirs(c["out_dir"], exist_ok=True)
         torch.save(net.state_dict(), stem + ".pt")
     write_json(stem + ".json", result)
     return result

@@ -92,7 +92,8 @@ def test_seeded_runs_repeat_and_learn_the_easy_pair(tmp_path):
 
 
 def test_save_model_writes_plain_state_dict(tree, tmp_path):
-    office31.main([f"--data_root={tree}", *TINY, "--epochs=1", "--save_model=True", f"--out_dir={tmp_path}"])
-    [path] = list(tmp_path.glob("*.pt"))
+    out = tmp_path / "not_yet_made"
+    office31.main([f"--data_root={tree}", *TINY, "--epochs=1", "--save_model=True", f"--out_dir={out}"])
+    [path] = list(out.glob("*.pt"))
     state = torch.load(path, weights_only=True)
     assert state["fc.weight"].shape == (3, 512)
