@@ -51,6 +51,7 @@ crop_size = 224  # random crop for training, centre crop for testing
 cache = True  # decode each domain once into memory (~196 KB an image at 256); False: PIL per sample per epoch
 amp = "auto"  # bf16 autocast: auto (CUDA GPUs with bf16, CPUs with AMX: where it is faster), bf16, off
 channels_last = True  # NHWC memory layout for model and inputs (faster convolutions)
+compile = False  # torch.compile the model: faster ResNet steps after a minute or two of compiling (README, Speed)
 num_workers = 4  # processes decoding images
 eval_batch_size = 256
 # run
@@ -250,17 +251,18 @@ def fine_tune(c, source, target, device):
     memory_format = torch.channels_last if c["channels_last"] else torch.contiguous_format
     net = net.to(device, memory_format=memory_format)
     optimizer = make_optimizer(net, new_layer(net), c)
+    model = torch.compile(net) if c["compile"] else net  # the same parameters; net keeps plain state_dict keys
     total_steps = c["epochs"] * c["iters_per_epoch"]
     history = []
     for epoch in range(1, c["epochs"] + 1):
         start = time.time()
         batches = tqdm(source.train_batches(c["iters_per_epoch"], c["batch_size"], c["crop_size"], generator),
                        total=c["iters_per_epoch"], desc=f"epoch {epoch}/{c['epochs']}", unit="batch", leave=False)
-        loss, source_acc = train_one_epoch(net, optimizer, batches, (epoch - 1) * c["iters_per_epoch"],
+        loss, source_acc = train_one_epoch(model, optimizer, batches, (epoch - 1) * c["iters_per_epoch"],
                                            total_steps, amp, memory_format)
         row = {"epoch": epoch, "loss": loss, "source_acc": source_acc, "target_acc": None}
         if epoch == c["epochs"] or (c["eval_every"] and epoch % c["eval_every"] == 0):
-            correct, total = evaluate(net, target.test_batches(c["eval_batch_size"], c["crop_size"]),
+            correct, total = evaluate(model, target.test_batches(c["eval_batch_size"], c["crop_size"]),
                                       amp, memory_format)
             row["target_acc"] = correct / total
         row["seconds"] = time.time() - start
@@ -380,6 +382,9 @@ def main(argv=None):
         return run_sweep(c, data_root, device, results_path)
     except UserError as e:
         sys.exit(f"error: {user_message(e)}")
+    except torch._dynamo.exc.BackendCompilerFailed as e:  # raised at the first step, before any result is written
+        sys.exit(f"error: --compile=True, but torch.compile could not build the model: {str(e).strip()}. "
+                 "It needs a working C++ compiler on the CPU (Triton on a GPU); run with --compile=False.")
     except KeyboardInterrupt:
         sys.exit("interrupted: the run in progress wrote nothing; finished runs are in the results file.")
 

@@ -1,12 +1,14 @@
 """Bad input: one clear paragraph, a non-zero exit, no traceback, nothing written."""
 import os
+import subprocess
+import sys
 import urllib.error
 
 import pytest
 import torch
 
 import office31
-from conftest import make_tree
+from conftest import ROOT, make_tree
 from test_train import TINY, run_script
 
 
@@ -90,3 +92,14 @@ def test_script_exits_nonzero_without_traceback(tree, tmp_path, args, phrase):
     assert result.returncode != 0
     assert "Traceback" not in result.stderr and phrase in result.stderr, result.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_compile_without_a_compiler_says_turn_it_off(tree, tmp_path):
+    env = dict(os.environ, CXX=str(tmp_path / "no-such-g++"), TORCHINDUCTOR_CACHE_DIR=str(tmp_path / "inductor"))
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "office31.py"), f"--data_root={tree}", *TINY,
+                             "--compile=True", f"--out_dir={tmp_path / 'out'}"],
+                            capture_output=True, text=True, timeout=600, env=env)
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr, result.stderr
+    assert "C++ compiler" in result.stderr and "--compile=False" in result.stderr, result.stderr
+    assert not list((tmp_path / "out").glob("*.json"))

@@ -97,3 +97,18 @@ def test_save_model_writes_plain_state_dict(tree, tmp_path):
     [path] = list(out.glob("*.pt"))
     state = torch.load(path, weights_only=True)
     assert state["fc.weight"].shape == (3, 512)
+
+
+def test_compiled_runs_repeat_learn_and_save_plain_state_dict(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))  # not the user's cache
+    tree = make_tree(tmp_path / "easy", {"amazon": 12, "webcam": 8})
+    args = [f"--data_root={tree}", *TINY, "--epochs=3", "--iters_per_epoch=6", "--eval_every=0", "--seed=3",
+            "--compile=True"]
+    [first] = office31.main(args + [f"--out_dir={tmp_path / 'a'}"])
+    [second] = office31.main(args + [f"--out_dir={tmp_path / 'b'}", "--save_model=True"])
+    assert [(e["loss"], e["source_acc"]) for e in first["epochs"]] == \
+           [(e["loss"], e["source_acc"]) for e in second["epochs"]]
+    assert first["correct"] == second["correct"] and first["total"] == 24
+    assert first["accuracy"] > 0.8  # chance is 1/3
+    [path] = list((tmp_path / "b").glob("*.pt"))
+    assert "fc.weight" in torch.load(path, weights_only=True)  # no "_orig_mod." prefix from the compiled wrapper
