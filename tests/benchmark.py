@@ -6,7 +6,9 @@
 Not a test (pytest does not collect it): it prints images/s and ratios against the classic reference
 (ImageFolder + PIL per sample, fp32, NCHW) measured on the same machine in the same run:
   1. data throughput over two source epochs: classic DataLoader vs the cached path;
-  2. training-step throughput of alexnet and resnet50 (random init, default crop): fp32 NCHW vs defaults;
+  2. training-step throughput of alexnet and resnet50 (random init, default crop): fp32 NCHW vs defaults
+     (and vs --amp=bf16 where the defaults train in fp32, and vs --compile=True), and the ceiling: the images/s a step would reach if all its FLOPs ran at the fastest fp32 rate measured
+     on this machine (a large matrix product or convolution), as a ratio too;
   3. one full A->W alexnet epoch (train on the source + evaluate the whole target): wall time, peak memory.
 The generated tree is kept in --root and reused by later runs.
 """
@@ -22,6 +24,7 @@ import time
 
 import torch
 from PIL import Image, ImageDraw
+from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import office31  # noqa: E402
@@ -74,18 +77,45 @@ def data_throughput(root, workers, batch_size):
     return classic_rate, build, first, steady
 
 
-def step_throughput(name, steps, batch_size, amp, channels_last, fused):
-    """Training steps on random inputs (random-init weights), as images/s."""
+def step_throughput(name, steps, batch_size, amp, channels_last, fused, compile=False):
+    """Training steps on random inputs (random-init weights), as images/s (compiling happens in the warm-up)."""
     model, new_layer = office31.build_model(name, CLASSES, "none")
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(memory_format=memory_format)
     optimizer = office31.make_optimizer(model, new_layer(model), office31.FLAGS, fused=fused)
+    model = torch.compile(model) if compile else model
     x, y = torch.randn(batch_size, 3, 224, 224), torch.randint(0, CLASSES, (batch_size,))
     batches = [(x, y)] * (steps + 2)
     office31.train_one_epoch(model, optimizer, batches[:2], 0, 10, amp, memory_format)  # warm-up
     start = time.perf_counter()
     office31.train_one_epoch(model, optimizer, batches[2:], 0, 10, amp, memory_format)
     return steps * batch_size / (time.perf_counter() - start)
+
+
+def train_flops_per_image(name):
+    """FLOPs of one training step (forward and backward) per image, as torch counts them."""
+    model, _ = office31.build_model(name, CLASSES, "none")
+    x, y = torch.randn(2, 3, 224, 224), torch.randint(0, CLASSES, (2,))
+    with FlopCounterMode(display=False) as counter:
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+    return counter.get_total_flops() / len(x)
+
+
+def best_flops_per_second():
+    """The fastest fp32 rate measured here: a 2048x2048 matrix product and a 3x3 NHWC convolution, best of 5."""
+    a, conv = torch.randn(2048, 2048), torch.nn.Conv2d(256, 256, 3, padding=1).to(memory_format=torch.channels_last)
+    x = torch.randn(32, 256, 28, 28).contiguous(memory_format=torch.channels_last)
+    rates = []
+    with torch.inference_mode():
+        for run, flops in ((lambda: a @ a, 2 * 2048 ** 3), (lambda: conv(x), 2 * 32 * 28 * 28 * 256 * 256 * 9)):
+            run()  # warm-up
+            seconds = []
+            for _ in range(5):
+                start = time.perf_counter()
+                run()
+                seconds.append(time.perf_counter() - start)
+            rates.append(flops / min(seconds))
+    return max(rates)
 
 
 def one_epoch(root, kind, workers):
@@ -145,6 +175,7 @@ def main():
         print(f"   cache, epoch 1 (build {build:5.1f}s)    {first:7.0f}   {first / classic:.1f}x")
         print(f"   cache, steady state                {steady:7.0f}   {steady / classic:.1f}x")
     if "steps" not in skip:
+        peak = best_flops_per_second()
         print(f"2. training step, images/s (batch 32, 224x224, {steps} steps; x: against fp32 NCHW)")
         for name in ("alexnet", "resnet50"):
             reference = step_throughput(name, steps, 32, False, False, False)
@@ -154,6 +185,13 @@ def main():
             if not amp and torch.ops.mkldnn._is_mkldnn_bf16_supported():
                 forced = step_throughput(name, steps, 32, True, True, True)
                 print(f"   {name:8s} the same with --amp=bf16        {forced:7.1f}   {forced / reference:.1f}x")
+            start = time.perf_counter()
+            compiled = step_throughput(name, steps, 32, amp, True, True, compile=True)
+            print(f"   {name:8s} the same with --compile=True     {compiled:7.1f}   {compiled / reference:.1f}x"
+                  f"   (+{time.perf_counter() - start - steps * 32 / compiled:.0f}s to compile)")
+            flops = train_flops_per_image(name)
+            print(f"   {name:8s} ceiling: {flops / 1e9:.1f} GFLOP an image at {peak / 1e9:.0f} GFLOP/s "
+                  f"{peak / flops:7.1f}   {peak / flops / reference:.1f}x")
     if "epoch" not in skip:
         print("3. one A→W alexnet epoch (train one source pass + evaluate every target image)")
         classic = run_epoch_child(root, "classic", args.workers)
