@@ -7,8 +7,9 @@ Not a test (pytest does not collect it): it prints images/s and ratios against t
 (ImageFolder + PIL per sample, fp32, NCHW) measured on the same machine in the same run:
   1. data throughput over two source epochs: classic DataLoader vs the cached path;
   2. training-step throughput of alexnet and resnet50 (random init, default crop): fp32 NCHW vs defaults
-     (and vs --amp=bf16 where the defaults train in fp32, and vs --compile=True), and the ceiling: the images/s a step would reach if all its FLOPs ran at the fastest fp32 rate measured
-     on this machine (a large matrix product or convolution), as a ratio too;
+     (also --amp=bf16 where the defaults train in fp32, and --compile=True), and a ceiling: the images/s a
+     step would reach if all its FLOPs ran at the fastest fp32 rate measured on this machine (a large matrix
+     product or convolution);
   3. one full A->W alexnet epoch (train on the source + evaluate the whole target): wall time, peak memory.
 The generated tree is kept in --root and reused by later runs.
 """
@@ -78,7 +79,8 @@ def data_throughput(root, workers, batch_size):
 
 
 def step_throughput(name, steps, batch_size, amp, channels_last, fused, compile=False):
-    """Training steps on random inputs (random-init weights), as images/s (compiling happens in the warm-up)."""
+    """Training steps on random inputs (random-init weights): images/s, and the seconds of the two warm-up
+    steps before them (where torch.compile compiles)."""
     model, new_layer = office31.build_model(name, CLASSES, "none")
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(memory_format=memory_format)
@@ -86,10 +88,12 @@ def step_throughput(name, steps, batch_size, amp, channels_last, fused, compile=
     model = torch.compile(model) if compile else model
     x, y = torch.randn(batch_size, 3, 224, 224), torch.randint(0, CLASSES, (batch_size,))
     batches = [(x, y)] * (steps + 2)
+    start = time.perf_counter()
     office31.train_one_epoch(model, optimizer, batches[:2], 0, 10, amp, memory_format)  # warm-up
+    warm_up = time.perf_counter() - start
     start = time.perf_counter()
     office31.train_one_epoch(model, optimizer, batches[2:], 0, 10, amp, memory_format)
-    return steps * batch_size / (time.perf_counter() - start)
+    return steps * batch_size / (time.perf_counter() - start), warm_up
 
 
 def train_flops_per_image(name):
@@ -178,17 +182,16 @@ def main():
         peak = best_flops_per_second()
         print(f"2. training step, images/s (batch 32, 224x224, {steps} steps; x: against fp32 NCHW)")
         for name in ("alexnet", "resnet50"):
-            reference = step_throughput(name, steps, 32, False, False, False)
+            reference, _ = step_throughput(name, steps, 32, False, False, False)
             print(f"   {name:8s} fp32 NCHW, per-tensor SGD       {reference:7.1f}   1.0x")
-            fast = step_throughput(name, steps, 32, amp, True, True)
+            fast, _ = step_throughput(name, steps, 32, amp, True, True)
             print(f"   {name:8s} defaults (channels_last, fused) {fast:7.1f}   {fast / reference:.1f}x")
             if not amp and torch.ops.mkldnn._is_mkldnn_bf16_supported():
-                forced = step_throughput(name, steps, 32, True, True, True)
+                forced, _ = step_throughput(name, steps, 32, True, True, True)
                 print(f"   {name:8s} the same with --amp=bf16        {forced:7.1f}   {forced / reference:.1f}x")
-            start = time.perf_counter()
-            compiled = step_throughput(name, steps, 32, amp, True, True, compile=True)
+            compiled, warm_up = step_throughput(name, steps, 32, amp, True, True, compile=True)
             print(f"   {name:8s} the same with --compile=True     {compiled:7.1f}   {compiled / reference:.1f}x"
-                  f"   (+{time.perf_counter() - start - steps * 32 / compiled:.0f}s to compile)")
+                  f"   (first two steps, compiling included: {warm_up:.0f}s)")
             flops = train_flops_per_image(name)
             print(f"   {name:8s} ceiling: {flops / 1e9:.1f} GFLOP an image at {peak / 1e9:.0f} GFLOP/s "
                   f"{peak / flops:7.1f}   {peak / flops / reference:.1f}x")
