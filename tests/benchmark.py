@@ -6,10 +6,10 @@
 Not a test (pytest does not collect it): it prints images/s and ratios against the classic reference
 (ImageFolder + PIL per sample, fp32, NCHW) measured on the same machine in the same run:
   1. data throughput over two source epochs: classic DataLoader vs the cached path;
-  2. training-step throughput of alexnet and resnet50 (random init, default crop): fp32 NCHW vs defaults
-     (also --amp=bf16 where the defaults train in fp32, and --compile=True), and a ceiling: the images/s a
-     step would reach if all its FLOPs ran at the fastest fp32 rate measured on this machine (a large matrix
-     product or convolution);
+  2. training-step throughput of alexnet and resnet50 (random init, default crop), the settings taking turns:
+     fp32 NCHW vs defaults (also --amp=bf16 where the defaults train in fp32, and --compile=True), and a
+     ceiling: the images/s a step would reach if all its FLOPs ran at the fastest fp32 rate measured on this
+     machine (a large matrix product or convolution);
   3. one full A->W alexnet epoch (train on the source + evaluate the whole target): wall time, peak memory.
 The generated tree is kept in --root and reused by later runs.
 """
@@ -18,6 +18,7 @@ import functools
 import json
 import math
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -78,22 +79,32 @@ def data_throughput(root, workers, batch_size):
     return classic_rate, build, first, steady
 
 
-def step_throughput(name, steps, batch_size, amp, channels_last, fused, compile=False):
-    """Training steps on random inputs (random-init weights): images/s, and the seconds of the two warm-up
-    steps before them (where torch.compile compiles)."""
-    model, new_layer = office31.build_model(name, CLASSES, "none")
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    model = model.to(memory_format=memory_format)
-    optimizer = office31.make_optimizer(model, new_layer(model), office31.FLAGS, fused=fused)
-    model = torch.compile(model) if compile else model
-    x, y = torch.randn(batch_size, 3, 224, 224), torch.randint(0, CLASSES, (batch_size,))
-    batches = [(x, y)] * (steps + 2)
-    start = time.perf_counter()
-    office31.train_one_epoch(model, optimizer, batches[:2], 0, 10, amp, memory_format)  # warm-up
-    warm_up = time.perf_counter() - start
-    start = time.perf_counter()
-    office31.train_one_epoch(model, optimizer, batches[2:], 0, 10, amp, memory_format)
-    return steps * batch_size / (time.perf_counter() - start), warm_up
+def step_rates(name, settings, steps, rounds):
+    """Images/s of training steps (random inputs, random-init weights) for each (label, amp, channels_last,
+    fused, compile) setting, and the seconds of each setting's two warm-up steps (where torch.compile
+    compiles). The settings take turns, `steps` steps each, for `rounds` rounds, and each reports its median
+    round: a machine's speed can drift over minutes, and taking turns exposes every setting to it alike. One
+    more rate ends the list: the fastest fp32 rate (best_flops_per_second) measured in each round, its median."""
+    x, y = torch.randn(32, 3, 224, 224), torch.randint(0, CLASSES, (32,))
+    runs, warm_ups = [], []
+    for _, amp, channels_last, fused, compile in settings:
+        model, new_layer = office31.build_model(name, CLASSES, "none")
+        memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        model = model.to(memory_format=memory_format)
+        optimizer = office31.make_optimizer(model, new_layer(model), office31.FLAGS, fused=fused)
+        model = torch.compile(model) if compile else model
+        start = time.perf_counter()
+        office31.train_one_epoch(model, optimizer, [(x, y)] * 2, 0, 10, amp, memory_format)
+        warm_ups.append(time.perf_counter() - start)
+        runs.append((model, optimizer, amp, memory_format))
+    rates = [[] for _ in range(len(runs) + 1)]
+    for _ in range(rounds):
+        for (model, optimizer, amp, memory_format), rate in zip(runs, rates):
+            start = time.perf_counter()
+            office31.train_one_epoch(model, optimizer, [(x, y)] * steps, 0, 10, amp, memory_format)
+            rate.append(steps * len(x) / (time.perf_counter() - start))
+        rates[-1].append(best_flops_per_second())
+    return [statistics.median(r) for r in rates], warm_ups
 
 
 def train_flops_per_image(name):
@@ -152,15 +163,16 @@ def run_epoch_child(root, kind, workers):
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--root", default=os.path.join(tempfile.gettempdir(), "office31-benchmark"))
-    parser.add_argument("--quick", action="store_true", help="a tenth of the images, 3 steps a model")
-    parser.add_argument("--steps", type=int, default=5, help="timed training steps per model and setting")
+    parser.add_argument("--quick", action="store_true", help="a tenth of the images, 1 step a round")
+    parser.add_argument("--steps", type=int, default=3, help="timed training steps per setting and round")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of timed steps, the settings taking turns")
     parser.add_argument("--workers", type=int, default=os.cpu_count())
     parser.add_argument("--skip", default="", help="comma list of parts to skip: data,steps,epoch")
     parser.add_argument("--epoch", help=argparse.SUPPRESS)  # internal: run one epoch in this process
     args = parser.parse_args()
     if args.epoch:
         return one_epoch(args.root, args.epoch, args.workers)
-    scale, steps = (10, 3) if args.quick else (1, args.steps)
+    scale, steps, rounds = (10, 1, args.rounds) if args.quick else (1, args.steps, args.rounds)
     root = args.root + ("-quick" if args.quick else "")
     start = time.perf_counter()
     make_domain(root, "amazon", 2817 // scale, (300, 300))
@@ -179,22 +191,21 @@ def main():
         print(f"   cache, epoch 1 (build {build:5.1f}s)    {first:7.0f}   {first / classic:.1f}x")
         print(f"   cache, steady state                {steady:7.0f}   {steady / classic:.1f}x")
     if "steps" not in skip:
-        peak = best_flops_per_second()
-        print(f"2. training step, images/s (batch 32, 224x224, {steps} steps; x: against fp32 NCHW)")
+        settings = [("fp32 NCHW, per-tensor SGD", False, False, False, False),
+                    ("defaults (channels_last, fused)", amp, True, True, False)]
+        if not amp and torch.ops.mkldnn._is_mkldnn_bf16_supported():
+            settings.append(("the same with --amp=bf16", True, True, True, False))
+        settings.append(("the same with --compile=True", amp, True, True, True))
+        print(f"2. training step, images/s (batch 32, 224x224; median of {rounds} rounds of {steps} steps, the "
+              "settings taking turns; x: against fp32 NCHW)")
         for name in ("alexnet", "resnet50"):
-            reference, _ = step_throughput(name, steps, 32, False, False, False)
-            print(f"   {name:8s} fp32 NCHW, per-tensor SGD       {reference:7.1f}   1.0x")
-            fast, _ = step_throughput(name, steps, 32, amp, True, True)
-            print(f"   {name:8s} defaults (channels_last, fused) {fast:7.1f}   {fast / reference:.1f}x")
-            if not amp and torch.ops.mkldnn._is_mkldnn_bf16_supported():
-                forced, _ = step_throughput(name, steps, 32, True, True, True)
-                print(f"   {name:8s} the same with --amp=bf16        {forced:7.1f}   {forced / reference:.1f}x")
-            compiled, warm_up = step_throughput(name, steps, 32, amp, True, True, compile=True)
-            print(f"   {name:8s} the same with --compile=True     {compiled:7.1f}   {compiled / reference:.1f}x"
-                  f"   (first two steps, compiling included: {warm_up:.0f}s)")
+            (*rates, peak), warm_ups = step_rates(name, settings, steps, rounds)
+            for (label, *_), rate, warm_up in zip(settings, rates, warm_ups):
+                print(f"   {name:8s} {label:32s} {rate:7.1f}   {rate / rates[0]:.1f}x"
+                      f"   (first two steps: {warm_up:.0f}s)")
             flops = train_flops_per_image(name)
             print(f"   {name:8s} ceiling: {flops / 1e9:.1f} GFLOP an image at {peak / 1e9:.0f} GFLOP/s "
-                  f"{peak / flops:7.1f}   {peak / flops / reference:.1f}x")
+                  f"{peak / flops:7.1f}   {peak / flops / rates[0]:.1f}x")
     if "epoch" not in skip:
         print("3. one A→W alexnet epoch (train one source pass + evaluate every target image)")
         classic = run_epoch_child(root, "classic", args.workers)
