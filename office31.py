@@ -148,7 +148,7 @@ def pick_device(name):
 def use_bf16(amp, device):
     """Whether to train under bf16 autocast (the weights and BatchNorm statistics stay fp32). "auto" picks it
     where it is faster: CUDA GPUs with bf16, and CPUs with AMX. On CPUs with AVX512-BF16 alone it measured
-    slower than fp32 (README, Speed), so "auto" stays in fp32 there; --amp=bf16 forces it."""
+    no faster than fp32 (README, Speed), so "auto" stays in fp32 there; --amp=bf16 forces it."""
     if device.type == "cuda":
         supported = fast = torch.cuda.is_bf16_supported()
     else:
