@@ -83,8 +83,8 @@ def step_rates(name, settings, steps, rounds):
     """Images/s of training steps (random inputs, random-init weights) for each (label, amp, channels_last,
     fused, compile) setting, and the seconds of each setting's two warm-up steps (where torch.compile
     compiles). The settings take turns, `steps` steps each, for `rounds` rounds, and each reports its median
-    round: a machine's speed can drift over minutes, and taking turns exposes every setting to it alike. One
-    more rate ends the list: the fastest fp32 rate (best_flops_per_second) measured in each round, its median."""
+    round: a machine's speed can drift over minutes, and taking turns exposes every setting to it alike. Also
+    returned: the median over the rounds of the fastest fp32 rate measured in each (best_flops_per_second)."""
     x, y = torch.randn(32, 3, 224, 224), torch.randint(0, CLASSES, (32,))
     runs, warm_ups = [], []
     for _, amp, channels_last, fused, compile in settings:
@@ -97,14 +97,14 @@ def step_rates(name, settings, steps, rounds):
         office31.train_one_epoch(model, optimizer, [(x, y)] * 2, 0, 10, amp, memory_format)
         warm_ups.append(time.perf_counter() - start)
         runs.append((model, optimizer, amp, memory_format))
-    rates = [[] for _ in range(len(runs) + 1)]
+    rates, peaks = [[] for _ in runs], []
     for _ in range(rounds):
         for (model, optimizer, amp, memory_format), rate in zip(runs, rates):
             start = time.perf_counter()
             office31.train_one_epoch(model, optimizer, [(x, y)] * steps, 0, 10, amp, memory_format)
             rate.append(steps * len(x) / (time.perf_counter() - start))
-        rates[-1].append(best_flops_per_second())
-    return [statistics.median(r) for r in rates], warm_ups
+        peaks.append(best_flops_per_second())
+    return [statistics.median(r) for r in rates], statistics.median(peaks), warm_ups
 
 
 def train_flops_per_image(name):
@@ -172,7 +172,7 @@ def main():
     args = parser.parse_args()
     if args.epoch:
         return one_epoch(args.root, args.epoch, args.workers)
-    scale, steps, rounds = (10, 1, args.rounds) if args.quick else (1, args.steps, args.rounds)
+    scale, steps = (10, 1) if args.quick else (1, args.steps)
     root = args.root + ("-quick" if args.quick else "")
     start = time.perf_counter()
     make_domain(root, "amazon", 2817 // scale, (300, 300))
@@ -196,10 +196,10 @@ def main():
         if not amp and torch.ops.mkldnn._is_mkldnn_bf16_supported():
             settings.append(("the same with --amp=bf16", True, True, True, False))
         settings.append(("the same with --compile=True", amp, True, True, True))
-        print(f"2. training step, images/s (batch 32, 224x224; median of {rounds} rounds of {steps} steps, the "
+        print(f"2. training step, images/s (batch 32, 224x224; median of {args.rounds} rounds of {steps} steps, the "
               "settings taking turns; x: against fp32 NCHW)")
         for name in ("alexnet", "resnet50"):
-            (*rates, peak), warm_ups = step_rates(name, settings, steps, rounds)
+            rates, peak, warm_ups = step_rates(name, settings, steps, args.rounds)
             for (label, *_), rate, warm_up in zip(settings, rates, warm_ups):
                 print(f"   {name:8s} {label:32s} {rate:7.1f}   {rate / rates[0]:.1f}x"
                       f"   (first two steps: {warm_up:.0f}s)")
