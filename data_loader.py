@@ -10,9 +10,16 @@ Two interchangeable paths give the same tensors for the same crop and flip:
 - ImageFolderDomain (cache=False): the classic torchvision ImageFolder + PIL transforms per sample.
 Also here: finding domains under a root, the Office-31 download, and the layout/count checks.
 """
+import contextlib
 import hashlib
 import os
 import tempfile
+import time
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; concurrent downloads then fall back to using whichever tree lands first
+    fcntl = None
 
 import torch
 from PIL import Image
@@ -116,6 +123,46 @@ def office31_problems(data_root):
     return problems
 
 
+def fingerprint(data_root, name):
+    """What identifies the data of domain `name` without decoding it: its class names (hashed) and image count.
+    Two copies of a dataset in folders of the same name (a subset, a rebuilt tree) differ here."""
+    root = class_root(resolve_domain(data_root, name))
+    classes = _subdirs(root)
+    digest = hashlib.sha1("\n".join(classes).encode()).hexdigest()[:8]
+    return f"{len(classes)} classes ({digest}), {count_images(root)} images"
+
+
+def cache_bytes(data_root, names, resize_size):
+    """Memory the cache of these domains will take: images x 3 x resize_size^2 bytes (uint8)."""
+    count = sum(count_images(class_root(resolve_domain(data_root, name))) for name in names)
+    return count * 3 * resize_size ** 2
+
+
+def available_memory(device):
+    """Bytes the cache can live in: the GPU's free memory, or the host's available memory (None: unknown)."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as f:  # MemAvailable counts the page cache the kernel can give back
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration):
+        try:
+            return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):
+            return None
+
+
+def check_cache_fits(data_root, names, resize_size, device):
+    """Stop before decoding when the cache would not fit (the kernel would kill the process mid-decode)."""
+    need, have = cache_bytes(data_root, names, resize_size), available_memory(device)
+    if have is not None and need > 0.8 * have:  # a fifth is left for the model, its activations and the rest
+        where = "free GPU memory" if device.type == "cuda" else "available memory"
+        raise UserError(f"the cache of {', '.join(names)} at {resize_size}x{resize_size} needs {need / 1e9:.1f} GB, "
+                        f"and {have / 1e9:.1f} GB of {where} is here (at most 80% of it is used for the cache). "
+                        "Run with --cache=False (images are then decoded per sample, slower but in little "
+                        "memory), or with a smaller --resize_size.")
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Downloading Office-31
 
@@ -135,11 +182,14 @@ def sha1_of(path):
 
 
 def download_office31(data_root):
-    """Fetch and unpack Office-31 into data_root. Everything happens in a temporary folder beside data_root
-    that is renamed into place only once the tree is complete, so a failure leaves nothing a later run trusts."""
-    parent = os.path.dirname(os.path.abspath(data_root))
-    os.makedirs(parent, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=parent, prefix=".office31-download-") as tmp:
+    """Fetch and unpack Office-31 into data_root. Everything happens in a temporary folder that becomes the tree
+    by one rename once it is complete, so a failure leaves nothing a later run trusts. A missing data_root is
+    staged beside it and renamed into place; an existing empty one (a symlink to scratch space, a mount point)
+    is filled in place: staged inside it, the tree lands in data_root/domain_adaptation_images/."""
+    in_place = os.path.isdir(data_root)
+    staging = data_root if in_place else os.path.dirname(os.path.abspath(data_root))
+    os.makedirs(staging, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=staging, prefix=".office31-download-") as tmp:
         try:
             archive = fetch_archive(tmp)
         except Exception as e:  # offline, Drive quota, proxy...: all end in the same manual steps
@@ -162,9 +212,33 @@ def download_office31(data_root):
         if problems:
             raise UserError(f"the downloaded Office-31 is incomplete: {'; '.join(problems)}. Nothing was "
                             f"written to '{data_root}'. Run again, or download it by hand. {EXPECTED_TREE}")
-        if os.path.isdir(data_root):
-            os.rmdir(data_root)  # only ever reached when data_root is empty
-        os.replace(tree, data_root)
+        destination = os.path.join(data_root, "domain_adaptation_images") if in_place else data_root
+        try:
+            os.replace(tree, destination)
+        except OSError:  # without the lock (no flock): another process put its complete tree there first
+            if not find_domains(dataset_root(data_root)):
+                raise
+
+
+@contextlib.contextmanager
+def download_lock(data_root):
+    """An exclusive lock on a file beside data_root, so that processes starting together on an empty data root
+    (the shards of a sweep) download once: the others wait, then find the tree."""
+    path = os.path.join(os.path.dirname(os.path.abspath(data_root)), f".{os.path.basename(data_root)}.lock")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "a") as f:
+        if fcntl:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                print(f"another process is downloading into '{data_root}': waiting for it.")
+                fcntl.flock(f, fcntl.LOCK_EX)
+        yield
+
+
+def visible_entries(folder):
+    """What a user put in folder: hidden names (an interrupted download's staging folder) do not count."""
+    return [name for name in os.listdir(folder) if not name.startswith(".")]
 
 
 def prepare_data_root(data_root, download):
@@ -172,13 +246,16 @@ def prepare_data_root(data_root, download):
     root = dataset_root(data_root)
     if find_domains(root):
         return root
-    if os.path.isdir(data_root) and os.listdir(data_root):
+    if os.path.isdir(data_root) and visible_entries(data_root):
         raise UserError(f"'{data_root}' holds no domain folders with class folders inside. {EXPECTED_TREE}")
     if not download:
         raise UserError(f"'{data_root}' does not exist or is empty, and --download=False. {EXPECTED_TREE}")
-    print(f"Office-31 not found in '{data_root}': downloading it (about 80 MB).")
-    download_office31(data_root)
-    return data_root
+    with download_lock(data_root):
+        if not find_domains(dataset_root(data_root)):  # else another process downloaded it while we waited
+            print(f"Office-31 not found in '{data_root}': downloading it (about 80 MB).")
+            download_office31(data_root)
+            print(f"Office-31 is in '{data_root}'.")
+    return dataset_root(data_root)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -274,7 +351,10 @@ class ImageFolderDomain:
             yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
 
     def test_batches(self, batch_size, crop_size):
-        for x, y in self._loader(test_transform(self.resize_size, crop_size), batch_size):
+        # A generator of its own: DataLoader draws a seed from the given one (else from the global RNG that the
+        # training crops, flips and dropout use), and evaluating must not change the training trajectory.
+        loader = self._loader(test_transform(self.resize_size, crop_size), batch_size, generator=torch.Generator())
+        for x, y in loader:
             yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
 
 
@@ -299,10 +379,12 @@ class CachedDomain:
         self.labels = torch.tensor(folder.targets, dtype=torch.long, device=device)
         self.images = torch.empty((len(folder), 3, resize_size, resize_size), dtype=torch.uint8, device=device)
         loader = DataLoader(_Resized(folder.samples, resize_size), batch_size=64, num_workers=num_workers)
-        start = 0
-        for batch in tqdm(loader, desc=f"decoding {name}", unit="batch", leave=False):
+        start, began = 0, time.time()
+        # disable=None: a bar on a terminal only; a log gets the one line below instead of thousands
+        for batch in tqdm(loader, desc=f"decoding {name}", unit="batch", leave=False, disable=None):
             self.images[start:start + len(batch)] = batch.to(device)
             start += len(batch)
+        print(f"decoded {name}: {len(self)} images at {resize_size}x{resize_size} in {time.time() - began:.1f}s")
 
     def __len__(self):
         return len(self.images)

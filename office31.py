@@ -9,12 +9,14 @@ annealed every iteration as lr * (1 + 10 p)^-0.75 with p going 0 -> 1 over the r
 training, centre crop for testing. The printed accuracy is the final model's, on every target image.
 """
 import datetime
+import functools
 import itertools
 import json
 import math
 import os
 import pickle
 import sys
+import tempfile
 import time
 
 import torch
@@ -24,7 +26,8 @@ from tqdm import tqdm
 
 import alexnet
 import resnet
-from data_loader import UserError, check_same_classes, find_domains, load_domain, prepare_data_root, resolve_domain
+from data_loader import (UserError, check_cache_fits, check_same_classes, dataset_root, find_domains, fingerprint,
+                         load_domain, prepare_data_root, resolve_domain)
 from results import append_row, markdown_table, read_rows
 
 # -----------------------------------------------------------------------------------------------------------
@@ -49,7 +52,7 @@ resize_size = 256  # every image is resized to resize_size x resize_size (aspect
 crop_size = 224  # random crop for training, centre crop for testing
 # speed
 cache = True  # decode each domain once into memory (~196 KB an image at 256); False: PIL per sample per epoch
-amp = "auto"  # bf16 autocast: auto (CUDA GPUs with bf16, CPUs with AMX: where it is faster), bf16, off
+amp = "auto"  # bf16 autocast: auto (where it is faster: CUDA compute capability 8.0+, CPUs measured), bf16, off
 channels_last = True  # NHWC memory layout for model and inputs (faster convolutions)
 compile = False  # torch.compile the model: faster ResNet steps after a minute or two of compiling (README, Speed)
 num_workers = 4  # processes decoding images
@@ -145,18 +148,55 @@ def pick_device(name):
     return device
 
 
-def use_bf16(amp, device):
-    """Whether to train under bf16 autocast (the weights and BatchNorm statistics stay fp32). "auto" picks it
-    where it is faster: CUDA GPUs with bf16, and CPUs with AMX. On CPUs with AVX512-BF16 alone it measured
-    no faster than fp32 (README, Speed), so "auto" stays in fp32 there; --amp=bf16 forces it."""
+BF16_MARGIN = 1.3  # "auto" picks bf16 on a CPU only when it measures at least this much faster than fp32
+
+
+def choose_amp(amp, device):
+    """(train under bf16 autocast?, why), for --amp=auto|bf16|off on this device. The weights and BatchNorm
+    statistics stay fp32 either way. "auto" picks bf16 where it is the faster choice: on CUDA GPUs of compute
+    capability 8.0 and up (A100, H100, RTX 30xx and later), which run it natively, not on older ones that
+    emulate it slowly; on a CPU, when bf16 measures at least BF16_MARGIN x faster than fp32 there (CPUs of one
+    kind differ: from 4x faster to 0.6x, README, Speed). The margin keeps a near-tie from flipping between runs."""
     if device.type == "cuda":
-        supported = fast = torch.cuda.is_bf16_supported()
+        major, minor = torch.cuda.get_device_capability(device)
+        supported, fast = torch.cuda.is_bf16_supported(), (major, minor) >= (8, 0)
+        found = f"{torch.cuda.get_device_name(device)}, compute capability {major}.{minor}"
+        why = f"{found}: bf16 {'runs natively' if fast else 'is emulated (slow)'}"
     else:
         supported = device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported()
-        fast = supported and torch.cpu._is_amx_tile_supported()
+        speedup = cpu_bf16_speedup() if supported and amp == "auto" else None
+        fast = speedup is not None and speedup >= BF16_MARGIN
+        why = (f"bf16 measured {speedup:.1f}x fp32 on this CPU, {BF16_MARGIN}x needed" if speedup is not None
+               else f"{device.type} {'supports' if supported else 'has no'} bf16")
     if amp == "bf16" and not supported:
         raise UserError(f"--amp=bf16 but {device} does not support bf16; use --amp=auto or --amp=off.")
-    return amp == "bf16" or (amp == "auto" and fast)
+    if amp != "auto":
+        return amp == "bf16", f"--amp={amp}"
+    return fast, why
+
+
+@functools.cache
+def cpu_bf16_speedup():
+    """How much faster this CPU runs bf16 than fp32, measured once per process (about a second) on the work
+    that dominates a training step: a 3x3 NHWC convolution (ResNet) and a matrix product (AlexNet's fully
+    connected layers). The slower of the two ratios counts, so bf16 must win at both."""
+    def best_seconds(run):
+        run()  # warm-up: oneDNN picks and builds its kernels at the first call
+        times = []
+        for _ in range(3):
+            start = time.perf_counter()
+            run()
+            times.append(time.perf_counter() - start)
+        return min(times)
+
+    seconds = {}
+    with torch.inference_mode():
+        for dtype in (torch.float32, torch.bfloat16):
+            x = torch.randn(32, 128, 28, 28).to(dtype, memory_format=torch.channels_last)
+            w = torch.randn(128, 128, 3, 3).to(dtype, memory_format=torch.channels_last)
+            a = torch.randn(1024, 1024).to(dtype)
+            seconds[dtype] = (best_seconds(lambda: F.conv2d(x, w, padding=1)), best_seconds(lambda: a @ a))
+    return min(fp32 / bf16 for fp32, bf16 in zip(seconds[torch.float32], seconds[torch.bfloat16]))
 
 
 def build_model(name, num_classes, weights):
@@ -194,10 +234,23 @@ def set_progress(optimizer, progress):
         group["lr"] = annealed(group["initial_lr"], progress)
 
 
+class Diverged(UserError):
+    """A loss that is not finite: the run stops at that step and writes no result."""
+
+
+def check_finite(step, terms):
+    """terms: {name: loss tensor} of one step; raises Diverged(step, {name: value}) if any is nan or inf."""
+    values = {name: float(value) for name, value in terms.items()}
+    if not all(math.isfinite(value) for value in values.values()):
+        raise Diverged(step, values)
+
+
 def train_one_epoch(model, optimizer, batches, first_step, total_steps, amp, memory_format):
-    """One epoch of SGD; returns the mean loss and the accuracy on the (augmented) source batches."""
+    """One epoch of SGD; returns the mean loss and the accuracy on the (augmented) source batches. Stops with
+    Diverged at the first step whose loss is not finite."""
     model.train()
     loss_sum = correct = seen = 0
+    checking = None  # the previous step's loss, read one step late so that a GPU is never left idle waiting
     for step, (x, y) in enumerate(batches, first_step):
         set_progress(optimizer, step / total_steps)
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
@@ -206,9 +259,14 @@ def train_one_epoch(model, optimizer, batches, first_step, total_steps, amp, mem
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        if checking:
+            check_finite(*checking)
+        checking = step, {"classification": loss.detach()}
         loss_sum += loss.detach() * len(y)  # tensors, so the GPU is not synchronised every step
         correct += (logits.argmax(1) == y).sum()
         seen += len(y)
+    if checking:
+        check_finite(*checking)
     return float(loss_sum) / seen, float(correct) / seen
 
 
@@ -227,27 +285,45 @@ def model_device(model):
     return next(model.parameters()).device
 
 
-def task_name(source_name, target_name):
-    return f"{source_name[0].upper()}→{target_name[0].upper()}"
+def short_names(domains):
+    """Labels for task names: the shortest prefix at which all domain names differ, first letter upper-case:
+    A, D, W for Office-31; Mnist, Mnistm, Svhn where initials (and shorter prefixes) collide."""
+    longest = max(map(len, domains), default=1)
+    length = next((k for k in range(1, longest + 1) if len({d[:k].lower() for d in domains}) == len(domains)),
+                  longest)
+    return {d: d[:length][0].upper() + d[1:length] for d in domains}
+
+
+def task_name(source_name, target_name, labels):
+    return f"{labels[source_name]}→{labels[target_name]}"
 
 
 def write_json(path, data):
     """Write via a temporary file and rename, so a reader never sees half a file."""
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    with open(path + ".tmp", "w") as f:
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
         json.dump(data, f, indent=1, ensure_ascii=False)
-    os.replace(path + ".tmp", path)
+    os.replace(tmp, path)
 
 
-def fine_tune(c, source, target, device):
+def new_run_stem(c):
+    """out_dir/<source>-<target>_<model>_seed<seed>_<time>, with -1, -2, ... added if that run file exists:
+    full domain names, so that tasks never share a name, and a run file is never overwritten."""
+    stem = os.path.join(c["out_dir"], f"{c['source']}-{c['target']}_{c['model']}_seed{c['seed']}_"
+                        f"{datetime.datetime.now():%Y%m%d-%H%M%S}")
+    taken = lambda s: os.path.exists(s + ".json") or os.path.exists(s + ".pt")  # noqa: E731
+    return next(s for s in (f"{stem}-{k}" if k else stem for k in itertools.count()) if not taken(s))
+
+
+def fine_tune(c, source, target, device, task):
     """Train on the source domain, test on the target, with config c (its seed included); returns the result
-    dict, also written to out_dir as JSON."""
+    dict, also written to out_dir as JSON. task: the name printed, e.g. "A→W"."""
     torch.manual_seed(c["seed"])
     generator = torch.Generator().manual_seed(c["seed"])
     check_same_classes(source, target)
-    task = task_name(source.name, target.name)
     net, new_layer = build_model(c["model"], len(source.classes), c["weights"])
-    amp = use_bf16(c["amp"], device)
+    amp, why = choose_amp(c["amp"], device)
     memory_format = torch.channels_last if c["channels_last"] else torch.contiguous_format
     net = net.to(device, memory_format=memory_format)
     optimizer = make_optimizer(net, new_layer(net), c)
@@ -257,9 +333,17 @@ def fine_tune(c, source, target, device):
     for epoch in range(1, c["epochs"] + 1):
         start = time.time()
         batches = tqdm(source.train_batches(c["iters_per_epoch"], c["batch_size"], c["crop_size"], generator),
-                       total=c["iters_per_epoch"], desc=f"epoch {epoch}/{c['epochs']}", unit="batch", leave=False)
-        loss, source_acc = train_one_epoch(model, optimizer, batches, (epoch - 1) * c["iters_per_epoch"],
-                                           total_steps, amp, memory_format)
+                       total=c["iters_per_epoch"], desc=f"epoch {epoch}/{c['epochs']}", unit="batch", leave=False,
+                       disable=None)  # a bar on a terminal only: in a log, the epoch line below
+        try:
+            loss, source_acc = train_one_epoch(model, optimizer, batches, (epoch - 1) * c["iters_per_epoch"],
+                                               total_steps, amp, memory_format)
+        except Diverged as e:
+            step, terms = e.args
+            raise Diverged(f"{task} seed {c['seed']}: the loss is not finite at epoch {epoch}, step {step + 1} of "
+                           f"{total_steps} ({', '.join(f'{k} {v}' for k, v in terms.items())}): training diverged, "
+                           f"and this run writes no result. Try a smaller --lr (now {c['lr']}), or --amp=off if "
+                           "it trained in bf16.") from None
         row = {"epoch": epoch, "loss": loss, "source_acc": source_acc, "target_acc": None}
         if epoch == c["epochs"] or (c["eval_every"] and epoch % c["eval_every"] == 0):
             correct, total = evaluate(model, target.test_batches(c["eval_batch_size"], c["crop_size"]),
@@ -270,10 +354,10 @@ def fine_tune(c, source, target, device):
         shown = "-" if row["target_acc"] is None else f"{100 * row['target_acc']:.1f}%"
         print(f"epoch {epoch}/{c['epochs']}  loss {loss:.3f}  source acc {100 * source_acc:.1f}%  "
               f"{task} {shown}  {row['seconds']:.1f}s")
-    result = {"task": task, "correct": correct, "total": total, "accuracy": correct / total,
-              "config": c, "epochs": history, "date": datetime.datetime.now().isoformat(timespec="seconds")}
-    stem = os.path.join(c["out_dir"], f"{task.replace('→', '2')}_{c['model']}_seed{c['seed']}_"
-                        f"{datetime.datetime.now():%Y%m%d-%H%M%S}")
+    result = {"task": task, "correct": correct, "total": total, "accuracy": correct / total, "config": c,
+              "precision": {"dtype": "bf16" if amp else "fp32", "why": why}, "epochs": history,
+              "date": datetime.datetime.now().isoformat(timespec="seconds")}
+    stem = new_run_stem(c)
     if c["save_model"]:
         os.makedirs(c["out_dir"], exist_ok=True)
         torch.save(net.state_dict(), stem + ".pt")
@@ -308,59 +392,136 @@ def plan_runs(c, data_root):
 
 
 def experiment(c):
-    """What makes two runs the same experiment: the dataset's folder name and the protocol flags."""
+    """What makes two runs the same experiment, besides the data itself: the dataset's folder name and the
+    protocol flags."""
     return os.path.basename(os.path.normpath(c["data_root"])), {k: c[k] for k in PROTOCOL_FLAGS}
 
 
-def same_experiment(row, c):
-    return (row["dataset"], row["config"]) == experiment(c)
+def same_experiment(row, c, data):
+    """Whether a results row is of this experiment on this data. data: {domain: fingerprint} of the data at
+    hand. A row of another copy of the dataset (a subset, a rebuilt tree) in a folder of the same name has
+    other fingerprints, and a row written before fingerprints were recorded has none: neither matches."""
+    used = {name: data.get(name) for name in (row["source"], row["target"])}
+    return (row["dataset"], row["config"]) == experiment(c) and row.get("data") == used
 
 
-def result_row(c, result):
+def result_row(c, result, data):
     dataset, config = experiment(c)
     return {"dataset": dataset, "model": c["model"], "weights": c["weights"], "source": c["source"],
             "target": c["target"], "seed": c["seed"], "accuracy": result["accuracy"], "correct": result["correct"],
-            "total": result["total"], "config": config, "date": result["date"]}
+            "total": result["total"], "config": config, "data": {n: data[n] for n in (c["source"], c["target"])},
+            "date": result["date"]}
 
 
 def run_sweep(c, data_root, device, results_path):
-    """Every run of this process's shard not yet in the results file (unless rerun); returns their results."""
+    """Every run of this process's shard not yet in the results file (unless rerun); returns their results.
+    A run that diverges writes nothing; the sweep goes on and fails at the end, naming it."""
     plan = plan_runs(c, data_root)
+    labels = short_names(find_domains(data_root))
+    data = {name: fingerprint(data_root, name) for name in labels}
     index, count = map(int, c["shard"].split("/"))
-    done = {(r["source"], r["target"], r["seed"]) for r in read_rows(results_path) if same_experiment(r, c)}
+    done = {(r["source"], r["target"], r["seed"]) for r in read_rows(results_path) if same_experiment(r, c, data)}
     sweep = c["tasks"] != "" or c["seeds"] > 1  # a single source -> target run always trains, as before
     mine = plan[index::count]
     todo = mine if c["rerun"] or not sweep else [run for run in mine if run not in done]
     for source, target, seed in (run for run in mine if run not in todo):
-        print(f"skipping {task_name(source, target)} seed {seed}: already in {results_path} (--rerun=True to redo)")
+        print(f"skipping {task_name(source, target, labels)} seed {seed}: already in {results_path} "
+              "(--rerun=True to redo)")
+    if todo and c["cache"]:
+        check_cache_fits(data_root, sorted({name for s, t, _ in todo for name in (s, t)}), c["resize_size"], device)
     if todo and c["weights"] != "none":
         build_model(c["model"], 2, c["weights"])  # fetch the ImageNet weights (or fail) before decoding images
-    domains, finished = {}, []
+    domains, finished, diverged = {}, [], []
     for source, target, seed in todo:
         for name in (source, target):
             if name not in domains:  # decoded once per process, shared by every task that uses the domain
                 domains[name] = load_domain(data_root, name, c["resize_size"], c["cache"], c["num_workers"], device)
-        run = dict(c, source=source, target=target, seed=seed)
-        result = fine_tune(run, domains[source], domains[target], device)
-        append_row(results_path, result_row(run, result))
+        run, task = dict(c, source=source, target=target, seed=seed), task_name(source, target, labels)
+        try:
+            result = fine_tune(run, domains[source], domains[target], device, task)
+        except Diverged as e:
+            if not sweep:
+                raise
+            print(f"error: {e} Moving on to the next run.")
+            diverged.append(f"{task} seed {seed}")
+            continue
+        append_row(results_path, result_row(run, result, data))
         print(f"{result['task']} accuracy: {100 * result['accuracy']:.2f}% ({result['correct']}/{result['total']})")
         finished.append(result)
     if sweep:
         order = {pair: k for k, pair in enumerate(dict.fromkeys((s, t) for s, t, _ in plan))}
-        rows = [r for r in read_rows(results_path) if same_experiment(r, c) and (r["source"], r["target"]) in order]
-        if rows:  # a shard with nothing to do, before the others finish, has nothing to show yet
-            print_table(sorted(rows, key=lambda r: order[(r["source"], r["target"])]), c, results_path)
+        rows = [r for r in read_rows(results_path) if (r["source"], r["target"]) in order]
+        if any(same_experiment(r, c, data) for r in rows):  # a shard with nothing to do may have nothing to show
+            print_table(sorted(rows, key=lambda r: order[(r["source"], r["target"])]), c, data, labels,
+                        results_path)
+    if diverged:
+        raise UserError(f"{len(diverged)} of {len(todo)} runs diverged and wrote no result: {', '.join(diverged)} "
+                        "(their messages are above). The other runs are in the results file.")
     return finished
 
 
-def print_table(rows, c, results_path):
-    if not rows:
+def print_table(rows, c, data, labels, results_path):
+    """The table of the rows of this experiment on this data, and a note on rows of other copies of it."""
+    mine = [r for r in rows if same_experiment(r, c, data)]
+    dataset, config = experiment(c)
+    if not mine:
         raise UserError(f"{results_path} has no results for {c['model']} ({c['weights']}) with these flags on "
-                        f"{experiment(c)[0]}; the flags {', '.join(PROTOCOL_FLAGS)} and the data_root folder name "
-                        "must match the sweep's.")
-    print(f"\n{experiment(c)[0]}, {c['model']} ({c['weights']}), final model, mean ± std over seeds "
+                        f"{dataset}; the flags {', '.join(PROTOCOL_FLAGS)}, the data_root folder name and the data "
+                        "in it must match the sweep's.")
+    print(f"\n{dataset}, {c['model']} ({c['weights']}), final model, mean ± std over seeds "
           f"(from {results_path}):\n")
-    print(markdown_table(rows, task_name))
+    print(markdown_table(mine, lambda source, target: task_name(source, target, labels)))
+    others = [r for r in rows if (r["dataset"], r["config"]) == (dataset, config) and not same_experiment(r, c, data)]
+    if others:
+        print(f"\nnote: {len(others)} more rows with these flags come from another copy of '{dataset}' (other class "
+              "names or image counts than the data in data_root, or written before those were recorded); they are "
+              "not in this table.")
+
+
+def check_out_dir(out_dir, results_path):
+    """Stop before any work when the results could not be written: out_dir (or the folder it would be made in)
+    must be a folder we can create entries in, and an existing results file must take appends. The probe is a
+    temporary folder, removed at once: nothing is left behind."""
+    probe = os.path.abspath(out_dir)
+    while not os.path.lexists(probe):
+        probe = os.path.dirname(probe)
+    problem = None
+    if not os.path.isdir(probe):
+        problem = f"'{probe}' exists and is not a folder"
+    else:
+        try:
+            tempfile.TemporaryDirectory(dir=probe).cleanup()
+        except OSError as e:
+            problem = f"no folder can be created in '{probe}' ({e.strerror or e})"
+    if problem is None and os.path.exists(results_path):
+        try:
+            open(results_path, "a", encoding="utf-8").close()
+        except OSError as e:
+            problem = f"'{results_path}' cannot be appended to ({e.strerror or e})"
+    if problem:
+        raise UserError(f"--out_dir={out_dir}: {problem}, and the run's results are written there. Nothing was "
+                        "run: pick a folder you can write to with --out_dir.")
+
+
+def report(c, results_path):
+    """--report=True: the table of the results file for these flags and the data in data_root; no training."""
+    data_root = dataset_root(c["data_root"])
+    labels = short_names(find_domains(data_root))
+    if not labels:
+        raise UserError(f"--report=True reads the data under '{c['data_root']}' to tell its rows from those of "
+                        "other copies of the dataset, and found no domains there. Point --data_root at the data "
+                        "the sweep used.")
+    data = {name: fingerprint(data_root, name) for name in labels}
+    print_table(read_rows(results_path), c, data, labels, results_path)
+
+
+def print_config(c, precision=None):
+    """The resolved flags in one line; amp also shows what it resolved to on this device, and why."""
+    shown = dict(c)
+    if precision:
+        bf16, why = precision
+        shown["amp"] = f"{c['amp']}→{'bf16' if bf16 else 'fp32'} ({why})"
+    print("config: " + "  ".join(f"{k}={v}" for k, v in shown.items()))
 
 
 def user_message(error):
@@ -373,11 +534,13 @@ def main(argv=None):
     try:
         c = parse_flags(sys.argv[1:] if argv is None else argv)
         check_config(c)
-        print("config: " + "  ".join(f"{k}={v}" for k, v in c.items()))
         results_path = os.path.join(c["out_dir"], "results.jsonl")
         if c["report"]:
-            return print_table([r for r in read_rows(results_path) if same_experiment(r, c)], c, results_path)
+            print_config(c)
+            return report(c, results_path)
+        check_out_dir(c["out_dir"], results_path)
         device = pick_device(c["device"])
+        print_config(c, choose_amp(c["amp"], device))
         data_root = prepare_data_root(c["data_root"], c["download"])
         return run_sweep(c, data_root, device, results_path)
     except UserError as e:

@@ -35,6 +35,8 @@ def read_rows(path):
     if not os.path.exists(path):
         return []
     with open(path, encoding="utf-8") as f:
+        if fcntl:  # shared: readers wait for a writer's line to be whole (on NFS appends are not atomic)
+            fcntl.flock(f, fcntl.LOCK_SH)
         text = f.read()
     rows = []
     for number, line in enumerate(text.splitlines(keepends=True), 1):

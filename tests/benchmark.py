@@ -7,10 +7,12 @@ Not a test (pytest does not collect it): it prints images/s and ratios against t
 (ImageFolder + PIL per sample, fp32, NCHW) measured on the same machine in the same run:
   1. data throughput over two source epochs: classic DataLoader vs the cached path;
   2. training-step throughput of alexnet and resnet50 (random init, default crop), the settings taking turns:
-     fp32 NCHW vs defaults (also --amp=bf16 where the defaults train in fp32, and --compile=True), and a
-     ceiling: the images/s a step would reach if all its FLOPs ran at the fastest fp32 rate measured on this
-     machine (a large matrix product or convolution);
+     fp32 NCHW vs defaults, the defaults in the other precision (bf16 and fp32 side by side, whichever
+     --amp=auto chose) and --compile=True; and a ceiling: the images/s a step would reach if all its FLOPs
+     ran at the fastest fp32 rate measured on this machine (a large matrix product or convolution);
   3. one full A->W alexnet epoch (train on the source + evaluate the whole target): wall time, peak memory.
+It first prints the CPU, its bf16 and AMX capabilities, and what --amp=auto chose on it and why: bf16's
+worth differs between CPUs, so figures from different machines only compare with those lines beside them.
 The generated tree is kept in --root and reused by later runs.
 """
 import argparse
@@ -18,6 +20,7 @@ import functools
 import json
 import math
 import os
+import platform
 import statistics
 import subprocess
 import sys
@@ -79,12 +82,15 @@ def data_throughput(root, workers, batch_size):
     return classic_rate, build, first, steady
 
 
-def step_rates(name, settings, steps, rounds):
+def step_rates(name, settings, steps, rounds, warm_up):
     """Images/s of training steps (random inputs, random-init weights) for each (label, amp, channels_last,
-    fused, compile) setting, and the seconds of each setting's two warm-up steps (where torch.compile
-    compiles). The settings take turns, `steps` steps each, for `rounds` rounds, and each reports its median
-    round: a machine's speed can drift over minutes, and taking turns exposes every setting to it alike. Also
-    returned: the median over the rounds of the fastest fp32 rate measured in each (best_flops_per_second)."""
+    fused, compile) setting, and the seconds of each setting's `warm_up` first steps (where torch.compile
+    compiles). The warm-up is long because a process's first steps run slow while the memory allocator and the
+    operating system settle: ResNet-50 in fp32 went from 4.3 to 11 images/s over its first ten steps on the CPU
+    of the README, which made a 2-step warm-up understate fp32 against a real run. The settings then take turns,
+    `steps` steps each, for `rounds` rounds, and each reports its median round: a machine's speed can drift
+    over minutes, and taking turns exposes every setting to it alike. Also returned: the median over the
+    rounds of the fastest fp32 rate measured in each (best_flops_per_second)."""
     x, y = torch.randn(32, 3, 224, 224), torch.randint(0, CLASSES, (32,))
     runs, warm_ups = [], []
     for _, amp, channels_last, fused, compile in settings:
@@ -94,7 +100,7 @@ def step_rates(name, settings, steps, rounds):
         optimizer = office31.make_optimizer(model, new_layer(model), office31.FLAGS, fused=fused)
         model = torch.compile(model) if compile else model
         start = time.perf_counter()
-        office31.train_one_epoch(model, optimizer, [(x, y)] * 2, 0, 10, amp, memory_format)
+        office31.train_one_epoch(model, optimizer, [(x, y)] * warm_up, 0, 10, amp, memory_format)
         warm_ups.append(time.perf_counter() - start)
         runs.append((model, optimizer, amp, memory_format))
     rates, peaks = [[] for _ in runs], []
@@ -143,7 +149,8 @@ def one_epoch(root, kind, workers):
     cpu, start = torch.device("cpu"), time.perf_counter()
     source, target = (load_domain(root, name, c["resize_size"], c["cache"], workers, cpu) for name in ("A", "W"))
     one_pass = math.ceil(len(source) / c["batch_size"])  # one epoch in the classic sense: a pass over the source
-    result = office31.fine_tune(dict(c, source="amazon", target="webcam", iters_per_epoch=one_pass), source, target, cpu)
+    run = dict(c, source="amazon", target="webcam", iters_per_epoch=one_pass)
+    result = office31.fine_tune(run, source, target, cpu, "A→W")
     peak_mb = peak_memory_mb()
     print(json.dumps({"seconds": time.perf_counter() - start, "peak_mb": peak_mb, "total": result["total"]}))
 
@@ -152,6 +159,18 @@ def peak_memory_mb():
     """This process's peak resident memory (VmHWM starts afresh at exec, unlike ru_maxrss; workers not counted)."""
     with open("/proc/self/status") as f:
         return next(int(line.split()[1]) for line in f if line.startswith("VmHWM")) / 1024
+
+
+def cpu_name():
+    """The CPU's model name, with family and model numbers (a virtual machine may name it only "AMD EPYC")."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            fields = {}
+            for key, _, value in (line.partition(":") for line in f):
+                fields.setdefault(key.strip(), value.strip())
+    except OSError:
+        return platform.processor() or platform.machine()
+    return f"{fields.get('model name')} (family {fields.get('cpu family')}, model {fields.get('model')})"
 
 
 def run_epoch_child(root, kind, workers):
@@ -166,23 +185,23 @@ def main():
     parser.add_argument("--quick", action="store_true", help="a tenth of the images, 1 step a round")
     parser.add_argument("--steps", type=int, default=3, help="timed training steps per setting and round")
     parser.add_argument("--rounds", type=int, default=3, help="rounds of timed steps, the settings taking turns")
+    parser.add_argument("--warm_up", type=int, default=8, help="untimed first steps of each setting")
     parser.add_argument("--workers", type=int, default=os.cpu_count())
     parser.add_argument("--skip", default="", help="comma list of parts to skip: data,steps,epoch")
     parser.add_argument("--epoch", help=argparse.SUPPRESS)  # internal: run one epoch in this process
     args = parser.parse_args()
     if args.epoch:
         return one_epoch(args.root, args.epoch, args.workers)
-    scale, steps = (10, 1) if args.quick else (1, args.steps)
+    scale, steps, warm_up = (10, 1, 2) if args.quick else (1, args.steps, args.warm_up)
     root = args.root + ("-quick" if args.quick else "")
     start = time.perf_counter()
     make_domain(root, "amazon", 2817 // scale, (300, 300))
     make_domain(root, "webcam", 795 // scale, (640, 480))
-    cpu = torch.device("cpu")
-    amp = office31.use_bf16("auto", cpu)
+    amp, why = office31.choose_amp("auto", torch.device("cpu"))
     print(f"tree: {root} ({2817 // scale} + {795 // scale} images, ready in {time.perf_counter() - start:.0f}s); "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.workers} workers; bf16 on this "
-          f"CPU: {torch.ops.mkldnn._is_mkldnn_bf16_supported()}, AMX: {torch.cpu._is_amx_tile_supported()}, "
-          f"so --amp=auto trains in {'bf16' if amp else 'fp32'}")
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.workers} workers")
+    print(f"CPU: {cpu_name()}; AVX512-BF16: {torch.cpu._is_avx512_bf16_supported()}, "
+          f"AMX: {torch.cpu._is_amx_tile_supported()}; --amp=auto trains in {'bf16' if amp else 'fp32'} ({why})")
     skip = set(args.skip.split(","))
     if "data" not in skip:
         classic, build, first, steady = data_throughput(root, args.workers, 32)
@@ -192,17 +211,19 @@ def main():
         print(f"   cache, steady state                {steady:7.0f}   {steady / classic:.1f}x")
     if "steps" not in skip:
         settings = [("fp32 NCHW, per-tensor SGD", False, False, False, False),
-                    ("defaults (channels_last, fused)", amp, True, True, False)]
-        if not amp and torch.ops.mkldnn._is_mkldnn_bf16_supported():
+                    (f"defaults ({'bf16' if amp else 'fp32'}, channels_last, fused)", amp, True, True, False)]
+        if amp:
+            settings.append(("the same with --amp=off (fp32)", False, True, True, False))
+        elif torch.ops.mkldnn._is_mkldnn_bf16_supported():
             settings.append(("the same with --amp=bf16", True, True, True, False))
         settings.append(("the same with --compile=True", amp, True, True, True))
         print(f"2. training step, images/s (batch 32, 224x224; median of {args.rounds} rounds of {steps} steps, the "
               "settings taking turns; x: against fp32 NCHW)")
         for name in ("alexnet", "resnet50"):
-            rates, peak, warm_ups = step_rates(name, settings, steps, args.rounds)
-            for (label, *_), rate, warm_up in zip(settings, rates, warm_ups):
-                print(f"   {name:8s} {label:32s} {rate:7.1f}   {rate / rates[0]:.1f}x"
-                      f"   (first two steps: {warm_up:.0f}s)")
+            rates, peak, warm_up_seconds = step_rates(name, settings, steps, args.rounds, warm_up)
+            for (label, *_), rate, seconds in zip(settings, rates, warm_up_seconds):
+                print(f"   {name:8s} {label:38s} {rate:7.1f}   {rate / rates[0]:.1f}x"
+                      f"   (first {warm_up} steps: {seconds:.0f}s)")
             flops = train_flops_per_image(name)
             print(f"   {name:8s} ceiling: {flops / 1e9:.1f} GFLOP an image at {peak / 1e9:.0f} GFLOP/s "
                   f"{peak / flops:7.1f}   {peak / flops / rates[0]:.1f}x")

@@ -1,7 +1,9 @@
 """The Office-31 download, offline: a generated archive stands in for the one network fetch."""
+import multiprocessing
 import os
 import shutil
 import tarfile
+import time
 import urllib.error
 
 import pytest
@@ -45,6 +47,11 @@ def leftovers(parent):
     return [name for name in os.listdir(parent) if name.startswith(".office31-download")]
 
 
+def written(folder):
+    """What a download left in folder, besides the lock file that serialises downloads (it holds no data)."""
+    return [name for name in os.listdir(folder) if name != ".office31.lock"]
+
+
 def test_download_unpacks_checks_and_warns_on_checksum(tmp_path, monkeypatch, capsys, full_archive):
     serve(monkeypatch, full_archive)
     root = data_loader.prepare_data_root(str(tmp_path / "office31"), download=True)
@@ -71,7 +78,7 @@ def test_incomplete_download_is_an_error_and_leaves_nothing(tmp_path, monkeypatc
     (tmp_path / "data").mkdir()
     with pytest.raises(UserError, match="incomplete: webcam: 31 classes and 790 images, expected 31 and 795"):
         data_loader.prepare_data_root(str(tmp_path / "data" / "office31"), download=True)
-    assert os.listdir(tmp_path / "data") == []
+    assert written(tmp_path / "data") == []
 
 
 def test_failed_fetch_explains_manual_steps_and_leaves_nothing(tmp_path, monkeypatch):
@@ -84,7 +91,7 @@ def test_failed_fetch_explains_manual_steps_and_leaves_nothing(tmp_path, monkeyp
     (tmp_path / "data").mkdir()
     with pytest.raises(UserError, match="could not download Office-31 .*by hand.*Expected either layout"):
         data_loader.prepare_data_root(str(tmp_path / "data" / "office31"), download=True)
-    assert os.listdir(tmp_path / "data") == []
+    assert written(tmp_path / "data") == []
 
 
 def test_fresh_machine_run_downloads_then_trains(tmp_path, monkeypatch, full_archive):
@@ -102,4 +109,53 @@ def test_archive_that_is_not_an_archive(tmp_path, monkeypatch):
     (tmp_path / "data").mkdir()
     with pytest.raises(UserError, match="could not be unpacked.*web page.*by hand"):
         data_loader.prepare_data_root(str(tmp_path / "data" / "office31"), download=True)
-    assert os.listdir(tmp_path / "data") == []
+    assert written(tmp_path / "data") == []
+
+
+def download_in_child(data_root, archive, fetch_log, delay, answer):
+    """One shard starting on an empty data root: the fetch is the generated archive, after a delay."""
+    def slow_fetch(folder):
+        with open(fetch_log, "a") as f:
+            f.write("fetch\n")
+        time.sleep(delay)
+        shutil.copy(archive, folder)
+        return os.path.join(folder, data_loader.OFFICE31_ARCHIVE)
+
+    data_loader.fetch_archive = slow_fetch
+    answer.put(data_loader.prepare_data_root(data_root, download=True))
+
+
+def test_shards_starting_together_download_once(tmp_path, full_archive):
+    context = multiprocessing.get_context("fork")
+    answers, log, root = context.Queue(), tmp_path / "fetches", str(tmp_path / "data" / "office31")
+    shards = [context.Process(target=download_in_child, args=(root, full_archive, log, 1.0, answers))
+              for _ in range(3)]
+    for shard in shards:
+        shard.start()
+    for shard in shards:
+        shard.join(timeout=300)
+        assert shard.exitcode == 0
+    assert [answers.get(timeout=10) for _ in shards] == [root] * 3
+    assert log.read_text() == "fetch\n"
+    assert data_loader.office31_problems(root) == [] and leftovers(tmp_path / "data") == []
+
+
+def test_empty_symlinked_data_root_is_filled_in_place(tmp_path, monkeypatch, full_archive):
+    serve(monkeypatch, full_archive)
+    scratch = tmp_path / "scratch" / "office31"
+    scratch.mkdir(parents=True)
+    (tmp_path / "data").mkdir()
+    link = tmp_path / "data" / "office31"
+    link.symlink_to(scratch)
+    root = data_loader.prepare_data_root(str(link), download=True)
+    assert link.is_symlink() and os.readlink(link) == str(scratch)
+    assert root == os.path.join(str(link), "domain_adaptation_images")
+    assert data_loader.office31_problems(root) == [] and leftovers(scratch) == []
+    assert data_loader.prepare_data_root(str(link), download=False) == root  # later runs find it
+
+
+def test_a_later_run_ignores_an_interrupted_staging_folder(tmp_path, monkeypatch, full_archive):
+    serve(monkeypatch, full_archive)
+    (tmp_path / "office31" / ".office31-download-killed").mkdir(parents=True)  # a killed run's leftovers
+    root = data_loader.prepare_data_root(str(tmp_path / "office31"), download=True)
+    assert data_loader.office31_problems(root) == []

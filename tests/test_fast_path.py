@@ -1,4 +1,6 @@
 """The cached path gives the per-sample path's tensors; bf16, channels_last and the fused SGD keep the protocol."""
+import json
+
 import pytest
 import torch
 from torchvision import transforms
@@ -88,17 +90,80 @@ def test_fused_sgd_makes_the_same_updates():
     assert torch.allclose(results[0], results[1], atol=1e-6)
 
 
-def test_amp_auto_follows_the_hardware(monkeypatch):
+def test_amp_auto_on_cpu_follows_the_measurement(monkeypatch):
     cpu = torch.device("cpu")
-    assert office31.use_bf16("off", cpu) is False
     monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
-    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
-    assert office31.use_bf16("auto", cpu) is False and office31.use_bf16("bf16", cpu) is True
-    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
-    assert office31.use_bf16("auto", cpu) is True
+    for speedup, chosen in ((4.2, True), (1.3, True), (1.2, False), (0.6, False)):
+        monkeypatch.setattr(office31, "cpu_bf16_speedup", lambda: speedup)
+        bf16, why = office31.choose_amp("auto", cpu)
+        assert bf16 is chosen and f"{speedup:.1f}x fp32" in why
+        assert office31.choose_amp("bf16", cpu)[0] is True and office31.choose_amp("off", cpu)[0] is False
+    monkeypatch.setattr(office31, "cpu_bf16_speedup", lambda: pytest.fail("measured without bf16 support"))
     monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
+    assert office31.choose_amp("auto", cpu)[0] is False
     with pytest.raises(data_loader.UserError, match="does not support bf16"):
-        office31.use_bf16("bf16", cpu)
+        office31.choose_amp("bf16", cpu)
+
+
+def test_cpu_bf16_speedup_is_measured_once_per_process():
+    office31.cpu_bf16_speedup.cache_clear()
+    first = office31.cpu_bf16_speedup()
+    assert first > 0 and office31.cpu_bf16_speedup() == first
+    assert office31.cpu_bf16_speedup.cache_info().misses == 1
+
+
+@pytest.mark.parametrize("capability, name, chosen", [((7, 5), "Tesla T4", False), ((7, 0), "Tesla V100", False),
+                                                      ((8, 0), "NVIDIA A100", True), ((9, 0), "NVIDIA H100", True)])
+def test_amp_auto_on_cuda_needs_native_bf16(monkeypatch, capability, name, chosen):
+    asked = []
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)  # True even where emulated
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda d: asked.append(d) or capability)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda d: name)
+    bf16, why = office31.choose_amp("auto", torch.device("cuda:1"))
+    assert bf16 is chosen and name in why and f"{capability[0]}.{capability[1]}" in why
+    assert asked == [torch.device("cuda:1")]  # judged on the device the run uses
+    assert office31.choose_amp("bf16", torch.device("cuda:1"))[0] is True
+
+
+def first_conv_dtypes(monkeypatch):
+    """Record the dtype of the first convolution's output at every training forward pass."""
+    dtypes, build = [], office31.build_model
+
+    def build_with_hook(*args):
+        model, new_layer = build(*args)
+        model.conv1.register_forward_hook(lambda m, i, out: dtypes.append(out.dtype) if m.training else None)
+        return model, new_layer
+    monkeypatch.setattr(office31, "build_model", build_with_hook)
+    return dtypes
+
+
+@pytest.mark.parametrize("speedup, dtype", [(2.5, torch.bfloat16), (0.6, torch.float32)])
+def test_amp_auto_trains_in_the_chosen_precision_and_says_so(tree, tmp_path, monkeypatch, capsys, speedup, dtype):
+    from test_train import TINY
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
+    monkeypatch.setattr(office31, "cpu_bf16_speedup", lambda: speedup)
+    dtypes = first_conv_dtypes(monkeypatch)
+    [result] = office31.main([f"--data_root={tree}", *TINY, "--amp=auto", f"--out_dir={tmp_path}"])
+    assert dtypes and set(dtypes) == {dtype}
+    name = "bf16" if dtype == torch.bfloat16 else "fp32"
+    config_line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("config: "))
+    assert f"amp=auto→{name} (bf16 measured {speedup:.1f}x fp32 on this CPU, 1.3x needed)" in config_line
+    [saved] = tmp_path.glob("*.json")
+    assert json.loads(saved.read_text())["precision"] == result["precision"] == {
+        "dtype": name, "why": f"bf16 measured {speedup:.1f}x fp32 on this CPU, 1.3x needed"}
+
+
+def test_bf16_runs_repeat_and_learn_the_easy_pair(tmp_path):
+    from test_train import TINY
+    tree = make_tree(tmp_path / "easy", {"amazon": 12, "webcam": 8})
+    args = [f"--data_root={tree}", *TINY, "--epochs=3", "--iters_per_epoch=6", "--eval_every=0", "--seed=3"]
+    [first] = office31.main(args + ["--amp=bf16", f"--out_dir={tmp_path / 'a'}"])
+    [second] = office31.main(args + ["--amp=bf16", f"--out_dir={tmp_path / 'b'}"])
+    assert first["precision"]["dtype"] == "bf16"
+    assert [(e["loss"], e["source_acc"]) for e in first["epochs"]] == \
+           [(e["loss"], e["source_acc"]) for e in second["epochs"]]
+    assert first["correct"] == second["correct"]
+    assert first["accuracy"] > 0.8  # chance is 1/3; the fp32 run of test_train learns the same pair past 0.8
 
 
 def test_per_sample_path_runs_end_to_end(tree, tmp_path):
