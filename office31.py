@@ -26,9 +26,10 @@ from tqdm import tqdm
 
 import alexnet
 import resnet
+from adaptation import METHODS, Adaptation, tap
 from data_loader import (UserError, check_cache_fits, check_same_classes, dataset_root, find_domains, fingerprint,
                          load_domain, prepare_data_root, resolve_domain)
-from results import append_row, markdown_table, read_rows
+from results import PAPER_ORDER, append_row, markdown_table, methods_table, read_rows
 
 # -----------------------------------------------------------------------------------------------------------
 # data
@@ -39,6 +40,11 @@ download = True  # fetch Office-31 into data_root when data_root is missing or e
 # model
 model = "resnet50"  # alexnet, resnet18, resnet34, resnet50, resnet101, resnet152
 weights = "IMAGENET1K_V1"  # IMAGENET1K_V1; IMAGENET1K_V2 (resnet50/101/152 only); none (random init)
+# adaptation (README, Domain adaptation); source_only is plain fine-tuning, the others add a loss on target images
+method = "source_only"  # source_only, ddc, dan, coral, dann, cdan; several (source_only,dann,...) make a sweep
+bottleneck = "auto"  # Linear+BatchNorm1d+ReLU of this width before the classifier; 0: none; auto: the method's
+trade_off = 1.0  # weight of the adaptation loss (dann, cdan: of the reversed gradient, ramped up from 0)
+entropy = False  # cdan only: entropy conditioning (CDAN+E)
 # optimisation
 epochs = 20  # an epoch is iters_per_epoch source batches, so every source gets the same number of updates
 iters_per_epoch = 250  # 20 x 250 = 5,000 iterations of batch 32 (an epoch: 2.8 passes over amazon, 16 over dslr)
@@ -73,8 +79,8 @@ report = False  # only print the table of results.jsonl for this config; train n
 FLAGS = {k: v for k, v in globals().items() if not k.startswith("_") and isinstance(v, (bool, int, float, str))}
 MODELS = ("alexnet",) + resnet.DEPTHS
 # The flags that define an experiment: runs agreeing on these (and on the dataset) are the same run.
-PROTOCOL_FLAGS = ("model", "weights", "epochs", "iters_per_epoch", "batch_size", "lr", "lr_mult", "momentum",
-                  "weight_decay", "resize_size", "crop_size")
+PROTOCOL_FLAGS = ("model", "weights", "method", "bottleneck", "trade_off", "entropy", "epochs", "iters_per_epoch",
+                  "batch_size", "lr", "lr_mult", "momentum", "weight_decay", "resize_size", "crop_size")
 
 
 def parse_value(name, text, default):
@@ -123,6 +129,16 @@ def check_config(c):
         raise UserError(f"--lr={c['lr']} and --lr_mult={c['lr_mult']} must both be positive.")
     if not 0 <= c["momentum"] < 1:
         raise UserError(f"--momentum={c['momentum']}: must be in [0, 1).")
+    unknown = [m for m in methods(c) if m not in METHODS]
+    if unknown or not methods(c):
+        raise UserError(f"--method={c['method']}: {', '.join(unknown) or 'empty'} is not among {', '.join(METHODS)} "
+                        "(one, or several separated by commas for a sweep).")
+    if not (c["bottleneck"] == "auto" or c["bottleneck"].isdigit()):
+        raise UserError(f"--bottleneck={c['bottleneck']}: expected auto, 0 (no bottleneck) or a width like 256.")
+    if not 0 <= c["trade_off"] < math.inf:
+        raise UserError(f"--trade_off={c['trade_off']}: must be a finite number, 0 or more.")
+    if c["entropy"] and "cdan" not in methods(c):
+        raise UserError("--entropy=True is CDAN's entropy conditioning (CDAN+E): use it with --method=cdan.")
     if c["amp"] not in ("auto", "bf16", "off"):
         raise UserError(f"--amp={c['amp']}: expected auto, bf16 or off.")
     index, _, count = c["shard"].partition("/")
@@ -131,6 +147,26 @@ def check_config(c):
     if c["crop_size"] > c["resize_size"]:
         raise UserError(f"--crop_size={c['crop_size']} is larger than --resize_size={c['resize_size']}: "
                         "the crop is cut from the resized image, so it must fit inside it.")
+
+
+def methods(c):
+    return [m.strip() for m in c["method"].split(",") if m.strip()]
+
+
+# The papers' setups: a 256-wide bottleneck before the classifier for DDC (its "adaptation layer"), DANN, CDAN
+# and DAN on ResNet-50; DAN on AlexNet adapts fc6-fc8 directly, Deep CORAL aligns fc8, and source only has none.
+BOTTLENECK = {"source_only": 0, "ddc": 256, "dan": 256, "coral": 0, "dann": 256, "cdan": 256}
+
+
+def with_method(c, method):
+    """The config of one method's runs: its name, the bottleneck width resolved from "auto", and the flags that
+    do not apply to it set to what it does (source only adds no loss; only CDAN conditions on entropy), so that
+    they do not split one experiment into several."""
+    width = c["bottleneck"]
+    if width == "auto":
+        width = 0 if (method, c["model"]) == ("dan", "alexnet") else BOTTLENECK[method]
+    return dict(c, method=method, bottleneck=int(width), trade_off=0.0 if method == "source_only" else c["trade_off"],
+                entropy=c["entropy"] and method == "cdan")
 
 
 def pick_device(name):
@@ -199,12 +235,18 @@ def cpu_bf16_speedup():
     return min(fp32 / bf16 for fp32, bf16 in zip(seconds[torch.float32], seconds[torch.bfloat16]))
 
 
-def build_model(name, num_classes, weights):
-    """The network with a new last layer; a checkpoint that cannot be fetched is a UserError saying what to do."""
+def architecture(name):
+    """The file that builds this network: alexnet or resnet (new_layer, layers)."""
+    return alexnet if name == "alexnet" else resnet
+
+
+def build_model(name, num_classes, weights, bottleneck=0):
+    """The network with a new last layer (behind a bottleneck of that width, if any); a checkpoint that cannot be
+    fetched is a UserError saying what to do."""
     try:
         if name == "alexnet":
-            return alexnet.build_alexnet(num_classes, weights), alexnet.new_layer
-        return resnet.build_resnet(name, num_classes, weights), resnet.new_layer
+            return alexnet.build_alexnet(num_classes, weights, bottleneck), alexnet.new_layer
+        return resnet.build_resnet(name, num_classes, weights, bottleneck), resnet.new_layer
     except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as e:  # offline (URLError), damaged file
         url = torchvision.models.get_model_weights(name)[weights].url
         path = os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(url))
@@ -214,8 +256,9 @@ def build_model(name, num_classes, weights):
 
 
 def make_optimizer(model, new_layer, c, fused=True):
-    """SGD with two groups: pretrained layers at lr, the new last layer at lr * lr_mult. The fused kernel is
-    the same update in one pass over all parameters (AlexNet's 61M make the per-tensor loop costly)."""
+    """SGD with two groups: pretrained layers at lr, the new layers at lr * lr_mult (new_layer: the new last
+    layer, or a ModuleList of it with the bottleneck and a domain discriminator). The fused kernel is the same
+    update in one pass over all parameters (AlexNet's 61M make the per-tensor loop costly)."""
     new = list(new_layer.parameters())
     new_ids = {id(p) for p in new}
     pretrained = [p for p in model.parameters() if id(p) not in new_ids]
@@ -245,29 +288,40 @@ def check_finite(step, terms):
         raise Diverged(step, values)
 
 
-def train_one_epoch(model, optimizer, batches, first_step, total_steps, amp, memory_format):
-    """One epoch of SGD; returns the mean loss and the accuracy on the (augmented) source batches. Stops with
-    Diverged at the first step whose loss is not finite."""
+def train_one_epoch(model, optimizer, batches, first_step, total_steps, amp, memory_format, adaptation=None):
+    """One epoch of SGD; returns the mean of each loss term and the accuracy on the (augmented) source batches.
+    batches: (x, y) source batches; with an adaptation method, ((x, y), x_target) pairs, pushed through the network
+    as one batch. Stops with Diverged at the first step whose loss is not finite."""
     model.train()
-    loss_sum = correct = seen = 0
-    checking = None  # the previous step's loss, read one step late so that a GPU is never left idle waiting
-    for step, (x, y) in enumerate(batches, first_step):
-        set_progress(optimizer, step / total_steps)
+    if adaptation:
+        adaptation.train()
+    sums, correct, seen = {}, 0, 0
+    checking = None  # the previous step's loss terms, read one step late so that a GPU is never left idle waiting
+    for step, batch in enumerate(batches, first_step):
+        progress = step / total_steps
+        set_progress(optimizer, progress)
+        (x, y), x_target = batch if adaptation else (batch, None)
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
-            logits = model(x.contiguous(memory_format=memory_format))
-            loss = F.cross_entropy(logits, y)
+            if adaptation is None:
+                logits = model(x.contiguous(memory_format=memory_format))
+                terms = {"classification": F.cross_entropy(logits, y)}
+            else:
+                joint = model(torch.cat([x, x_target]).contiguous(memory_format=memory_format))
+                logits = joint[:len(x)]
+                terms = {"classification": F.cross_entropy(logits, y), "adaptation": adaptation(joint, progress)}
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        sum(terms.values()).backward()
         optimizer.step()
         if checking:
             check_finite(*checking)
-        checking = step, {"classification": loss.detach()}
-        loss_sum += loss.detach() * len(y)  # tensors, so the GPU is not synchronised every step
+        checking = step, {name: term.detach() for name, term in terms.items()}
+        for name, term in terms.items():  # tensors, so the GPU is not synchronised every step
+            sums[name] = sums.get(name, 0) + term.detach() * len(y)
         correct += (logits.argmax(1) == y).sum()
         seen += len(y)
     if checking:
         check_finite(*checking)
-    return float(loss_sum) / seen, float(correct) / seen
+    return {name: float(total) / seen for name, total in sums.items()}, float(correct) / seen
 
 
 def evaluate(model, batches, amp, memory_format):
@@ -322,29 +376,43 @@ def fine_tune(c, source, target, device, task):
     torch.manual_seed(c["seed"])
     generator = torch.Generator().manual_seed(c["seed"])
     check_same_classes(source, target)
-    net, new_layer = build_model(c["model"], len(source.classes), c["weights"])
+    net, new_layer = build_model(c["model"], len(source.classes), c["weights"], c["bottleneck"])
     amp, why = choose_amp(c["amp"], device)
     memory_format = torch.channels_last if c["channels_last"] else torch.contiguous_format
     net = net.to(device, memory_format=memory_format)
-    optimizer = make_optimizer(net, new_layer(net), c)
+    adaptation, new_layers = None, new_layer(net)
+    if c["method"] != "source_only":
+        classifier = [m for m in new_layers.modules() if isinstance(m, torch.nn.Linear)][-1]
+        adaptation = Adaptation(c["method"], classifier.in_features, len(source.classes), c["trade_off"],
+                                c["entropy"], tap(architecture(c["model"]).layers(net))).to(device)
+        new_layers = torch.nn.ModuleList([new_layers, adaptation])  # the discriminator learns at lr_mult x too
+        target_generator = torch.Generator().manual_seed(c["seed"] + 1)  # target batches: a stream of their own
+    optimizer = make_optimizer(net, new_layers, c)
     model = torch.compile(net) if c["compile"] else net  # the same parameters; net keeps plain state_dict keys
     total_steps = c["epochs"] * c["iters_per_epoch"]
     history = []
     for epoch in range(1, c["epochs"] + 1):
         start = time.time()
-        batches = tqdm(source.train_batches(c["iters_per_epoch"], c["batch_size"], c["crop_size"], generator),
-                       total=c["iters_per_epoch"], desc=f"epoch {epoch}/{c['epochs']}", unit="batch", leave=False,
-                       disable=None)  # a bar on a terminal only: in a log, the epoch line below
+        batches = source.train_batches(c["iters_per_epoch"], c["batch_size"], c["crop_size"], generator)
+        if adaptation:  # the target's labels are dropped here, unread: training sees its images only
+            target_images = (x for x, _ in target.train_batches(c["iters_per_epoch"], c["batch_size"],
+                                                                c["crop_size"], target_generator))
+            batches = zip(batches, target_images)
+        batches = tqdm(batches, total=c["iters_per_epoch"], desc=f"epoch {epoch}/{c['epochs']}", unit="batch",
+                       leave=False, disable=None)  # a bar on a terminal only: in a log, the epoch line below
         try:
-            loss, source_acc = train_one_epoch(model, optimizer, batches, (epoch - 1) * c["iters_per_epoch"],
-                                               total_steps, amp, memory_format)
+            losses, source_acc = train_one_epoch(model, optimizer, batches, (epoch - 1) * c["iters_per_epoch"],
+                                                 total_steps, amp, memory_format, adaptation)
         except Diverged as e:
             step, terms = e.args
+            also = f", --trade_off (now {c['trade_off']})" if adaptation else ""
             raise Diverged(f"{task} seed {c['seed']}: the loss is not finite at epoch {epoch}, step {step + 1} of "
                            f"{total_steps} ({', '.join(f'{k} {v}' for k, v in terms.items())}): training diverged, "
-                           f"and this run writes no result. Try a smaller --lr (now {c['lr']}), or --amp=off if "
-                           "it trained in bf16.") from None
-        row = {"epoch": epoch, "loss": loss, "source_acc": source_acc, "target_acc": None}
+                           f"and this run writes no result. Try a smaller --lr (now {c['lr']}){also}, or --amp=off "
+                           "if it trained in bf16.") from None
+        loss = losses["classification"]
+        row = {"epoch": epoch, "loss": loss, "adaptation_loss": losses.get("adaptation"), "source_acc": source_acc,
+               "target_acc": None}
         if epoch == c["epochs"] or (c["eval_every"] and epoch % c["eval_every"] == 0):
             correct, total = evaluate(model, target.test_batches(c["eval_batch_size"], c["crop_size"]),
                                       amp, memory_format)
@@ -352,7 +420,8 @@ def fine_tune(c, source, target, device, task):
         row["seconds"] = time.time() - start
         history.append(row)
         shown = "-" if row["target_acc"] is None else f"{100 * row['target_acc']:.1f}%"
-        print(f"epoch {epoch}/{c['epochs']}  loss {loss:.3f}  source acc {100 * source_acc:.1f}%  "
+        adapted = "" if adaptation is None else f"  {c['method']} {losses['adaptation']:.3f}"
+        print(f"epoch {epoch}/{c['epochs']}  loss {loss:.3f}{adapted}  source acc {100 * source_acc:.1f}%  "
               f"{task} {shown}  {row['seconds']:.1f}s")
     result = {"task": task, "correct": correct, "total": total, "accuracy": correct / total, "config": c,
               "precision": {"dtype": "bf16" if amp else "fp32", "why": why}, "epochs": history,
@@ -415,63 +484,76 @@ def result_row(c, result, data):
 
 def run_sweep(c, data_root, device, results_path):
     """Every run of this process's shard not yet in the results file (unless rerun); returns their results.
-    A run that diverges writes nothing; the sweep goes on and fails at the end, naming it."""
-    plan = plan_runs(c, data_root)
+    Several methods: each runs the whole plan. A run that diverges writes nothing; the sweep goes on and fails
+    at the end, naming it."""
+    configs = {method: with_method(c, method) for method in methods(c)}
+    plan = [(method, *run) for method in configs for run in plan_runs(c, data_root)]
     labels = short_names(find_domains(data_root))
     data = {name: fingerprint(data_root, name) for name in labels}
     index, count = map(int, c["shard"].split("/"))
-    done = {(r["source"], r["target"], r["seed"]) for r in read_rows(results_path) if same_experiment(r, c, data)}
-    sweep = c["tasks"] != "" or c["seeds"] > 1  # a single source -> target run always trains, as before
+    rows = read_rows(results_path)
+    done = {(method, r["source"], r["target"], r["seed"]) for method, config in configs.items()
+            for r in rows if same_experiment(r, config, data)}
+    sweep = c["tasks"] != "" or c["seeds"] > 1 or len(configs) > 1  # a single run always trains, as before
     mine = plan[index::count]
     todo = mine if c["rerun"] or not sweep else [run for run in mine if run not in done]
-    for source, target, seed in (run for run in mine if run not in todo):
-        print(f"skipping {task_name(source, target, labels)} seed {seed}: already in {results_path} "
+    for method, source, target, seed in (run for run in mine if run not in todo):
+        print(f"skipping {method} {task_name(source, target, labels)} seed {seed}: already in {results_path} "
               "(--rerun=True to redo)")
     if todo and c["cache"]:
-        check_cache_fits(data_root, sorted({name for s, t, _ in todo for name in (s, t)}), c["resize_size"], device)
+        check_cache_fits(data_root, sorted({name for _, s, t, _ in todo for name in (s, t)}), c["resize_size"], device)
     if todo and c["weights"] != "none":
         build_model(c["model"], 2, c["weights"])  # fetch the ImageNet weights (or fail) before decoding images
     domains, finished, diverged = {}, [], []
-    for source, target, seed in todo:
+    for method, source, target, seed in todo:
         for name in (source, target):
             if name not in domains:  # decoded once per process, shared by every task that uses the domain
                 domains[name] = load_domain(data_root, name, c["resize_size"], c["cache"], c["num_workers"], device)
-        run, task = dict(c, source=source, target=target, seed=seed), task_name(source, target, labels)
+        run = dict(configs[method], source=source, target=target, seed=seed)
+        task = task_name(source, target, labels)
         try:
             result = fine_tune(run, domains[source], domains[target], device, task)
         except Diverged as e:
             if not sweep:
                 raise
             print(f"error: {e} Moving on to the next run.")
-            diverged.append(f"{task} seed {seed}")
+            diverged.append(f"{method} {task} seed {seed}" if len(configs) > 1 else f"{task} seed {seed}")
             continue
         append_row(results_path, result_row(run, result, data))
         print(f"{result['task']} accuracy: {100 * result['accuracy']:.2f}% ({result['correct']}/{result['total']})")
         finished.append(result)
     if sweep:
-        order = {pair: k for k, pair in enumerate(dict.fromkeys((s, t) for s, t, _ in plan))}
-        rows = [r for r in read_rows(results_path) if (r["source"], r["target"]) in order]
-        if any(same_experiment(r, c, data) for r in rows):  # a shard with nothing to do may have nothing to show
-            print_table(sorted(rows, key=lambda r: order[(r["source"], r["target"])]), c, data, labels,
-                        results_path)
+        order = {pair: k for k, pair in enumerate(dict.fromkeys((s, t) for _, s, t, _ in plan))}
+        rows = sorted((r for r in read_rows(results_path) if (r["source"], r["target"]) in order),
+                      key=lambda r: order[(r["source"], r["target"])])
+        if any(same_experiment(r, config, data) for r in rows for config in configs.values()):
+            print_table(rows, configs, data, labels, results_path)  # (a shard with nothing to do may have nothing)
     if diverged:
         raise UserError(f"{len(diverged)} of {len(todo)} runs diverged and wrote no result: {', '.join(diverged)} "
                         "(their messages are above). The other runs are in the results file.")
     return finished
 
 
-def print_table(rows, c, data, labels, results_path):
-    """The table of the rows of this experiment on this data, and a note on rows of other copies of it."""
-    mine = [r for r in rows if same_experiment(r, c, data)]
-    dataset, config = experiment(c)
-    if not mine:
+def print_table(rows, configs, data, labels, results_path):
+    """The table of the rows of these experiments ({method: config}) on this data: tasks as rows for one method,
+    the papers' layout (methods as rows, tasks as columns) for several; and a note on rows of other copies."""
+    mine = {method: [r for r in rows if same_experiment(r, config, data)] for method, config in configs.items()}
+    c = next(iter(configs.values()))
+    dataset = experiment(c)[0]
+    if not any(mine.values()):
         raise UserError(f"{results_path} has no results for {c['model']} ({c['weights']}) with these flags on "
                         f"{dataset}; the flags {', '.join(PROTOCOL_FLAGS)}, the data_root folder name and the data "
                         "in it must match the sweep's.")
     print(f"\n{dataset}, {c['model']} ({c['weights']}), final model, mean ± std over seeds "
           f"(from {results_path}):\n")
-    print(markdown_table(mine, lambda source, target: task_name(source, target, labels)))
-    others = [r for r in rows if (r["dataset"], r["config"]) == (dataset, config) and not same_experiment(r, c, data)]
+    name = lambda source, target: task_name(source, target, labels)  # noqa: E731
+    if len(configs) == 1:
+        print(markdown_table(mine[c["method"]], name))
+    else:
+        print(methods_table(mine, name, PAPER_ORDER))
+    keys = [experiment(config) for config in configs.values()]
+    others = [r for r in rows if (r["dataset"], r["config"]) in keys and not any(
+        same_experiment(r, config, data) for config in configs.values())]
     if others:
         print(f"\nnote: {len(others)} more rows with these flags come from another copy of '{dataset}' (other class "
               "names or image counts than the data in data_root, or written before those were recorded); they are "
@@ -503,7 +585,7 @@ def check_out_dir(out_dir, results_path):
                         "run: pick a folder you can write to with --out_dir.")
 
 
-def report(c, results_path):
+def print_report(c, results_path):
     """--report=True: the table of the results file for these flags and the data in data_root; no training."""
     data_root = dataset_root(c["data_root"])
     labels = short_names(find_domains(data_root))
@@ -512,7 +594,8 @@ def report(c, results_path):
                         "other copies of the dataset, and found no domains there. Point --data_root at the data "
                         "the sweep used.")
     data = {name: fingerprint(data_root, name) for name in labels}
-    print_table(read_rows(results_path), c, data, labels, results_path)
+    configs = {method: with_method(c, method) for method in methods(c)}
+    print_table(read_rows(results_path), configs, data, labels, results_path)
 
 
 def print_config(c, precision=None):
@@ -537,7 +620,7 @@ def main(argv=None):
         results_path = os.path.join(c["out_dir"], "results.jsonl")
         if c["report"]:
             print_config(c)
-            return report(c, results_path)
+            return print_report(c, results_path)
         check_out_dir(c["out_dir"], results_path)
         device = pick_device(c["device"])
         print_config(c, choose_amp(c["amp"], device))

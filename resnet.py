@@ -1,13 +1,15 @@
 """torchvision ResNet-18/34/50/101/152 with ImageNet weights and a new `fc` sized to the number of classes.
 
     model = build_resnet("resnet50", num_classes=31, weights="IMAGENET1K_V1")  # V2 for 50/101/152; "none"
-    new = new_layer(model)      # the freshly initialised fc: it gets lr_mult x the learning rate
+    new = new_layer(model)      # the freshly initialised fc (and bottleneck): it gets lr_mult x the learning rate
+    layers(model)               # {"pool": ...} or {"bottleneck": ...}: the features adaptation methods read
 
 IMAGENET1K_V1 (top-1 76.13 for ResNet-50) is what every paper-era PyTorch baseline used; IMAGENET1K_V2
 (80.86, a newer recipe) has no published Office-31 number.
 """
-from torch import nn
 from torchvision import models
+
+from adaptation import new_head
 
 DEPTHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 
@@ -17,12 +19,20 @@ def weight_names(name):
     return tuple(w.name for w in models.get_model_weights(name)) + ("none",)
 
 
-def build_resnet(name, num_classes, weights="IMAGENET1K_V1"):
+def build_resnet(name, num_classes, weights="IMAGENET1K_V1", bottleneck=0):
     enum = None if weights == "none" else models.get_model_weights(name)[weights]
     model = models.get_model(name, weights=enum)  # loads the 1000-class ImageNet fc too...
-    model.fc = nn.Linear(model.fc.in_features, num_classes)  # ...which is replaced here
+    model.fc = new_head(model.fc.in_features, num_classes, bottleneck)  # ...which is replaced here
     return model
 
 
 def new_layer(model):
     return model.fc
+
+
+def layers(model):
+    """The features adaptation reads, the last feeding the classifier: the bottleneck's output when there is
+    one, else the pooled features."""
+    if hasattr(model.fc, "in_features"):
+        return {"pool": model.avgpool}
+    return {"bottleneck": model.fc[2]}

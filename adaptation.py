@@ -1,0 +1,164 @@
+"""The domain-adaptation losses, each next to its paper's formula, and the one object the training loop uses.
+
+    features = tap(layers)      # {name: module} of the network -> {name: its output at the latest forward}
+    method = Adaptation("dann", 256, num_classes=31, trade_off=1.0, entropy_conditioning=False, features=features)
+    loss = method(model(torch.cat([source_x, target_x])), progress)   # or ddc, dan, coral, cdan
+
+Every method sees one batch of source images followed by one batch of target images, pushed through the network
+together, and returns the adaptation term that office31.py adds to the source classification loss. Target labels
+never reach this file. MMD-style methods (DDC, DAN, Deep CORAL) return trade_off x their distance; the adversarial
+ones (DANN, CDAN) return the domain discriminator's loss, whose gradient reaches the network reversed and scaled by
+trade_off x (2 / (1 + exp(-10 p)) - 1), the DANN ramp over training progress p.
+"""
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+METHODS = ("source_only", "ddc", "dan", "coral", "dann", "cdan")
+
+
+def linear_mmd(source, target):
+    """DDC (Tzeng et al., "Deep Domain Confusion", 2014): MMD with a linear kernel, the squared distance between
+    the source and target feature means: || mean(x_s) - mean(x_t) ||^2."""
+    return (source.mean(0) - target.mean(0)).pow(2).sum()
+
+
+def multi_kernel_mmd(source, target, scales=(0.25, 0.5, 1.0, 2.0, 4.0)):
+    """DAN (Long et al., "Learning Transferable Features with Deep Adaptation Networks", ICML 2015): MMD with a
+    sum of Gaussian kernels k(a, b) = sum_u exp(-||a - b||^2 / (scale_u * sigma^2)), where sigma^2 is the mean
+    pairwise squared distance in the joint batch and the scales run 2^-2 ... 2^2 (as DAN's code and the
+    Transfer-Learning-Library set them). The (biased) estimate over all pairs:
+        MMD^2 = mean K(s, s') + mean K(t, t') - 2 mean K(s, t)."""
+    joint = torch.cat([source, target]).float()
+    squared = torch.cdist(joint, joint).pow(2)
+    n = len(joint)
+    sigma2 = squared.sum().detach() / (n * n - n)  # a bandwidth, not something to learn through
+    kernel = sum(torch.exp(-squared / (scale * sigma2 + 1e-12)) for scale in scales)
+    k = len(source)
+    return kernel[:k, :k].mean() + kernel[k:, k:].mean() - 2 * kernel[:k, k:].mean()
+
+
+def coral(source, target):
+    """Deep CORAL (Sun & Saenko, ECCV 2016 workshops): the distance between the source and target feature
+    covariances, || C_s - C_t ||_F^2 / (4 d^2), with C = (X^T X - (1^T X)^T (1^T X) / n) / (n - 1)."""
+    def covariance(x):
+        x = x.float()
+        centred = x - x.mean(0, keepdim=True)
+        return centred.T @ centred / (len(x) - 1)
+
+    d = source.shape[1]
+    return (covariance(source) - covariance(target)).pow(2).sum() / (4 * d * d)
+
+
+class ReverseGradient(torch.autograd.Function):
+    """The gradient reversal layer of DANN (Ganin et al., JMLR 2016): the identity going forward, the gradient
+    times -coefficient going back."""
+
+    @staticmethod
+    def forward(ctx, x, coefficient):
+        ctx.coefficient = coefficient
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return -ctx.coefficient * grad, None
+
+
+def ramp(progress):
+    """DANN's schedule for the reversed gradient's weight: 2 / (1 + exp(-10 p)) - 1, from 0 at p = 0 to ~1."""
+    return 2 / (1 + math.exp(-10 * progress)) - 1
+
+
+def discriminator(in_features):
+    """The domain discriminator of DANN and CDAN: two hidden layers of 1024 with ReLU and dropout 0.5, one logit
+    (source or target)."""
+    return nn.Sequential(nn.Linear(in_features, 1024), nn.ReLU(), nn.Dropout(0.5),
+                         nn.Linear(1024, 1024), nn.ReLU(), nn.Dropout(0.5), nn.Linear(1024, 1))
+
+
+def domain_loss(domain_logits, weights=None):
+    """Binary cross-entropy of the discriminator: the first half of the batch is source (1), the rest target (0).
+    weights: one per image (CDAN+E), normalised to sum to 1 within each domain; None: the plain mean."""
+    half = len(domain_logits) // 2
+    labels = torch.cat([torch.ones(half), torch.zeros(len(domain_logits) - half)]).to(domain_logits.device)
+    losses = F.binary_cross_entropy_with_logits(domain_logits.squeeze(1).float(), labels, reduction="none")
+    if weights is None:
+        return losses.mean()
+    weights = torch.cat([weights[:half] / weights[:half].sum(), weights[half:] / weights[half:].sum()])
+    return (weights * losses).sum() / weights.sum()
+
+
+class MultilinearMap(nn.Module):
+    """CDAN (Long et al., "Conditional Adversarial Domain Adaptation", NeurIPS 2018): the discriminator sees
+    f ⊗ g, the outer product of the features f and the class probabilities g, flattened. When that is larger
+    than `size` (4096 in the paper's code), the randomized map (R_f f) ⊙ (R_g g) / sqrt(size) with fixed
+    Gaussian R_f, R_g of `size` outputs stands in for it."""
+
+    def __init__(self, feature_size, num_classes, size=1024):
+        super().__init__()
+        self.randomized = feature_size * num_classes > 4096
+        self.out_features = size if self.randomized else feature_size * num_classes
+        if self.randomized:  # buffers: fixed, never trained, saved with the state and moved with .to()
+            self.register_buffer("r_f", torch.randn(feature_size, size))
+            self.register_buffer("r_g", torch.randn(num_classes, size))
+
+    def forward(self, f, g):
+        if self.randomized:
+            return (f @ self.r_f.to(f.dtype)) * (g @ self.r_g.to(g.dtype)) / math.sqrt(self.out_features)
+        return torch.bmm(g.unsqueeze(2), f.unsqueeze(1)).flatten(1)
+
+
+def entropy(probabilities):
+    return -(probabilities * torch.log(probabilities + 1e-5)).sum(1)
+
+
+def new_head(in_features, num_classes, bottleneck):
+    """The new layers on top of a pretrained backbone: the classifier, behind a bottleneck (Linear, BatchNorm1d,
+    ReLU) of `bottleneck` units as in the DAN/DANN/CDAN ResNet-50 setups, or straight on the features (0)."""
+    if not bottleneck:
+        return nn.Linear(in_features, num_classes)
+    return nn.Sequential(nn.Linear(in_features, bottleneck), nn.BatchNorm1d(bottleneck), nn.ReLU(),
+                         nn.Linear(bottleneck, num_classes))
+
+
+def tap(layers):
+    """Record each layer's output at every forward pass: {name: module} -> {name: latest output, flattened}."""
+    outputs = {}
+    for name, module in layers.items():
+        module.register_forward_hook(lambda m, inputs, out, name=name: outputs.__setitem__(name, out.flatten(1)))
+    return outputs
+
+
+class Adaptation(nn.Module):
+    """The adaptation term of one method, as a module: DANN and CDAN hold their discriminator (new layers,
+    trained at lr_mult x with the rest). features: the tapped layers {name: rows of [source; target]} in network
+    order, the last one feeding the classifier, filled by the network's forward pass (see tap). Called with the
+    logits of the same joint batch and the training progress p; returns the term to add to the source loss."""
+
+    def __init__(self, method, feature_size, num_classes, trade_off, entropy_conditioning, features):
+        super().__init__()
+        self.method, self.trade_off, self.entropy_conditioning = method, trade_off, entropy_conditioning
+        self.features = features
+        if method == "dann":
+            self.discriminator = discriminator(feature_size)
+        if method == "cdan":
+            self.map = MultilinearMap(feature_size, num_classes)
+            self.discriminator = discriminator(self.map.out_features)
+
+    def forward(self, logits, progress):
+        features = self.features
+        half, feature = len(logits) // 2, list(features.values())[-1]
+        if self.method == "ddc":  # the layer that feeds the classifier: the bottleneck, or AlexNet's fc7
+            return self.trade_off * linear_mmd(feature[:half], feature[half:])
+        if self.method == "dan":  # every tapped layer and the logits: fc6, fc7, fc8 of AlexNet; bottleneck, fc
+            return self.trade_off * sum(multi_kernel_mmd(x[:half], x[half:]) for x in [*features.values(), logits])
+        if self.method == "coral":  # Deep CORAL aligns the last layer (fc8 in the paper): the logits
+            return self.trade_off * coral(logits[:half], logits[half:])
+        f = ReverseGradient.apply(feature.float(), self.trade_off * ramp(progress))
+        if self.method == "dann":
+            return domain_loss(self.discriminator(f))
+        g = F.softmax(logits.float(), dim=1).detach()  # CDAN conditions on the predictions, not through them
+        weights = 1 + torch.exp(-entropy(g)) if self.entropy_conditioning else None  # CDAN+E: confident ones count more
+        return domain_loss(self.discriminator(self.map(f, g)), weights)
