@@ -36,6 +36,9 @@ OFFICE31_ARCHIVE = "domain_adaptation_images.tar.gz"
 OFFICE31_SHA1 = "7aa25a86f3880b6e79283227816f9d4d8506d636"  # published by a third party, checked as a warning only
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+CAFFE_MEAN_BGR = (104.0, 116.7, 122.7)  # Caffe's networks take BGR, 0-255, minus this mean
+# What a network takes as pixels: "imagenet" (torchvision: RGB in [0, 1], minus mean, over std) or "caffe".
+PIXELS = ("imagenet", "caffe")
 
 EXPECTED_TREE = """Expected either layout (the official archive, or the flattened one many repos use):
     <data_root>/amazon/images/back_pack/frame_0001.jpg      <data_root>/amazon/back_pack/frame_0001.jpg
@@ -271,28 +274,40 @@ def load_rgb(path):
         raise UserError(f"cannot read image '{path}' ({type(e).__name__}: {e}). Replace or delete it.") from None
 
 
-def train_transform(resize_size, crop_size):
+def caffe_pixels(image_uint8):
+    """A CHW uint8 RGB tensor as Caffe's input: BGR, 0-255, minus the ImageNet mean."""
+    return image_uint8.flip(-3).float() - torch.tensor(CAFFE_MEAN_BGR, device=image_uint8.device).view(3, 1, 1)
+
+
+def to_network_pixels(pixels):
+    """The last per-sample transforms: PIL image -> the tensor the network takes."""
+    if pixels == "caffe":
+        return [transforms.PILToTensor(), caffe_pixels]
+    return [transforms.ToTensor(), transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+
+
+def train_transform(resize_size, crop_size, pixels="imagenet"):
     return transforms.Compose([
         transforms.Resize((resize_size, resize_size)),
         transforms.RandomCrop(crop_size),
         transforms.RandomHorizontalFlip(),
-        transforms.ToTensor(),
-        transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        *to_network_pixels(pixels),
     ])
 
 
-def test_transform(resize_size, crop_size):
+def test_transform(resize_size, crop_size, pixels="imagenet"):
     return transforms.Compose([
         transforms.Resize((resize_size, resize_size)),
         transforms.CenterCrop(crop_size),
-        transforms.ToTensor(),
-        transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        *to_network_pixels(pixels),
     ])
 
 
-def normalize(batch_uint8):
-    """uint8 NCHW -> ImageNet-normalised float: ToTensor's x / 255 and Normalize's (x - mean) / std,
-    folded into one multiply-add (equal up to float rounding)."""
+def normalize(batch_uint8, pixels="imagenet"):
+    """uint8 NCHW -> what the network takes. ImageNet: ToTensor's x / 255 and Normalize's (x - mean) / std,
+    folded into one multiply-add (equal up to float rounding); Caffe: caffe_pixels (exactly equal)."""
+    if pixels == "caffe":
+        return caffe_pixels(batch_uint8)
     std = torch.tensor(IMAGENET_STD, device=batch_uint8.device).view(1, 3, 1, 1)
     mean = torch.tensor(IMAGENET_MEAN, device=batch_uint8.device).view(1, 3, 1, 1)
     return batch_uint8.float().mul_(1 / (255 * std)).add_(-mean / std)
@@ -343,17 +358,18 @@ class ImageFolderDomain:
         return DataLoader(self.images, batch_size=batch_size, sampler=sampler, generator=generator,
                           num_workers=self.num_workers, pin_memory=self.device.type == "cuda")
 
-    def train_batches(self, num_batches, batch_size, crop_size, generator):
+    def train_batches(self, num_batches, batch_size, crop_size, generator, pixels="imagenet"):
         # Shuffled passes over the source, back to back, for exactly num_batches full batches.
         sampler = RandomSampler(self.images, num_samples=num_batches * batch_size, generator=generator)
-        loader = self._loader(train_transform(self.resize_size, crop_size), batch_size, sampler, generator)
+        loader = self._loader(train_transform(self.resize_size, crop_size, pixels), batch_size, sampler, generator)
         for x, y in loader:
             yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
 
-    def test_batches(self, batch_size, crop_size):
+    def test_batches(self, batch_size, crop_size, pixels="imagenet"):
         # A generator of its own: DataLoader draws a seed from the given one (else from the global RNG that the
         # training crops, flips and dropout use), and evaluating must not change the training trajectory.
-        loader = self._loader(test_transform(self.resize_size, crop_size), batch_size, generator=torch.Generator())
+        transform = test_transform(self.resize_size, crop_size, pixels)
+        loader = self._loader(transform, batch_size, generator=torch.Generator())
         for x, y in loader:
             yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
 
@@ -389,18 +405,18 @@ class CachedDomain:
     def __len__(self):
         return len(self.images)
 
-    def train_batches(self, num_batches, batch_size, crop_size, generator):
+    def train_batches(self, num_batches, batch_size, crop_size, generator, pixels="imagenet"):
         # Same sampling as the per-sample path: shuffled passes back to back.
         order = RandomSampler(range(len(self)), num_samples=num_batches * batch_size, generator=generator)
         order = torch.tensor(list(order))
         for index in order.split(batch_size):
             images = random_crop_batch(self.images, index, crop_size, generator)
-            yield normalize(images), self.labels[index.to(self.labels.device)]
+            yield normalize(images, pixels), self.labels[index.to(self.labels.device)]
 
-    def test_batches(self, batch_size, crop_size):
+    def test_batches(self, batch_size, crop_size, pixels="imagenet"):
         for index in torch.arange(len(self)).split(batch_size):
             images = center_crop_batch(self.images, index, crop_size)
-            yield normalize(images), self.labels[index.to(self.labels.device)]
+            yield normalize(images, pixels), self.labels[index.to(self.labels.device)]
 
 
 def load_domain(data_root, name, resize_size, cache, num_workers, device):

@@ -25,6 +25,7 @@ import torchvision
 from tqdm import tqdm
 
 import alexnet
+import caffe_alexnet
 import resnet
 from adaptation import METHODS, Adaptation, tap
 from data_loader import (UserError, check_cache_fits, check_same_classes, dataset_root, find_domains, fingerprint,
@@ -38,8 +39,9 @@ source = "amazon"  # domain folder name or its initial: amazon/A, webcam/W, dslr
 target = "webcam"
 download = True  # fetch Office-31 into data_root when data_root is missing or empty
 # model
-model = "resnet50"  # alexnet, resnet18, resnet34, resnet50, resnet101, resnet152
-weights = "IMAGENET1K_V1"  # IMAGENET1K_V1; IMAGENET1K_V2 (resnet50/101/152 only); none (random init)
+model = "resnet50"  # alexnet, caffe_alexnet (the papers'), resnet18, resnet34, resnet50, resnet101, resnet152
+weights = "auto"  # auto: IMAGENET1K_V1 (caffe_alexnet: bvlc_reference_caffenet); IMAGENET1K_V2; bvlc_alexnet; none
+freeze = 0  # leading blocks whose weights stay fixed: conv1, conv2, ... (DAN's AlexNet: 3); ResNet: stem, layer1, ...
 # adaptation (README, Domain adaptation); source_only is plain fine-tuning, the others add a loss on target images
 method = "source_only"  # source_only, ddc, dan, coral, dann, cdan; several (source_only,dann,...) make a sweep
 bottleneck = "auto"  # Linear+BatchNorm1d+ReLU of this width before the classifier; 0: none; auto: the method's
@@ -55,7 +57,7 @@ momentum = 0.9  # Nesterov
 weight_decay = 5e-4
 # input
 resize_size = 256  # every image is resized to resize_size x resize_size (aspect ratio not kept)
-crop_size = 224  # random crop for training, centre crop for testing
+crop_size = 0  # random crop for training, centre crop for testing; 0: the network's (224; caffe_alexnet 227)
 # speed
 cache = True  # decode each domain once into memory (~196 KB an image at 256); False: PIL per sample per epoch
 amp = "auto"  # bf16 autocast: auto (where it is faster: CUDA compute capability 8.0+, CPUs measured), bf16, off
@@ -77,9 +79,9 @@ rerun = False  # a sweep skips runs already in results.jsonl with the same confi
 report = False  # only print the table of results.jsonl for this config; train nothing
 # -----------------------------------------------------------------------------------------------------------
 FLAGS = {k: v for k, v in globals().items() if not k.startswith("_") and isinstance(v, (bool, int, float, str))}
-MODELS = ("alexnet",) + resnet.DEPTHS
+MODELS = ("alexnet", "caffe_alexnet") + resnet.DEPTHS
 # The flags that define an experiment: runs agreeing on these (and on the dataset) are the same run.
-PROTOCOL_FLAGS = ("model", "weights", "method", "bottleneck", "trade_off", "entropy", "epochs", "iters_per_epoch",
+PROTOCOL_FLAGS = ("model", "weights", "freeze", "method", "bottleneck", "trade_off", "entropy", "epochs", "iters_per_epoch",
                   "batch_size", "lr", "lr_mult", "momentum", "weight_decay", "resize_size", "crop_size")
 
 
@@ -112,13 +114,25 @@ def parse_flags(argv, defaults=FLAGS):
     return config
 
 
+def resolve(c):
+    """The flags whose default depends on the network, made explicit: weights=auto and crop_size=0."""
+    caffe = c["model"] == "caffe_alexnet"
+    weights = ("bvlc_reference_caffenet" if caffe else "IMAGENET1K_V1") if c["weights"] == "auto" else c["weights"]
+    return dict(c, weights=weights, crop_size=c["crop_size"] or (caffe_alexnet.CROP_SIZE if caffe else 224))
+
+
 def check_config(c):
     """Bad flag values stop the run before any work, with the reason."""
     if c["model"] not in MODELS:
         raise UserError(f"--model={c['model']} is not one of {', '.join(MODELS)}.")
-    choices = alexnet.WEIGHTS if c["model"] == "alexnet" else resnet.weight_names(c["model"])
+    choices = {"alexnet": alexnet.WEIGHTS, "caffe_alexnet": caffe_alexnet.WEIGHTS}.get(c["model"]) or \
+        resnet.weight_names(c["model"])
     if c["weights"] not in choices:
-        raise UserError(f"--weights={c['weights']}: torchvision has {', '.join(choices)} for {c['model']}.")
+        raise UserError(f"--weights={c['weights']}: {c['model']} has {', '.join(choices)}.")
+    names = architecture(c["model"]).BLOCKS
+    if not 0 <= c["freeze"] <= len(names):
+        raise UserError(f"--freeze={c['freeze']}: {c['model']} has {len(names)} blocks to freeze "
+                        f"({', '.join(names)}); give a number from 0 to {len(names)}.")
     for name in ("epochs", "iters_per_epoch", "batch_size", "eval_batch_size", "resize_size", "crop_size", "seeds"):
         if c[name] < 1:
             raise UserError(f"--{name}={c[name]}: must be at least 1.")
@@ -236,17 +250,26 @@ def cpu_bf16_speedup():
 
 
 def architecture(name):
-    """The file that builds this network: alexnet or resnet (new_layer, layers)."""
-    return alexnet if name == "alexnet" else resnet
+    """The file that builds this network: alexnet, caffe_alexnet or resnet (new_layer, layers, blocks)."""
+    return {"alexnet": alexnet, "caffe_alexnet": caffe_alexnet}.get(name, resnet)
 
 
-def build_model(name, num_classes, weights, bottleneck=0):
-    """The network with a new last layer (behind a bottleneck of that width, if any); a checkpoint that cannot be
-    fetched is a UserError saying what to do."""
+def build_model(name, num_classes, weights, bottleneck=0, freeze=0):
+    """The network with a new last layer (behind a bottleneck of that width, if any) and its first `freeze`
+    blocks fixed; a checkpoint that cannot be fetched is a UserError saying what to do."""
+    model = load_network(name, num_classes, weights, bottleneck)
+    for block in architecture(name).blocks(model)[:freeze]:
+        block.requires_grad_(False)  # fixed: make_optimizer leaves them out of every group
+    return model, architecture(name).new_layer
+
+
+def load_network(name, num_classes, weights, bottleneck):
     try:
         if name == "alexnet":
-            return alexnet.build_alexnet(num_classes, weights, bottleneck), alexnet.new_layer
-        return resnet.build_resnet(name, num_classes, weights, bottleneck), resnet.new_layer
+            return alexnet.build_alexnet(num_classes, weights, bottleneck)
+        if name == "caffe_alexnet":
+            return caffe_alexnet.build_caffe_alexnet(num_classes, weights, bottleneck)
+        return resnet.build_resnet(name, num_classes, weights, bottleneck)
     except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as e:  # offline (URLError), damaged file
         url = torchvision.models.get_model_weights(name)[weights].url
         path = os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(url))
@@ -261,7 +284,7 @@ def make_optimizer(model, new_layer, c, fused=True):
     update in one pass over all parameters (AlexNet's 61M make the per-tensor loop costly)."""
     new = list(new_layer.parameters())
     new_ids = {id(p) for p in new}
-    pretrained = [p for p in model.parameters() if id(p) not in new_ids]
+    pretrained = [p for p in model.parameters() if id(p) not in new_ids and p.requires_grad]  # not the frozen
     groups = [{"params": pretrained, "initial_lr": c["lr"]}, {"params": new, "initial_lr": c["lr"] * c["lr_mult"]}]
     return torch.optim.SGD(groups, lr=c["lr"], momentum=c["momentum"], weight_decay=c["weight_decay"],
                            nesterov=c["momentum"] > 0, fused=fused and model_device(model).type in ("cpu", "cuda"))
@@ -376,7 +399,8 @@ def fine_tune(c, source, target, device, task):
     torch.manual_seed(c["seed"])
     generator = torch.Generator().manual_seed(c["seed"])
     check_same_classes(source, target)
-    net, new_layer = build_model(c["model"], len(source.classes), c["weights"], c["bottleneck"])
+    net, new_layer = build_model(c["model"], len(source.classes), c["weights"], c["bottleneck"], c["freeze"])
+    pixels = "caffe" if c["model"] == "caffe_alexnet" else "imagenet"  # what the network's weights were trained on
     amp, why = choose_amp(c["amp"], device)
     memory_format = torch.channels_last if c["channels_last"] else torch.contiguous_format
     net = net.to(device, memory_format=memory_format)
@@ -393,10 +417,10 @@ def fine_tune(c, source, target, device, task):
     history = []
     for epoch in range(1, c["epochs"] + 1):
         start = time.time()
-        batches = source.train_batches(c["iters_per_epoch"], c["batch_size"], c["crop_size"], generator)
+        batches = source.train_batches(c["iters_per_epoch"], c["batch_size"], c["crop_size"], generator, pixels)
         if adaptation:  # the target's labels are dropped here, unread: training sees its images only
             target_images = (x for x, _ in target.train_batches(c["iters_per_epoch"], c["batch_size"],
-                                                                c["crop_size"], target_generator))
+                                                                c["crop_size"], target_generator, pixels))
             batches = zip(batches, target_images)
         batches = tqdm(batches, total=c["iters_per_epoch"], desc=f"epoch {epoch}/{c['epochs']}", unit="batch",
                        leave=False, disable=None)  # a bar on a terminal only: in a log, the epoch line below
@@ -414,7 +438,7 @@ def fine_tune(c, source, target, device, task):
         row = {"epoch": epoch, "loss": loss, "adaptation_loss": losses.get("adaptation"), "source_acc": source_acc,
                "target_acc": None}
         if epoch == c["epochs"] or (c["eval_every"] and epoch % c["eval_every"] == 0):
-            correct, total = evaluate(model, target.test_batches(c["eval_batch_size"], c["crop_size"]),
+            correct, total = evaluate(model, target.test_batches(c["eval_batch_size"], c["crop_size"], pixels),
                                       amp, memory_format)
             row["target_acc"] = correct / total
         row["seconds"] = time.time() - start
@@ -615,7 +639,7 @@ def user_message(error):
 
 def main(argv=None):
     try:
-        c = parse_flags(sys.argv[1:] if argv is None else argv)
+        c = resolve(parse_flags(sys.argv[1:] if argv is None else argv))
         check_config(c)
         results_path = os.path.join(c["out_dir"], "results.jsonl")
         if c["report"]:

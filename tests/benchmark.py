@@ -10,7 +10,9 @@ Not a test (pytest does not collect it): it prints images/s and ratios against t
      fp32 NCHW vs defaults, the defaults in the other precision (bf16 and fp32 side by side, whichever
      --amp=auto chose) and --compile=True; and a ceiling: the images/s a step would reach if all its FLOPs
      ran at the fastest fp32 rate measured on this machine (a large matrix product or convolution);
-  3. one full A->W alexnet epoch (train on the source + evaluate the whole target): wall time, peak memory.
+  3. one full A->W alexnet epoch (train on the source + evaluate the whole target): wall time, peak memory;
+  4. what each adaptation method costs: resnet50 training steps with the defaults, source images/s against
+     source_only (an adapting step also pushes a target batch through the network).
 It first prints the CPU, its bf16 and AMX capabilities, and what --amp=auto chose on it and why: bf16's
 worth differs between CPUs, so figures from different machines only compare with those lines beside them.
 The generated tree is kept in --root and reused by later runs.
@@ -33,6 +35,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import office31  # noqa: E402
+from adaptation import METHODS, Adaptation, tap  # noqa: E402
 from data_loader import load_domain  # noqa: E402
 
 CLASSES = 31
@@ -141,8 +144,8 @@ def best_flops_per_second():
 
 def one_epoch(root, kind, workers):
     """Run in a child process (so peak memory is its own): one A->W alexnet epoch through fine_tune."""
-    c = dict(office31.FLAGS, data_root=root, model="alexnet", weights="none", epochs=1, num_workers=workers,
-             out_dir=tempfile.mkdtemp())
+    c = office31.resolve(dict(office31.FLAGS, data_root=root, model="alexnet", weights="none", epochs=1,
+                              num_workers=workers, out_dir=tempfile.mkdtemp()))
     if kind == "classic":  # per-sample PIL, fp32, NCHW, and the per-tensor SGD loop classic scripts run
         c.update(cache=False, amp="off", channels_last=False)
         office31.make_optimizer = functools.partial(office31.make_optimizer, fused=False)
@@ -159,6 +162,35 @@ def peak_memory_mb():
     """This process's peak resident memory (VmHWM starts afresh at exec, unlike ru_maxrss; workers not counted)."""
     with open("/proc/self/status") as f:
         return next(int(line.split()[1]) for line in f if line.startswith("VmHWM")) / 1024
+
+
+def method_rates(name, steps, warm_up):
+    """Source images/s of training steps with the defaults (amp=auto, channels_last, fused SGD) for each method,
+    with the bottleneck each takes by default; the methods take turns after their warm-up, median of 3 rounds."""
+    x, y, x_target = torch.randn(32, 3, 224, 224), torch.randint(0, CLASSES, (32,)), torch.randn(32, 3, 224, 224)
+    amp, _ = office31.choose_amp("auto", torch.device("cpu"))
+    runs = []
+    for method in METHODS:
+        c = office31.with_method(office31.FLAGS, method)
+        net, new_layer = office31.build_model(name, CLASSES, "none", c["bottleneck"])
+        net = net.to(memory_format=torch.channels_last)
+        new, adapt = new_layer(net), None
+        if method != "source_only":
+            classifier = [m for m in new.modules() if isinstance(m, torch.nn.Linear)][-1]
+            features = tap(office31.architecture(name).layers(net))
+            adapt = Adaptation(method, classifier.in_features, CLASSES, 1.0, False, features)
+            new = torch.nn.ModuleList([new, adapt])
+        optimizer = office31.make_optimizer(net, new, c)
+        batch = ((x, y), x_target) if adapt else (x, y)
+        office31.train_one_epoch(net, optimizer, [batch] * warm_up, 0, 10, amp, torch.channels_last, adapt)
+        runs.append((net, optimizer, batch, adapt))
+    rates = [[] for _ in runs]
+    for _ in range(3):
+        for (net, optimizer, batch, adapt), rate in zip(runs, rates):
+            start = time.perf_counter()
+            office31.train_one_epoch(net, optimizer, [batch] * steps, 0, 10, amp, torch.channels_last, adapt)
+            rate.append(steps * len(x) / (time.perf_counter() - start))
+    return {method: statistics.median(rate) for method, rate in zip(METHODS, rates)}
 
 
 def cpu_name():
@@ -187,7 +219,7 @@ def main():
     parser.add_argument("--rounds", type=int, default=3, help="rounds of timed steps, the settings taking turns")
     parser.add_argument("--warm_up", type=int, default=8, help="untimed first steps of each setting")
     parser.add_argument("--workers", type=int, default=os.cpu_count())
-    parser.add_argument("--skip", default="", help="comma list of parts to skip: data,steps,epoch")
+    parser.add_argument("--skip", default="", help="comma list of parts to skip: data,steps,epoch,methods")
     parser.add_argument("--epoch", help=argparse.SUPPRESS)  # internal: run one epoch in this process
     args = parser.parse_args()
     if args.epoch:
@@ -234,6 +266,12 @@ def main():
         print(f"   classic fp32 pipeline   {classic['seconds']:7.1f}s  peak {classic['peak_mb']:6.0f} MB  1.0x")
         print(f"   defaults                {fast['seconds']:7.1f}s  peak {fast['peak_mb']:6.0f} MB  "
               f"{classic['seconds'] / fast['seconds']:.1f}x")
+    if "methods" not in skip:
+        print(f"4. adaptation methods: resnet50 training step with the defaults, source images/s (median of 3 rounds "
+              f"of {steps} steps; x: against source_only)")
+        rates = method_rates("resnet50", steps, warm_up)
+        for method, rate in rates.items():
+            print(f"   {method:12s} {rate:7.1f}   {rate / rates['source_only']:.2f}x")
 
 
 if __name__ == "__main__":

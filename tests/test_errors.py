@@ -27,7 +27,7 @@ def fails_with(argv, capsys, *phrases):
     (["--epochs=-1"], ["--epochs=-1", "at least 1"]),
     (["--model=vgg16"], ["--model=vgg16", "alexnet, resnet18"]),
     (["--crop_size=300"], ["--crop_size=300", "larger than --resize_size=256"]),
-    (["--weights=IMAGENET1K_V2", "--model=resnet18"], ["IMAGENET1K_V1, none for resnet18"]),
+    (["--weights=IMAGENET1K_V2", "--model=resnet18"], ["resnet18 has IMAGENET1K_V1, none."]),
     (["--epoch=3"], ["unknown argument '--epoch=3'", "epochs, iters_per_epoch"]),
     (["epochs=3"], ["unknown argument 'epochs=3'"]),
     (["--batch_size=3.5"], ["--batch_size=3.5: expected int"]),
