@@ -125,7 +125,8 @@ def test_task_names_stay_apart_when_initials_collide(tmp_path, capsys):
     root = make_tree(tmp_path / "digits", {"mnist": 1, "mnistm": 1, "svhn": 1}, size=(20, 20))
     done = sweep(root, tmp_path / "out", "--tasks=all")
     tasks = [r["task"] for r in done]
-    assert tasks == ["Mnist→Mnistm", "Mnist→Svhn", "Mnistm→Mnist", "Mnistm→Svhn", "Svhn→Mnist", "Svhn→Mnistm"]
+    assert tasks == ["Mnist→Mnistm", "Mnist→Svhn", "Mnistm→Mnist", "Mnistm→Svhn", "Svhn→Mnist",
+                     "Svhn→Mnistm"]
     table = capsys.readouterr().out.split("| task |", 1)[1]
     assert all(f"| {task} |" in table for task in tasks)
     files = sorted(p.name.split("_resnet18")[0] for p in (tmp_path / "out").glob("*.json"))
