@@ -10,7 +10,6 @@ ImageNet mean, 227x227. The weights come from the Caffe model zoo as a .caffemod
 needed: caffemodel_blobs below reads its protobuf encoding) into a plain state_dict in the torch hub cache.
 """
 import collections
-import hashlib
 import os
 import tempfile
 
@@ -19,6 +18,7 @@ from torch import nn
 
 from adaptation import new_head
 from data_loader import UserError
+from download import sha1_of
 
 WEIGHTS = ("bvlc_reference_caffenet", "bvlc_alexnet", "none")
 BLOCKS = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7")  # what --freeze counts, in order
@@ -199,14 +199,6 @@ def caffe_state_dict(path):
                             f"{bias.numel()}, where AlexNet has {list(shape)} and {shape[0]}.")
         state[f"{module}.weight"], state[f"{module}.bias"] = weight.reshape(shape), bias.reshape(-1)
     return state
-
-
-def sha1_of(path):
-    digest = hashlib.sha1()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def converted_weights(weights):

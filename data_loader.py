@@ -8,32 +8,25 @@ Two interchangeable paths give the same tensors for the same crop and flip:
 - CachedDomain (default): every image decoded once, resized to resize x resize uint8 and kept in memory
   (on the GPU when training there); random crop, flip and normalisation run per sample on whole batches.
 - ImageFolderDomain (cache=False): the classic torchvision ImageFolder + PIL transforms per sample.
-Also here: finding domains under a root, the Office-31 download, and the layout/count checks.
+Also here: finding domains under a root, and the layout/count checks (downloads: download.py).
 """
-import contextlib
 import hashlib
 import os
-import tempfile
 import time
-
-try:
-    import fcntl
-except ImportError:  # Windows: no flock; concurrent downloads then fall back to using whichever tree lands first
-    fcntl = None
 
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 from torchvision import datasets, transforms
-from torchvision.datasets.utils import download_file_from_google_drive, extract_archive
 from torchvision.transforms.functional import pil_to_tensor
 from tqdm import tqdm
 
-OFFICE31_SIZES = {"amazon": 2817, "webcam": 795, "dslr": 498}
-OFFICE31_CLASSES = 31
-OFFICE31_DRIVE_ID = "0B4IapRTv9pJ1WGZVd1VDMmhwdlE"
-OFFICE31_ARCHIVE = "domain_adaptation_images.tar.gz"
-OFFICE31_SHA1 = "7aa25a86f3880b6e79283227816f9d4d8506d636"  # published by a third party, checked as a warning only
+# The complete datasets download.py fetches: domain -> image count (Office-31: 31 classes; Office-Home: 65).
+OFFICE31_SIZES = {"amazon": 2817, "dslr": 498, "webcam": 795}
+OFFICE_HOME_SIZES = {"Art": 2427, "Clipart": 4365, "Product": 4439, "Real_World": 4357}
+# A dataset's domains may sit one folder down: the official Office-31 archive unpacked as is, or a download that
+# filled an existing empty data_root in place.
+NESTED = ("domain_adaptation_images", "dataset")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 CAFFE_MEAN_BGR = (104.0, 116.7, 122.7)  # Caffe's networks take BGR, 0-255, minus this mean
@@ -44,8 +37,7 @@ EXPECTED_TREE = """Expected either layout (the official archive, or the flattene
     <data_root>/amazon/images/back_pack/frame_0001.jpg      <data_root>/amazon/back_pack/frame_0001.jpg
     <data_root>/dslr/images/...                             <data_root>/dslr/...
     <data_root>/webcam/images/...                           <data_root>/webcam/...
-Office-31 (domain_adaptation_images.tar.gz) is linked from people.eecs.berkeley.edu/~jhoffman/domainadapt/
-(Google Drive id %s); unpack it into <data_root>.""" % OFFICE31_DRIVE_ID
+Office-31 and Office-Home are downloaded when data_root is missing or empty (--dataset; README, Data)."""
 
 
 class UserError(Exception):
@@ -62,7 +54,7 @@ def class_root(domain_dir):
     return images if os.path.isdir(images) else domain_dir
 
 
-def _subdirs(path):
+def subdirs(path):
     return sorted(e.name for e in os.scandir(path) if e.is_dir() and not e.name.startswith("."))
 
 
@@ -70,13 +62,13 @@ def find_domains(data_root):
     """Names of the domains under data_root: sub-folders whose class root holds class folders."""
     if not os.path.isdir(data_root):
         return []
-    return [d for d in _subdirs(data_root) if _subdirs(class_root(os.path.join(data_root, d)))]
+    return [d for d in subdirs(data_root) if subdirs(class_root(os.path.join(data_root, d)))]
 
 
 def dataset_root(data_root):
-    """data_root itself, or its domain_adaptation_images/ folder when the archive was unpacked there as is."""
-    nested = os.path.join(data_root, "domain_adaptation_images")
-    return nested if find_domains(nested) else data_root
+    """data_root itself, or its NESTED folder that holds the domains."""
+    nested = [os.path.join(data_root, name) for name in NESTED if find_domains(os.path.join(data_root, name))]
+    return nested[0] if nested else data_root
 
 
 def resolve_domain(data_root, name):
@@ -107,30 +99,16 @@ def check_same_classes(source, target):
 
 def count_images(root):
     """Images ImageFolder would find under root (a class root), without decoding any."""
-    classes = _subdirs(root)
+    classes = subdirs(root)
     index = {c: i for i, c in enumerate(classes)}
     return len(datasets.folder.make_dataset(root, index, datasets.folder.IMG_EXTENSIONS, allow_empty=True))
-
-
-def office31_problems(data_root):
-    """What differs from a complete Office-31 tree (31 classes; 2,817 / 795 / 498 images); [] if nothing."""
-    problems = []
-    for domain, size in OFFICE31_SIZES.items():
-        path = os.path.join(data_root, domain)
-        if not os.path.isdir(path):
-            problems.append(f"{domain}: missing")
-            continue
-        classes, count = len(_subdirs(class_root(path))), count_images(class_root(path))
-        if classes != OFFICE31_CLASSES or count != size:
-            problems.append(f"{domain}: {classes} classes and {count} images, expected {OFFICE31_CLASSES} and {size}")
-    return problems
 
 
 def fingerprint(data_root, name):
     """What identifies the data of domain `name` without decoding it: its class names (hashed) and image count.
     Two copies of a dataset in folders of the same name (a subset, a rebuilt tree) differ here."""
     root = class_root(resolve_domain(data_root, name))
-    classes = _subdirs(root)
+    classes = subdirs(root)
     digest = hashlib.sha1("\n".join(classes).encode()).hexdigest()[:8]
     return f"{len(classes)} classes ({digest}), {count_images(root)} images"
 
@@ -164,101 +142,6 @@ def check_cache_fits(data_root, names, resize_size, device):
                         f"and {have / 1e9:.1f} GB of {where} is here (at most 80% of it is used for the cache). "
                         "Run with --cache=False (images are then decoded per sample, slower but in little "
                         "memory), or with a smaller --resize_size.")
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Downloading Office-31
-
-
-def fetch_archive(folder):
-    """Download the official archive into folder (the only function here that touches the network)."""
-    download_file_from_google_drive(OFFICE31_DRIVE_ID, folder, OFFICE31_ARCHIVE)
-    return os.path.join(folder, OFFICE31_ARCHIVE)
-
-
-def sha1_of(path):
-    digest = hashlib.sha1()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def download_office31(data_root):
-    """Fetch and unpack Office-31 into data_root. Everything happens in a temporary folder that becomes the tree
-    by one rename once it is complete, so a failure leaves nothing a later run trusts. A missing data_root is
-    staged beside it and renamed into place; an existing empty one (a symlink to scratch space, a mount point)
-    is filled in place: staged inside it, the tree lands in data_root/domain_adaptation_images/."""
-    in_place = os.path.isdir(data_root)
-    staging = data_root if in_place else os.path.dirname(os.path.abspath(data_root))
-    os.makedirs(staging, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=staging, prefix=".office31-download-") as tmp:
-        try:
-            archive = fetch_archive(tmp)
-        except Exception as e:  # offline, Drive quota, proxy...: all end in the same manual steps
-            raise UserError(f"could not download Office-31 ({type(e).__name__}: {e}). Download "
-                            f"{OFFICE31_ARCHIVE} by hand and unpack it into '{data_root}', or point "
-                            f"--data_root at an unpacked copy. {EXPECTED_TREE}") from None
-        sha1 = sha1_of(archive)
-        if sha1 != OFFICE31_SHA1:
-            print(f"warning: {OFFICE31_ARCHIVE} has SHA-1 {sha1}, not the {OFFICE31_SHA1} "
-                  "published by a third party; checking the unpacked tree instead.")
-        unpacked = os.path.join(tmp, "unpacked")
-        try:
-            extract_archive(archive, unpacked)
-        except Exception as e:
-            raise UserError(f"the downloaded {OFFICE31_ARCHIVE} could not be unpacked ({e}); Google Drive may "
-                            f"have sent a web page instead of the file. Nothing was written to '{data_root}'. Run "
-                            f"again later, or download it by hand. {EXPECTED_TREE}") from None
-        tree = dataset_root(unpacked)
-        problems = office31_problems(tree)
-        if problems:
-            raise UserError(f"the downloaded Office-31 is incomplete: {'; '.join(problems)}. Nothing was "
-                            f"written to '{data_root}'. Run again, or download it by hand. {EXPECTED_TREE}")
-        destination = os.path.join(data_root, "domain_adaptation_images") if in_place else data_root
-        try:
-            os.replace(tree, destination)
-        except OSError:  # without the lock (no flock): another process put its complete tree there first
-            if not find_domains(dataset_root(data_root)):
-                raise
-
-
-@contextlib.contextmanager
-def download_lock(data_root):
-    """An exclusive lock on a file beside data_root, so that processes starting together on an empty data root
-    (the shards of a sweep) download once: the others wait, then find the tree."""
-    path = os.path.join(os.path.dirname(os.path.abspath(data_root)), f".{os.path.basename(data_root)}.lock")
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "a") as f:
-        if fcntl:
-            try:
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                print(f"another process is downloading into '{data_root}': waiting for it.")
-                fcntl.flock(f, fcntl.LOCK_EX)
-        yield
-
-
-def visible_entries(folder):
-    """What a user put in folder: hidden names (an interrupted download's staging folder) do not count."""
-    return [name for name in os.listdir(folder) if not name.startswith(".")]
-
-
-def prepare_data_root(data_root, download):
-    """The folder to read domains from: data_root, fetching Office-31 into it when it is missing or empty."""
-    root = dataset_root(data_root)
-    if find_domains(root):
-        return root
-    if os.path.isdir(data_root) and visible_entries(data_root):
-        raise UserError(f"'{data_root}' holds no domain folders with class folders inside. {EXPECTED_TREE}")
-    if not download:
-        raise UserError(f"'{data_root}' does not exist or is empty, and --download=False. {EXPECTED_TREE}")
-    with download_lock(data_root):
-        if not find_domains(dataset_root(data_root)):  # else another process downloaded it while we waited
-            print(f"Office-31 not found in '{data_root}': downloading it (about 80 MB).")
-            download_office31(data_root)
-            print(f"Office-31 is in '{data_root}'.")
-    return dataset_root(data_root)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -423,7 +306,7 @@ def load_domain(data_root, name, resize_size, cache, num_workers, device):
     """Domain `name` under data_root as a CachedDomain (cache=True) or an ImageFolderDomain."""
     domain_dir = resolve_domain(data_root, name)
     root = class_root(domain_dir)
-    if not _subdirs(root):
+    if not subdirs(root):
         raise UserError(f"'{root}' has no class folders. {EXPECTED_TREE}")
     folder = os.path.basename(domain_dir)
     kind = CachedDomain if cache else ImageFolderDomain
@@ -431,7 +314,9 @@ def load_domain(data_root, name, resize_size, cache, num_workers, device):
         domain = kind(root, folder, resize_size, num_workers, torch.device(device))
     except FileNotFoundError as e:  # ImageFolder: a class folder without images
         raise UserError(f"{e}. Every class folder under '{root}' needs at least one image.") from None
-    if OFFICE31_SIZES.get(folder, len(domain)) != len(domain):
-        print(f"notice: {folder} has {len(domain)} images, not the {OFFICE31_SIZES[folder]} "
-              "of the full Office-31 (fine for a subset).")
+    full = {**OFFICE31_SIZES, **OFFICE_HOME_SIZES}
+    if full.get(folder, len(domain)) != len(domain):
+        dataset = "Office-31" if folder in OFFICE31_SIZES else "Office-Home"
+        print(f"notice: {folder} has {len(domain)} images, not the {full[folder]} of the full {dataset} "
+              "(fine for a subset).")
     return domain

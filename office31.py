@@ -29,15 +29,17 @@ import caffe_alexnet
 import resnet
 from adaptation import METHODS, Adaptation, tap
 from data_loader import (UserError, check_cache_fits, check_same_classes, dataset_root, find_domains, fingerprint,
-                         load_domain, prepare_data_root, resolve_domain)
+                         load_domain, resolve_domain)
+from download import DATASETS, prepare_data_root
 from results import PAPER_ORDER, append_row, markdown_table, methods_table, read_rows
 
 # -----------------------------------------------------------------------------------------------------------
 # data
-data_root = "data/office31"  # holds <domain>/[images/]<class>/*.jpg; see data/README.md
-source = "amazon"  # domain folder name or its initial: amazon/A, webcam/W, dslr/D
+dataset = "office31"  # office31 or office_home: what to download when data_root is missing or empty
+data_root = ""  # holds <domain>/[images/]<class>/*.jpg (data/README.md); "": data/<dataset>
+source = "amazon"  # domain folder name or its initial: amazon/A, webcam/W, dslr/D (Office-Home: Art, Clipart, ...)
 target = "webcam"
-download = True  # fetch Office-31 into data_root when data_root is missing or empty
+download = True  # fetch the dataset into data_root when data_root is missing or empty
 # model
 model = "resnet50"  # alexnet, caffe_alexnet (the papers'), resnet18, resnet34, resnet50, resnet101, resnet152
 weights = "auto"  # auto: IMAGENET1K_V1 (caffe_alexnet: bvlc_reference_caffenet); IMAGENET1K_V2; bvlc_alexnet; none
@@ -81,8 +83,9 @@ report = False  # only print the table of results.jsonl for this config; train n
 FLAGS = {k: v for k, v in globals().items() if not k.startswith("_") and isinstance(v, (bool, int, float, str))}
 MODELS = ("alexnet", "caffe_alexnet") + resnet.DEPTHS
 # The flags that define an experiment: runs agreeing on these (and on the dataset) are the same run.
-PROTOCOL_FLAGS = ("model", "weights", "freeze", "method", "bottleneck", "trade_off", "entropy", "epochs", "iters_per_epoch",
-                  "batch_size", "lr", "lr_mult", "momentum", "weight_decay", "resize_size", "crop_size")
+PROTOCOL_FLAGS = ("model", "weights", "freeze", "method", "bottleneck", "trade_off", "entropy", "epochs",
+                  "iters_per_epoch", "batch_size", "lr", "lr_mult", "momentum", "weight_decay", "resize_size",
+                  "crop_size")
 
 
 def parse_value(name, text, default):
@@ -115,14 +118,19 @@ def parse_flags(argv, defaults=FLAGS):
 
 
 def resolve(c):
-    """The flags whose default depends on the network, made explicit: weights=auto and crop_size=0."""
+    """The flags whose default depends on another, made explicit: data_root "" (the dataset's folder), and
+    weights=auto and crop_size=0 (the network's)."""
     caffe = c["model"] == "caffe_alexnet"
     weights = ("bvlc_reference_caffenet" if caffe else "IMAGENET1K_V1") if c["weights"] == "auto" else c["weights"]
-    return dict(c, weights=weights, crop_size=c["crop_size"] or (caffe_alexnet.CROP_SIZE if caffe else 224))
+    return dict(c, data_root=c["data_root"] or os.path.join("data", c["dataset"]), weights=weights,
+                crop_size=c["crop_size"] or (caffe_alexnet.CROP_SIZE if caffe else 224))
 
 
 def check_config(c):
     """Bad flag values stop the run before any work, with the reason."""
+    if c["dataset"] not in DATASETS:
+        raise UserError(f"--dataset={c['dataset']}: expected one of {', '.join(DATASETS)} (any other tree: point "
+                        "--data_root at it).")
     if c["model"] not in MODELS:
         raise UserError(f"--model={c['model']} is not one of {', '.join(MODELS)}.")
     choices = {"alexnet": alexnet.WEIGHTS, "caffe_alexnet": caffe_alexnet.WEIGHTS}.get(c["model"]) or \
@@ -648,7 +656,7 @@ def main(argv=None):
         check_out_dir(c["out_dir"], results_path)
         device = pick_device(c["device"])
         print_config(c, choose_amp(c["amp"], device))
-        data_root = prepare_data_root(c["data_root"], c["download"])
+        data_root = prepare_data_root(c["data_root"], c["download"], c["dataset"])
         return run_sweep(c, data_root, device, results_path)
     except UserError as e:
         sys.exit(f"error: {user_message(e)}")

@@ -45,6 +45,17 @@ def tree(tmp_path):
 
 
 @pytest.fixture(autouse=True)
+def no_network(monkeypatch):
+    """The dataset fetches fail unless a test serves generated archives in their place."""
+    import download
+
+    def offline(*args, **kwargs):
+        raise OSError("the tests never touch the network")
+    monkeypatch.setattr(download, "fetch_drive_archive", offline)
+    monkeypatch.setattr(download, "fetch_url", offline)
+
+
+@pytest.fixture(autouse=True)
 def offline_torch_home(tmp_path, monkeypatch):
     """Every test gets its own empty torch hub cache, so nothing reads or writes the user's."""
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))

@@ -169,8 +169,8 @@ def test_first_use_converts_once_and_checks_the_sha1(tmp_path, monkeypatch, caff
     with pytest.raises(UserError, match="has SHA-1 .*not the 9116a64c0fbe4459d18f4bb6b56d647b63920377"):
         caffe_alexnet.converted_weights("bvlc_alexnet")  # a file that is not the model zoo's is refused
     assert not os.path.exists(os.path.join(folder, "caffe_bvlc_alexnet.pth"))
-    monkeypatch.setitem(caffe_alexnet.SHA1, "bvlc_alexnet", caffe_alexnet.sha1_of(os.path.join(folder,
-                                                                                             "bvlc_alexnet.caffemodel")))
+    fetched = os.path.join(folder, "bvlc_alexnet.caffemodel")
+    monkeypatch.setitem(caffe_alexnet.SHA1, "bvlc_alexnet", caffe_alexnet.sha1_of(fetched))
     state = caffe_alexnet.converted_weights("bvlc_alexnet")
     assert torch.equal(state["classifier.fc6.weight"], caffe_blobs["fc6"][0])
     os.remove(os.path.join(folder, "bvlc_alexnet.caffemodel"))  # later runs read the converted file only

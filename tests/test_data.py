@@ -6,6 +6,7 @@ import torch
 from PIL import Image
 
 import data_loader
+import download
 from conftest import CLASSES, make_tree
 from data_loader import UserError, check_same_classes, load_domain
 
@@ -22,7 +23,7 @@ def test_both_layouts_and_initials(tmp_path, layout, cache):
 
 def test_archive_folder_inside_data_root_is_found(tmp_path):
     make_tree(tmp_path / "root" / "domain_adaptation_images", {"amazon": 1, "dslr": 1})
-    root = data_loader.prepare_data_root(str(tmp_path / "root"), download=False)
+    root = download.prepare_data_root(str(tmp_path / "root"), download=False)
     assert data_loader.find_domains(root) == ["amazon", "dslr"]
 
 

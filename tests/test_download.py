@@ -1,4 +1,5 @@
-"""The Office-31 download, offline: a generated archive stands in for the one network fetch."""
+"""Downloads, offline: generated archives stand in for the network fetches (download.fetch_drive_archive for
+Office-31's official archive, download.fetch_url for the mirror's per-domain archives)."""
 import multiprocessing
 import os
 import shutil
@@ -9,107 +10,209 @@ import urllib.error
 import pytest
 from PIL import Image
 
-import data_loader
+import download
 import office31
-from data_loader import OFFICE31_SIZES, UserError
+from data_loader import OFFICE31_SIZES, UserError, find_domains
 
 CLASSES_31 = [f"class_{i:02d}" for i in range(31)]
 
 
-def make_archive(folder, sizes=OFFICE31_SIZES):
-    """domain_adaptation_images.tar.gz with the official layout and the given image counts (tiny images)."""
-    top = folder / "domain_adaptation_images"
+def make_images(top, sizes, classes=CLASSES_31, images_folder=True):
+    """<top>/<domain>/[images/]<class>/frame_NNNN.jpg with the given counts per domain (tiny images)."""
     for domain, count in sizes.items():
         for i in range(count):
-            path = top / domain / "images" / CLASSES_31[i % 31] / f"frame_{i:04d}.jpg"
+            folder = top / domain / "images" if images_folder else top / domain
+            path = folder / classes[i % len(classes)] / f"frame_{i:04d}.jpg"
             path.parent.mkdir(parents=True, exist_ok=True)
             Image.new("RGB", (8, 8), (i % 255, 0, 0)).save(path)
-    archive = folder / data_loader.OFFICE31_ARCHIVE
-    with tarfile.open(archive, "w:gz") as tar:
-        tar.add(top, arcname="domain_adaptation_images")
-    shutil.rmtree(top)
+    return top
+
+
+def tar(archive, folder, name):
+    with tarfile.open(archive, "w:gz") as out:
+        out.add(folder, arcname=name)
     return archive
 
 
 @pytest.fixture(scope="module")
-def full_archive(tmp_path_factory):
-    return make_archive(tmp_path_factory.mktemp("full"))
+def office31_images(tmp_path_factory):
+    return make_images(tmp_path_factory.mktemp("office31") / "domain_adaptation_images", OFFICE31_SIZES)
+
+
+@pytest.fixture(scope="module")
+def full_archive(office31_images):
+    """domain_adaptation_images.tar.gz, as the official archive holds it."""
+    return tar(office31_images.parent / download.OFFICE31_ARCHIVE, office31_images, "domain_adaptation_images")
+
+
+@pytest.fixture(scope="module")
+def mirror_archives(office31_images):
+    """amazon.tgz, dslr.tgz, webcam.tgz, each unpacking to <domain>/images/<class>/, as the mirror's do."""
+    return {domain: tar(office31_images.parent / f"{domain}.tgz", office31_images / domain, domain)
+            for domain in OFFICE31_SIZES}
+
+
+def make_archive(folder, sizes):
+    """An official-layout archive with other counts (an incomplete download)."""
+    top = make_images(folder / "domain_adaptation_images", sizes)
+    archive = tar(folder / download.OFFICE31_ARCHIVE, top, "domain_adaptation_images")
+    shutil.rmtree(top)
+    return archive
 
 
 def serve(monkeypatch, archive):
+    """The official source answers with this file (an exception instance: it fails with it)."""
     def fetch(folder):
-        shutil.copy(archive, folder)
-        return os.path.join(folder, data_loader.OFFICE31_ARCHIVE)
-    monkeypatch.setattr(data_loader, "fetch_archive", fetch)
+        if isinstance(archive, Exception):
+            raise archive
+        return shutil.copy(archive, os.path.join(folder, download.OFFICE31_ARCHIVE))
+    monkeypatch.setattr(download, "fetch_drive_archive", fetch)
+
+
+def serve_mirror(monkeypatch, archives, asked=None):
+    """The mirror answers each URL with the archive of that domain ({domain: path}); a missing one fails."""
+    keys = {key: domain for spec in download.DATASETS.values() for domain, key in spec["mirror"].items()}
+
+    def fetch(url, folder, filename):
+        domain = keys[url.split("/f/")[1].split("/")[0]]
+        if asked is not None:
+            asked.append(domain)
+        assert filename == f"{domain}.tgz"
+        if domain not in archives:
+            raise urllib.error.HTTPError(url, 404, "Not Found", None, None)
+        shutil.copy(archives[domain], os.path.join(folder, filename))
+        return os.path.join(folder, filename)
+    monkeypatch.setattr(download, "fetch_url", fetch)
 
 
 def leftovers(parent):
-    return [name for name in os.listdir(parent) if name.startswith(".office31-download")]
+    return [name for name in os.listdir(parent) if "-download-" in name]
 
 
 def written(folder):
     """What a download left in folder, besides the lock file that serialises downloads (it holds no data)."""
-    return [name for name in os.listdir(folder) if name != ".office31.lock"]
+    return [name for name in os.listdir(folder) if not name.endswith(".lock")]
 
 
 def test_download_unpacks_checks_and_warns_on_checksum(tmp_path, monkeypatch, capsys, full_archive):
     serve(monkeypatch, full_archive)
-    root = data_loader.prepare_data_root(str(tmp_path / "office31"), download=True)
+    root = download.prepare_data_root(str(tmp_path / "office31"), download=True)
     assert root == str(tmp_path / "office31")
-    assert data_loader.find_domains(root) == ["amazon", "dslr", "webcam"]
-    assert data_loader.office31_problems(root) == []
+    assert find_domains(root) == ["amazon", "dslr", "webcam"]
+    assert download.problems(root, "office31") == []
     out = capsys.readouterr().out
-    assert "warning: domain_adaptation_images.tar.gz has SHA-1" in out and data_loader.OFFICE31_SHA1 in out
+    assert "Office-31: trying the official archive (Google Drive)." in out
+    assert "warning: domain_adaptation_images.tar.gz has SHA-1" in out and download.OFFICE31_SHA1 in out
     assert leftovers(tmp_path) == []
     # a second run finds the tree and fetches nothing
-    monkeypatch.setattr(data_loader, "fetch_archive", lambda folder: pytest.fail("fetched twice"))
-    assert data_loader.prepare_data_root(root, download=True) == root
+    monkeypatch.setattr(download, "fetch_drive_archive", lambda folder: pytest.fail("fetched twice"))
+    assert download.prepare_data_root(root, download=True) == root
 
 
 def test_matching_checksum_prints_no_warning(tmp_path, monkeypatch, capsys, full_archive):
     serve(monkeypatch, full_archive)
-    monkeypatch.setattr(data_loader, "OFFICE31_SHA1", data_loader.sha1_of(full_archive))
-    data_loader.prepare_data_root(str(tmp_path / "office31"), download=True)
+    monkeypatch.setattr(download, "OFFICE31_SHA1", download.sha1_of(full_archive))
+    download.prepare_data_root(str(tmp_path / "office31"), download=True)
     assert "warning" not in capsys.readouterr().out
 
 
-def test_incomplete_download_is_an_error_and_leaves_nothing(tmp_path, monkeypatch):
-    serve(monkeypatch, make_archive(tmp_path, dict(OFFICE31_SIZES, webcam=790)))
+@pytest.mark.parametrize("official", ["refused", "web page", "incomplete"])
+def test_the_mirror_is_used_when_the_official_archive_fails(tmp_path, monkeypatch, capsys, mirror_archives,
+                                                            official):
+    answer = {"refused": urllib.error.URLError("Too many users have viewed or downloaded this file"),
+              "web page": tmp_path / "page.html", "incomplete": None}[official]
+    if official == "web page":
+        answer.write_text("<html>Google Drive - Quota exceeded</html>")
+    if official == "incomplete":
+        answer = make_archive(tmp_path, dict(OFFICE31_SIZES, webcam=790))
+    serve(monkeypatch, answer)
+    asked = []
+    serve_mirror(monkeypatch, mirror_archives, asked)
     (tmp_path / "data").mkdir()
-    with pytest.raises(UserError, match="incomplete: webcam: 31 classes and 790 images, expected 31 and 795"):
-        data_loader.prepare_data_root(str(tmp_path / "data" / "office31"), download=True)
+    root = download.prepare_data_root(str(tmp_path / "data" / "office31"), download=True)
+    assert root == str(tmp_path / "data" / "office31") and download.problems(root, "office31") == []
+    assert asked == ["amazon", "dslr", "webcam"]
+    lines = capsys.readouterr().out.splitlines()
+    [tried] = [line for line in lines if "trying the Transfer-Learning-Library mirror" in line]
+    reason = {"refused": "URLError", "web page": "could not be unpacked",
+              "incomplete": "incomplete: webcam: 31 classes and 790 images, expected 31 and 795"}[official]
+    assert "the official archive (Google Drive) failed" in tried and reason in tried, tried
+    assert leftovers(tmp_path / "data") == []
+
+
+def test_every_source_failing_lists_each_and_writes_nothing(tmp_path, monkeypatch, mirror_archives):
+    serve(monkeypatch, urllib.error.URLError("Temporary failure in name resolution"))
+    serve_mirror(monkeypatch, {d: a for d, a in mirror_archives.items() if d != "dslr"})  # dslr.tgz: 404
+    (tmp_path / "data").mkdir()
+    with pytest.raises(UserError) as error:
+        download.prepare_data_root(str(tmp_path / "data" / "office31"), download=True)
+    message = str(error.value)
+    assert message.startswith("could not download Office-31: the official archive (Google Drive) failed: URLError")
+    assert "; the Transfer-Learning-Library mirror (cloud.tsinghua.edu.cn) failed: HTTPError" in message
+    assert "Nothing was written" in message and "Download it by hand" in message and "Expected tree" in message
     assert written(tmp_path / "data") == []
+
+
+@pytest.mark.parametrize("problem", ["a domain missing", "too few images"])
+def test_an_incomplete_mirror_is_refused(tmp_path, monkeypatch, mirror_archives, problem):
+    serve(monkeypatch, urllib.error.URLError("offline"))
+    archives = dict(mirror_archives)
+    if problem == "a domain missing":  # webcam.tgz holds dslr's folder instead
+        archives["webcam"] = mirror_archives["dslr"]
+    else:
+        short = make_images(tmp_path / "short", {"webcam": 700})
+        archives["webcam"] = tar(tmp_path / "webcam.tgz", short / "webcam", "webcam")
+    serve_mirror(monkeypatch, archives)
+    (tmp_path / "data").mkdir()
+    expected = "webcam: missing" if problem == "a domain missing" else "webcam: 31 classes and 700 images"
+    with pytest.raises(UserError, match=f"mirror .*failed: ValueError: incomplete: {expected}"):
+        download.prepare_data_root(str(tmp_path / "data" / "office31"), download=True)
+    assert written(tmp_path / "data") == []
+
+
+def test_office_home_by_name(tmp_path, monkeypatch, capsys):
+    sizes = {"Art": 6, "Clipart": 7, "Product": 5, "Real_World": 8}  # the real counts, scaled down for speed
+    monkeypatch.setitem(download.DATASETS["office_home"], "domains", sizes)
+    monkeypatch.setitem(download.DATASETS["office_home"], "classes", 3)
+    images = make_images(tmp_path / "src", sizes, classes=["Alarm_Clock", "Backpack", "Batteries"],
+                         images_folder=False)  # the mirror's Office-Home: <domain>/<class>/*.jpg
+    serve_mirror(monkeypatch, {d: tar(tmp_path / f"{d}.tgz", images / d, d) for d in sizes})
+    monkeypatch.chdir(tmp_path)  # the default data root, data/office_home, lands here
+    done = office31.main(["--dataset=office_home", "--tasks=all", "--model=resnet18", "--weights=none",
+                          "--resize_size=16", "--crop_size=16", "--epochs=1", "--iters_per_epoch=1", "--batch_size=4",
+                          "--num_workers=0", "--device=cpu", "--eval_every=0", f"--out_dir={tmp_path / 'out'}"])
+    assert find_domains("data/office_home") == ["Art", "Clipart", "Product", "Real_World"]
+    assert sorted(os.listdir("data/office_home/Art")) == ["Alarm_Clock", "Backpack", "Batteries"]
+    assert len(done) == 12 and len({r["task"] for r in done}) == 12
+    assert "Office-Home: trying the Transfer-Learning-Library mirror" in capsys.readouterr().out
+
+
+def test_the_datasets_are_the_published_ones():
+    office31, office_home = download.DATASETS["office31"], download.DATASETS["office_home"]
+    assert (office31["classes"], office31["domains"]) == (31, {"amazon": 2817, "dslr": 498, "webcam": 795})
+    assert (office_home["classes"], office_home["domains"]) == (
+        65, {"Art": 2427, "Clipart": 4365, "Product": 4439, "Real_World": 4357})
 
 
 def test_failed_fetch_explains_manual_steps_and_leaves_nothing(tmp_path, monkeypatch):
     def offline(folder):
-        with open(os.path.join(folder, data_loader.OFFICE31_ARCHIVE), "wb") as f:
+        with open(os.path.join(folder, download.OFFICE31_ARCHIVE), "wb") as f:
             f.write(b"half an archive")
         raise urllib.error.URLError("Temporary failure in name resolution")
 
-    monkeypatch.setattr(data_loader, "fetch_archive", offline)
+    monkeypatch.setattr(download, "fetch_drive_archive", offline)
     (tmp_path / "data").mkdir()
-    with pytest.raises(UserError, match="could not download Office-31 .*by hand.*Expected either layout"):
-        data_loader.prepare_data_root(str(tmp_path / "data" / "office31"), download=True)
+    with pytest.raises(UserError, match="could not download Office-31: .*by hand.*domain_adaptation_images.tar.gz"):
+        download.prepare_data_root(str(tmp_path / "data" / "office31"), download=True)
     assert written(tmp_path / "data") == []
 
 
 def test_fresh_machine_run_downloads_then_trains(tmp_path, monkeypatch, full_archive):
     serve(monkeypatch, full_archive)
     [result] = office31.main([f"--data_root={tmp_path / 'office31'}", "--model=resnet18", "--weights=none",
-                            "--resize_size=8", "--crop_size=8", "--epochs=1", "--iters_per_epoch=1",
-                            "--num_workers=0", "--device=cpu", f"--out_dir={tmp_path / 'out'}"])
+                              "--resize_size=8", "--crop_size=8", "--epochs=1", "--iters_per_epoch=1",
+                              "--num_workers=0", "--device=cpu", f"--out_dir={tmp_path / 'out'}"])
     assert (result["task"], result["total"]) == ("A→W", 795)
-
-
-def test_archive_that_is_not_an_archive(tmp_path, monkeypatch):
-    page = tmp_path / data_loader.OFFICE31_ARCHIVE
-    page.write_text("<html>Google Drive can't scan this file for viruses</html>")
-    serve(monkeypatch, page)
-    (tmp_path / "data").mkdir()
-    with pytest.raises(UserError, match="could not be unpacked.*web page.*by hand"):
-        data_loader.prepare_data_root(str(tmp_path / "data" / "office31"), download=True)
-    assert written(tmp_path / "data") == []
 
 
 def download_in_child(data_root, archive, fetch_log, delay, answer):
@@ -119,10 +222,10 @@ def download_in_child(data_root, archive, fetch_log, delay, answer):
             f.write("fetch\n")
         time.sleep(delay)
         shutil.copy(archive, folder)
-        return os.path.join(folder, data_loader.OFFICE31_ARCHIVE)
+        return os.path.join(folder, download.OFFICE31_ARCHIVE)
 
-    data_loader.fetch_archive = slow_fetch
-    answer.put(data_loader.prepare_data_root(data_root, download=True))
+    download.fetch_drive_archive = slow_fetch
+    answer.put(download.prepare_data_root(data_root, download=True))
 
 
 def test_shards_starting_together_download_once(tmp_path, full_archive):
@@ -137,7 +240,7 @@ def test_shards_starting_together_download_once(tmp_path, full_archive):
         assert shard.exitcode == 0
     assert [answers.get(timeout=10) for _ in shards] == [root] * 3
     assert log.read_text() == "fetch\n"
-    assert data_loader.office31_problems(root) == [] and leftovers(tmp_path / "data") == []
+    assert download.problems(root, "office31") == [] and leftovers(tmp_path / "data") == []
 
 
 def test_empty_symlinked_data_root_is_filled_in_place(tmp_path, monkeypatch, full_archive):
@@ -147,15 +250,15 @@ def test_empty_symlinked_data_root_is_filled_in_place(tmp_path, monkeypatch, ful
     (tmp_path / "data").mkdir()
     link = tmp_path / "data" / "office31"
     link.symlink_to(scratch)
-    root = data_loader.prepare_data_root(str(link), download=True)
+    root = download.prepare_data_root(str(link), download=True)
     assert link.is_symlink() and os.readlink(link) == str(scratch)
-    assert root == os.path.join(str(link), "domain_adaptation_images")
-    assert data_loader.office31_problems(root) == [] and leftovers(scratch) == []
-    assert data_loader.prepare_data_root(str(link), download=False) == root  # later runs find it
+    assert root == os.path.join(str(link), "dataset")
+    assert download.problems(root, "office31") == [] and leftovers(scratch) == []
+    assert download.prepare_data_root(str(link), download=False) == root  # later runs find it
 
 
 def test_a_later_run_ignores_an_interrupted_staging_folder(tmp_path, monkeypatch, full_archive):
     serve(monkeypatch, full_archive)
     (tmp_path / "office31" / ".office31-download-killed").mkdir(parents=True)  # a killed run's leftovers
-    root = data_loader.prepare_data_root(str(tmp_path / "office31"), download=True)
-    assert data_loader.office31_problems(root) == []
+    root = download.prepare_data_root(str(tmp_path / "office31"), download=True)
+    assert download.problems(root, "office31") == []

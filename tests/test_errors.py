@@ -41,14 +41,14 @@ def test_bad_flags(argv, phrases, capsys):
 def test_missing_data_root_explains_the_tree(tmp_path, capsys):
     fails_with([f"--data_root={tmp_path / 'nowhere'}", "--download=False"], capsys,
                "does not exist or is empty", "<data_root>/amazon/images/back_pack/frame_0001.jpg",
-               "<data_root>/amazon/back_pack/frame_0001.jpg", "domain_adaptation_images.tar.gz")
+               "<data_root>/amazon/back_pack/", "domain_adaptation_images.tar.gz")
     assert not (tmp_path / "nowhere").exists()
 
 
 def test_folder_without_domains(tmp_path, capsys):
     (tmp_path / "junk").mkdir()
     (tmp_path / "junk" / "notes.txt").write_text("hello")
-    fails_with([f"--data_root={tmp_path / 'junk'}"], capsys, "holds no domain folders", "Expected either layout")
+    fails_with([f"--data_root={tmp_path / 'junk'}"], capsys, "holds no domain folders", "Expected tree")
 
 
 def test_unknown_domain_and_class_mismatch(tmp_path, capsys):

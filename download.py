@@ -1,0 +1,200 @@
+"""Datasets that arrive: Office-31 and Office-Home fetched into data_root, from more than one source.
+
+    root = prepare_data_root("data/office31", download=True, dataset="office31")   # or "office_home"
+
+Each source is tried in order until one gives the complete tree (every domain, its class count and image
+count): Office-31 from its official archive (Google Drive), then from the Transfer-Learning-Library's mirror, one
+archive per domain; Office-Home from that mirror. Every source is staged in a temporary folder that becomes the
+tree by one rename once it is complete, so an interrupted or refused download leaves nothing a later run trusts.
+fetch_drive_archive and fetch_url are the only functions here that touch the network.
+"""
+import contextlib
+import hashlib
+import os
+import tempfile
+
+from torchvision.datasets.utils import download_file_from_google_drive, download_url, extract_archive
+
+from data_loader import (OFFICE31_SIZES, OFFICE_HOME_SIZES, UserError, class_root, count_images, dataset_root,
+                         find_domains, subdirs)
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; concurrent downloads then fall back to using whichever tree lands first
+    fcntl = None
+
+OFFICE31_DRIVE_ID = "0B4IapRTv9pJ1WGZVd1VDMmhwdlE"
+OFFICE31_ARCHIVE = "domain_adaptation_images.tar.gz"
+OFFICE31_SHA1 = "7aa25a86f3880b6e79283227816f9d4d8506d636"  # published by a third party, checked as a warning only
+MIRROR = "https://cloud.tsinghua.edu.cn/f/{}/?dl=1"  # the Transfer-Learning-Library's mirror
+
+DATASETS = {
+    "office31": {
+        "name": "Office-31", "classes": 31, "size": "about 80 MB",
+        "domains": OFFICE31_SIZES,
+        "mirror": {"amazon": "ec12dfcddade43ab8101", "dslr": "a41d818ae2f34da7bb32", "webcam": "8a41009a166e4131adcd"},
+        "tree": "<data_root>/amazon/images/back_pack/frame_0001.jpg (or <data_root>/amazon/back_pack/...), and "
+                "dslr, webcam alike",
+        "by_hand": f"{OFFICE31_ARCHIVE} is linked from people.eecs.berkeley.edu/~jhoffman/domainadapt/ (Google "
+                   f"Drive id {OFFICE31_DRIVE_ID}); unpack it into <data_root>. Or fetch amazon.tgz, dslr.tgz and "
+                   "webcam.tgz from the mirror (" + MIRROR.format("ec12dfcddade43ab8101") + " and the others in "
+                   "download.py) and unpack them there.",
+    },
+    "office_home": {
+        "name": "Office-Home", "classes": 65, "size": "about 1.7 GB",
+        "domains": OFFICE_HOME_SIZES,
+        "mirror": {"Art": "4691878067d04755beab", "Clipart": "0d41e7da4558408ea5aa",
+                   "Product": "76186deacd7c4fa0a679", "Real_World": "dee961894cc64b1da1d7"},
+        "tree": "<data_root>/Art/Alarm_Clock/00001.jpg, and Clipart, Product, Real_World alike",
+        "by_hand": "Office-Home is at hemanthdv.org/officeHomeDataset.html; or fetch Art.tgz, Clipart.tgz, "
+                   "Product.tgz and Real_World.tgz from the mirror (" + MIRROR.format("4691878067d04755beab") +
+                   " and the others in download.py); unpack them into <data_root>.",
+    },
+}
+
+
+def problems(root, dataset):
+    """What differs from the complete tree of this dataset (its domains, classes and image counts); [] if none."""
+    spec, found = DATASETS[dataset], []
+    for domain, size in spec["domains"].items():
+        path = os.path.join(root, domain)
+        if not os.path.isdir(path):
+            found.append(f"{domain}: missing")
+            continue
+        classes, count = len(subdirs(class_root(path))), count_images(class_root(path))
+        if classes != spec["classes"] or count != size:
+            found.append(f"{domain}: {classes} classes and {count} images, expected {spec['classes']} and {size}")
+    return found
+
+
+def fetch_drive_archive(folder):
+    """Download Office-31's official archive into folder."""
+    download_file_from_google_drive(OFFICE31_DRIVE_ID, folder, OFFICE31_ARCHIVE)
+    return os.path.join(folder, OFFICE31_ARCHIVE)
+
+
+def fetch_url(url, folder, filename):
+    """Download url to folder/filename (a progress bar on a terminal)."""
+    download_url(url, folder, filename)
+    return os.path.join(folder, filename)
+
+
+def sha1_of(path):
+    digest = hashlib.sha1()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def unpack(archive, folder):
+    """Extract archive into folder; an archive that is not one (a web page sent instead) says so."""
+    try:
+        extract_archive(archive, folder)
+    except Exception as e:
+        raise ValueError(f"{os.path.basename(archive)} could not be unpacked ({e}): a web page instead of the "
+                         "file?") from None
+
+
+def from_official_archive(folder, dataset):
+    """Office-31's domain_adaptation_images.tar.gz, unpacked into folder; returns the folder of its domains."""
+    archive = fetch_drive_archive(folder)
+    sha1 = sha1_of(archive)
+    if sha1 != OFFICE31_SHA1:
+        print(f"warning: {OFFICE31_ARCHIVE} has SHA-1 {sha1}, not the {OFFICE31_SHA1} published by a third party; "
+              "checking the unpacked tree instead.")
+    unpack(archive, os.path.join(folder, "unpacked"))
+    os.remove(archive)
+    return dataset_root(os.path.join(folder, "unpacked"))
+
+
+def from_mirror(folder, dataset):
+    """Each domain's <domain>.tgz from the mirror, unpacked into folder/unpacked; returns that folder."""
+    for domain, key in DATASETS[dataset]["mirror"].items():
+        archive = fetch_url(MIRROR.format(key), folder, f"{domain}.tgz")
+        unpack(archive, os.path.join(folder, "unpacked"))
+        os.remove(archive)
+    return os.path.join(folder, "unpacked")
+
+
+def sources(dataset):
+    """(description, fetch) in the order to try them."""
+    mirror = ("the Transfer-Learning-Library mirror (cloud.tsinghua.edu.cn)", from_mirror)
+    if dataset == "office31":
+        return [("the official archive (Google Drive)", from_official_archive), mirror]
+    return [mirror]
+
+
+def download_dataset(data_root, dataset):
+    """Fetch the dataset into data_root from the first source that gives its complete tree. A missing data_root
+    is staged beside it and renamed into place; an existing empty one (a symlink to scratch space, a mount point)
+    is filled in place: staged inside it, the tree lands in data_root/dataset/."""
+    spec, in_place = DATASETS[dataset], os.path.isdir(data_root)
+    staging = data_root if in_place else os.path.dirname(os.path.abspath(data_root))
+    os.makedirs(staging, exist_ok=True)
+    failures = []
+    for number, (source, fetch) in enumerate(sources(dataset)):
+        print(f"{spec['name']}: trying {source}" + (f" ({failures[-1]})" if failures else "") + ".")
+        with tempfile.TemporaryDirectory(dir=staging, prefix=f".{dataset}-download-") as tmp:
+            try:
+                tree = fetch(tmp, dataset)
+                missing = problems(tree, dataset)
+                if missing:
+                    raise ValueError(f"incomplete: {'; '.join(missing)}")
+            except Exception as e:  # offline, refused, a web page, incomplete: the next source, or the message
+                failures.append(f"{source} failed: {type(e).__name__}: {e}")
+                continue
+            install(tree, data_root, in_place)
+            return
+    raise UserError(f"could not download {spec['name']}: " + "; ".join(failures) + f". Nothing was written to "
+                    f"'{data_root}'. Download it by hand: {spec['by_hand']} Expected tree: {spec['tree']}.")
+
+
+def install(tree, data_root, in_place):
+    """Rename the complete tree into place, in one step: data_root itself, or data_root/dataset/ when filling an
+    existing folder (data_loader.dataset_root finds it there)."""
+    try:
+        os.replace(tree, os.path.join(data_root, "dataset") if in_place else data_root)
+    except OSError:  # without the lock (no flock): another process put its complete tree there first
+        if not find_domains(dataset_root(data_root)):
+            raise
+
+
+@contextlib.contextmanager
+def download_lock(data_root):
+    """An exclusive lock on a file beside data_root, so that processes starting together on an empty data root
+    (the shards of a sweep) download once: the others wait, then find the tree."""
+    path = os.path.join(os.path.dirname(os.path.abspath(data_root)), f".{os.path.basename(data_root)}.lock")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "a") as f:
+        if fcntl:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                print(f"another process is downloading into '{data_root}': waiting for it.")
+                fcntl.flock(f, fcntl.LOCK_EX)
+        yield
+
+
+def visible_entries(folder):
+    """What a user put in folder: hidden names (an interrupted download's staging folder) do not count."""
+    return [name for name in os.listdir(folder) if not name.startswith(".")]
+
+
+def prepare_data_root(data_root, download, dataset="office31"):
+    """The folder to read domains from: data_root, fetching the dataset into it when it is missing or empty."""
+    root = dataset_root(data_root)
+    if find_domains(root):
+        return root
+    spec = DATASETS[dataset]
+    how = f"Expected tree: {spec['tree']}. {spec['by_hand']}"
+    if os.path.isdir(data_root) and visible_entries(data_root):
+        raise UserError(f"'{data_root}' holds no domain folders with class folders inside. {how}")
+    if not download:
+        raise UserError(f"'{data_root}' does not exist or is empty, and --download=False. {how}")
+    with download_lock(data_root):
+        if not find_domains(dataset_root(data_root)):  # else another process downloaded it while we waited
+            print(f"{spec['name']} not found in '{data_root}': downloading it ({spec['size']}).")
+            download_dataset(data_root, dataset)
+            print(f"{spec['name']} is in '{data_root}'.")
+    return dataset_root(data_root)
