@@ -8,6 +8,7 @@ from torchvision import transforms
 
 import data_loader
 import office31
+import results
 from conftest import make_tree
 from data_loader import load_domain
 from test_train import TINY
@@ -141,7 +142,7 @@ def test_table_average_is_over_the_seeds_every_task_has():
 
 def test_report_prints_the_expected_cells_from_a_results_file(tree, tmp_path, capsys):
     c = office31.parse_flags([f"--data_root={tree}", f"--out_dir={tmp_path}", *TINY])
-    dataset, config = office31.experiment(office31.with_method(c, "source_only"))
+    dataset, config = results.experiment(office31.with_method(c, "source_only"))
     data = {name: data_loader.fingerprint(tree, name) for name in ("amazon", "webcam")}
     lines = []
     for (source, target), runs in {("amazon", "webcam"): [(0, 0.5), (1, 0.6), (2, 0.9)],
