@@ -30,7 +30,7 @@ MIRROR = "https://cloud.tsinghua.edu.cn/f/{}/?dl=1"  # the Transfer-Learning-Lib
 
 DATASETS = {
     "office31": {
-        "name": "Office-31", "classes": 31, "size": "about 80 MB",
+        "name": "Office-31", "classes": 31, "size": "about 80 MB", "task": ("amazon", "webcam"),
         "domains": OFFICE31_SIZES,
         "mirror": {"amazon": "ec12dfcddade43ab8101", "dslr": "a41d818ae2f34da7bb32", "webcam": "8a41009a166e4131adcd"},
         "tree": "<data_root>/amazon/images/back_pack/frame_0001.jpg (or <data_root>/amazon/back_pack/...), and "
@@ -41,7 +41,7 @@ DATASETS = {
                    "download.py) and unpack them there.",
     },
     "office_home": {
-        "name": "Office-Home", "classes": 65, "size": "15,588 images, four archives",
+        "name": "Office-Home", "classes": 65, "size": "15,588 images, four archives", "task": ("Art", "Clipart"),
         "domains": OFFICE_HOME_SIZES,
         "mirror": {"Art": "4691878067d04755beab", "Clipart": "0d41e7da4558408ea5aa",
                    "Product": "76186deacd7c4fa0a679", "Real_World": "dee961894cc64b1da1d7"},

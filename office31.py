@@ -37,8 +37,8 @@ from results import append_row, plan_runs, print_table, read_rows, result_row, s
 # data
 dataset = "office31"  # office31 or office_home: what to download when data_root is missing or empty
 data_root = ""  # holds <domain>/[images/]<class>/*.jpg (data/README.md); "": data/<dataset>
-source = "amazon"  # domain folder name or its initial: amazon/A, webcam/W, dslr/D (Office-Home: Art, Clipart, ...)
-target = "webcam"
+source = ""  # domain folder name or its initial: amazon/A, webcam/W, dslr/D; "": amazon (Office-Home: Art)
+target = ""  # "": webcam (Office-Home: Clipart)
 download = True  # fetch the dataset into data_root when data_root is missing or empty
 # model
 model = "resnet50"  # alexnet, caffe_alexnet (the papers'), resnet18, resnet34, resnet50, resnet101, resnet152
@@ -114,11 +114,13 @@ def parse_flags(argv, defaults=FLAGS):
 
 
 def resolve(c):
-    """The flags whose default depends on another, made explicit: data_root "" (the dataset's folder), and
-    weights=auto and crop_size=0 (the network's)."""
+    """The flags whose default depends on another, made explicit: data_root, source and target "" (the
+    dataset's folder and first task), weights=auto and crop_size=0 (the network's)."""
     caffe = c["model"] == "caffe_alexnet"
     weights = ("bvlc_reference_caffenet" if caffe else "IMAGENET1K_V1") if c["weights"] == "auto" else c["weights"]
-    return dict(c, data_root=c["data_root"] or os.path.join("data", c["dataset"]), weights=weights,
+    source, target = DATASETS.get(c["dataset"], DATASETS["office31"])["task"]
+    return dict(c, data_root=c["data_root"] or os.path.join("data", c["dataset"]), source=c["source"] or source,
+                target=c["target"] or target, weights=weights,
                 crop_size=c["crop_size"] or (caffe_alexnet.CROP_SIZE if caffe else 224))
 
 

@@ -185,6 +185,10 @@ def test_office_home_by_name(tmp_path, monkeypatch, capsys):
     assert sorted(os.listdir("data/office_home/Art")) == ["Alarm_Clock", "Backpack", "Batteries"]
     assert len(done) == 12 and len({r["task"] for r in done}) == 12
     assert "Office-Home: trying the Transfer-Learning-Library mirror" in capsys.readouterr().out
+    c = office31.resolve(office31.parse_flags(["--dataset=office_home"]))
+    assert (c["data_root"], c["source"], c["target"]) == (os.path.join("data", "office_home"), "Art", "Clipart")
+    c = office31.resolve(office31.FLAGS)
+    assert (c["data_root"], c["source"], c["target"]) == (os.path.join("data", "office31"), "amazon", "webcam")
 
 
 def test_the_datasets_are_the_published_ones():
