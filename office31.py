@@ -184,7 +184,7 @@ def with_method(c, method):
     they do not split one experiment into several."""
     width = c["bottleneck"]
     if width == "auto":
-        width = 0 if (method, c["model"]) == ("dan", "alexnet") else BOTTLENECK[method]
+        width = 0 if method == "dan" and "alexnet" in c["model"] else BOTTLENECK[method]
     return dict(c, method=method, bottleneck=int(width), trade_off=0.0 if method == "source_only" else c["trade_off"],
                 entropy=c["entropy"] and method == "cdan")
 
@@ -270,11 +270,11 @@ def build_model(name, num_classes, weights, bottleneck=0, freeze=0):
 
 
 def load_network(name, num_classes, weights, bottleneck):
+    if name == "caffe_alexnet":  # its weights come converted from the Caffe model zoo, with messages of their own
+        return caffe_alexnet.build_caffe_alexnet(num_classes, weights, bottleneck)
     try:
         if name == "alexnet":
             return alexnet.build_alexnet(num_classes, weights, bottleneck)
-        if name == "caffe_alexnet":
-            return caffe_alexnet.build_caffe_alexnet(num_classes, weights, bottleneck)
         return resnet.build_resnet(name, num_classes, weights, bottleneck)
     except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as e:  # offline (URLError), damaged file
         url = torchvision.models.get_model_weights(name)[weights].url

@@ -247,6 +247,14 @@ def test_adaptation_beats_source_only_on_a_generated_shift():
         assert sum(accuracies) / 3 > sum(source_only) / 3 + 0.05, (method, accuracies, source_only)
 
 
+def test_bottleneck_auto_follows_the_papers():
+    widths = {(model, method): office31.with_method(dict(office31.FLAGS, model=model), method)["bottleneck"]
+              for model in ("resnet50", "alexnet", "caffe_alexnet") for method in ("source_only", *ADAPTING)}
+    assert [m for (model, m), width in widths.items() if width == 0] == \
+        ["source_only", "coral", "source_only", "dan", "coral", "source_only", "dan", "coral"]
+    assert office31.with_method(dict(office31.FLAGS, bottleneck="64"), "dann")["bottleneck"] == 64
+
+
 def test_a_sweep_of_methods_keys_each_and_prints_the_papers_layout(tmp_path, capsys):
     from test_sweep import rows_of, sweep
     root = make_tree(tmp_path / "office31", {"amazon": 2, "dslr": 2, "webcam": 2}, size=(20, 20))
