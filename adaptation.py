@@ -22,7 +22,7 @@ METHODS = ("source_only", "ddc", "dan", "coral", "dann", "cdan")
 def linear_mmd(source, target):
     """DDC (Tzeng et al., "Deep Domain Confusion", 2014): MMD with a linear kernel, the squared distance between
     the source and target feature means: || mean(x_s) - mean(x_t) ||^2."""
-    return (source.mean(0) - target.mean(0)).pow(2).sum()
+    return (source.float().mean(0) - target.float().mean(0)).pow(2).sum()
 
 
 def multi_kernel_mmd(source, target, scales=(0.25, 0.5, 1.0, 2.0, 4.0)):
