@@ -107,8 +107,9 @@ def read_varint(data, position):
 
 
 def wire_fields(data):
-    """(field number, value) for each field of one protobuf message: an int for varints, bytes for
-    length-delimited fields, the raw 4 or 8 bytes for fixed-width ones. Raises ValueError on a malformed one."""
+    """(field number, value) for each field of one protobuf message (a memoryview, so that the 150 MB of fc6
+    are never copied): an int for varints, a view of the bytes for length-delimited fields and of the raw 4 or
+    8 bytes for fixed-width ones. Raises ValueError on a malformed message."""
     position = 0
     while position < len(data):
         key, position = read_varint(data, position)
@@ -116,9 +117,10 @@ def wire_fields(data):
         if kind == 0:
             value, position = read_varint(data, position)
         elif kind in (1, 2, 5):
-            size = 8 if kind == 1 else 4 if kind == 5 else None
-            if size is None:
+            if kind == 2:
                 size, position = read_varint(data, position)
+            else:
+                size = 8 if kind == 1 else 4
             value, position = data[position:position + size], position + size
         else:
             raise ValueError(f"wire type {kind} of field {number} is not one a caffemodel holds")
@@ -147,13 +149,13 @@ def read_blob(data):
             dims = []
             for field, dim in wire_fields(value):
                 if field == 1:
-                    dims += packed_varints(dim) if isinstance(dim, bytes) else [dim]
+                    dims += [dim] if isinstance(dim, int) else packed_varints(dim)
         elif number == 5:
             values.append(value)  # packed (bytes of many floats) or one float of 4 bytes: the same bytes either way
     if dims is None:
         dims = [legacy.get(n, 1) for n in (1, 2, 3, 4)]
-    raw = b"".join(values)
-    tensor = torch.frombuffer(bytearray(raw), dtype=torch.float32) if raw else torch.empty(0)
+    raw = bytearray().join(values)  # one copy, writable, as torch.frombuffer wants
+    tensor = torch.frombuffer(raw, dtype=torch.float32) if raw else torch.empty(0)
     if tensor.numel() != torch.Size(dims).numel():
         raise ValueError(f"a blob holds {tensor.numel()} values for the shape {dims}")
     return tensor.reshape(dims)
@@ -164,13 +166,13 @@ def caffemodel_blobs(data):
     Caffe writes since 2015, or the older `layers` (field 2, V1LayerParameter: name 4, blobs 6)."""
     found = {}
     for number, value in wire_fields(data):
-        if number not in (100, 2) or not isinstance(value, bytes):
+        if number not in (100, 2) or isinstance(value, int):
             continue
         name_field, blob_field = (1, 7) if number == 100 else (4, 6)
         name, blobs = None, []
         for field, content in wire_fields(value):
             if field == name_field:
-                name = content.decode("utf-8")
+                name = bytes(content).decode("utf-8")
             elif field == blob_field:
                 blobs.append(read_blob(content))
         if name is not None and blobs:
@@ -184,7 +186,7 @@ def caffe_state_dict(path):
     with open(path, "rb") as f:
         data = f.read()
     try:
-        blobs = caffemodel_blobs(data)
+        blobs = caffemodel_blobs(memoryview(data))
     except (ValueError, UnicodeDecodeError, IndexError) as e:
         raise UserError(f"'{path}' is not a Caffe model ({e}): a truncated download or a web page? Delete it "
                         "and run again, or place the right file there.") from None
