@@ -146,6 +146,7 @@ def one_epoch(root, kind, workers):
     """Run in a child process (so peak memory is its own): one A->W alexnet epoch through fine_tune."""
     c = office31.resolve(dict(office31.FLAGS, data_root=root, model="alexnet", weights="none", epochs=1,
                               num_workers=workers, out_dir=tempfile.mkdtemp()))
+    c = office31.with_method(c, "source_only")  # the flags fine_tune takes resolved, as main() hands them over
     if kind == "classic":  # per-sample PIL, fp32, NCHW, and the per-tensor SGD loop classic scripts run
         c.update(cache=False, amp="off", channels_last=False)
         office31.make_optimizer = functools.partial(office31.make_optimizer, fused=False)

@@ -112,3 +112,12 @@ def test_compiled_runs_repeat_learn_and_save_plain_state_dict(tmp_path, monkeypa
     assert first["accuracy"] > 0.8  # chance is 1/3
     [path] = list((tmp_path / "b").glob("*.pt"))
     assert "fc.weight" in torch.load(path, weights_only=True)  # no "_orig_mod." prefix from the compiled wrapper
+
+
+def test_benchmark_epoch_runs_on_both_pipelines(tree):
+    """tests/benchmark.py is no test, but it must keep working: its one-epoch child, on a generated tree."""
+    for kind in ("classic", "defaults"):
+        result = subprocess.run([sys.executable, os.path.join(ROOT, "tests", "benchmark.py"), f"--root={tree}",
+                                 f"--epoch={kind}", "--workers=0"], capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stderr
+        assert json.loads(result.stdout.strip().splitlines()[-1])["total"] == 15
