@@ -32,7 +32,8 @@ def multi_kernel_mmd(source, target, scales=(0.25, 0.5, 1.0, 2.0, 4.0)):
     Transfer-Learning-Library set them). The (biased) estimate over all pairs:
         MMD^2 = mean K(s, s') + mean K(t, t') - 2 mean K(s, t)."""
     joint = torch.cat([source, target]).float()
-    squared = torch.cdist(joint, joint).pow(2)
+    norms = joint.pow(2).sum(1)  # ||a - b||^2 = ||a||^2 + ||b||^2 - 2 a.b: smooth at a = b, where a distance is not
+    squared = (norms[:, None] + norms[None, :] - 2 * joint @ joint.T).clamp(min=0)
     n = len(joint)
     sigma2 = squared.sum().detach() / (n * n - n)  # a bandwidth, not something to learn through
     kernel = sum(torch.exp(-squared / (scale * sigma2 + 1e-12)) for scale in scales)
@@ -92,9 +93,9 @@ def domain_loss(domain_logits, weights=None):
 
 class MultilinearMap(nn.Module):
     """CDAN (Long et al., "Conditional Adversarial Domain Adaptation", NeurIPS 2018): the discriminator sees
-    f ⊗ g, the outer product of the features f and the class probabilities g, flattened. When that is larger
-    than `size` (4096 in the paper's code), the randomized map (R_f f) ⊙ (R_g g) / sqrt(size) with fixed
-    Gaussian R_f, R_g of `size` outputs stands in for it."""
+    f ⊗ g, the outer product of the features f and the class probabilities g, flattened. When that has more
+    than 4,096 entries (the limit of the paper's code), the randomized map (R_f f) ⊙ (R_g g) / sqrt(size) with
+    fixed Gaussian R_f, R_g of `size` (1,024) outputs stands in for it."""
 
     def __init__(self, feature_size, num_classes, size=1024):
         super().__init__()
