@@ -386,6 +386,17 @@ def new_run_stem(c):
     return next(s for s in (f"{stem}-{k}" if k else stem for k in itertools.count()) if not taken(s))
 
 
+def make_adaptation(c, net, new_layer, num_classes, device):
+    """(the method's Adaptation module reading the network's adapted layers, or None for source only; the new
+    layers to train at lr_mult x: the new last layer, bottleneck and, for DANN and CDAN, the discriminator)."""
+    if c["method"] == "source_only":
+        return None, new_layer
+    classifier = [m for m in new_layer.modules() if isinstance(m, torch.nn.Linear)][-1]
+    adaptation = Adaptation(c["method"], classifier.in_features, num_classes, c["trade_off"], c["entropy"],
+                            tap(architecture(c["model"]).layers(net))).to(device)
+    return adaptation, torch.nn.ModuleList([new_layer, adaptation])
+
+
 def fine_tune(c, source, target, device, task):
     """Train on the source domain, test on the target, with config c (its seed included); returns the result
     dict, also written to out_dir as JSON. task: the name printed, e.g. "A→W"."""
@@ -397,13 +408,8 @@ def fine_tune(c, source, target, device, task):
     amp, why = choose_amp(c["amp"], device)
     memory_format = torch.channels_last if c["channels_last"] else torch.contiguous_format
     net = net.to(device, memory_format=memory_format)
-    adaptation, new_layers = None, new_layer(net)
-    if c["method"] != "source_only":
-        classifier = [m for m in new_layers.modules() if isinstance(m, torch.nn.Linear)][-1]
-        adaptation = Adaptation(c["method"], classifier.in_features, len(source.classes), c["trade_off"],
-                                c["entropy"], tap(architecture(c["model"]).layers(net))).to(device)
-        new_layers = torch.nn.ModuleList([new_layers, adaptation])  # the discriminator learns at lr_mult x too
-        target_generator = torch.Generator().manual_seed(c["seed"] + 1)  # target batches: a stream of their own
+    adaptation, new_layers = make_adaptation(c, net, new_layer(net), len(source.classes), device)
+    target_generator = torch.Generator().manual_seed(c["seed"] + 1)  # target batches: a stream of their own
     optimizer = make_optimizer(net, new_layers, c)
     model = torch.compile(net) if c["compile"] else net  # the same parameters; net keeps plain state_dict keys
     total_steps = c["epochs"] * c["iters_per_epoch"]

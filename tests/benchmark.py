@@ -35,7 +35,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import office31  # noqa: E402
-from adaptation import METHODS, Adaptation, tap  # noqa: E402
+from adaptation import METHODS  # noqa: E402
 from data_loader import load_domain  # noqa: E402
 
 CLASSES = 31
@@ -172,15 +172,10 @@ def method_rates(name, steps, warm_up):
     amp, _ = office31.choose_amp("auto", torch.device("cpu"))
     runs = []
     for method in METHODS:
-        c = office31.with_method(office31.FLAGS, method)
+        c = office31.with_method(dict(office31.FLAGS, model=name), method)
         net, new_layer = office31.build_model(name, CLASSES, "none", c["bottleneck"])
         net = net.to(memory_format=torch.channels_last)
-        new, adapt = new_layer(net), None
-        if method != "source_only":
-            classifier = [m for m in new.modules() if isinstance(m, torch.nn.Linear)][-1]
-            features = tap(office31.architecture(name).layers(net))
-            adapt = Adaptation(method, classifier.in_features, CLASSES, 1.0, False, features)
-            new = torch.nn.ModuleList([new, adapt])
+        adapt, new = office31.make_adaptation(c, net, new_layer(net), CLASSES, torch.device("cpu"))
         optimizer = office31.make_optimizer(net, new, c)
         batch = ((x, y), x_target) if adapt else (x, y)
         office31.train_one_epoch(net, optimizer, [batch] * warm_up, 0, 10, amp, torch.channels_last, adapt)
