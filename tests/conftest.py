@@ -46,13 +46,14 @@ def tree(tmp_path):
 
 @pytest.fixture(autouse=True)
 def no_network(monkeypatch):
-    """The dataset fetches fail unless a test serves generated archives in their place."""
+    """Every fetch fails (datasets, ImageNet checkpoints, caffemodels) unless a test serves its own files."""
     import download
 
     def offline(*args, **kwargs):
         raise OSError("the tests never touch the network")
     monkeypatch.setattr(download, "fetch_drive_archive", offline)
     monkeypatch.setattr(download, "fetch_url", offline)
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
 
 
 @pytest.fixture(autouse=True)
