@@ -133,7 +133,7 @@ def download_dataset(data_root, dataset):
     staging = data_root if in_place else os.path.dirname(os.path.abspath(data_root))
     os.makedirs(staging, exist_ok=True)
     failures = []
-    for number, (source, fetch) in enumerate(sources(dataset)):
+    for source, fetch in sources(dataset):
         print(f"{spec['name']}: trying {source}" + (f" ({failures[-1]})" if failures else "") + ".")
         with tempfile.TemporaryDirectory(dir=staging, prefix=f".{dataset}-download-") as tmp:
             try:

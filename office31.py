@@ -463,8 +463,7 @@ def run_sweep(c, data_root, device, results_path):
     at the end, naming it."""
     configs = {method: with_method(c, method) for method in methods(c)}
     plan = [(method, *run) for method in configs for run in plan_runs(c, data_root)]
-    labels = short_names(find_domains(data_root))
-    data = {name: fingerprint(data_root, name) for name in labels}
+    labels, data = names_and_fingerprints(data_root)
     index, count = map(int, c["shard"].split("/"))
     rows = read_rows(results_path)
     done = {(method, r["source"], r["target"], r["seed"]) for method, config in configs.items()
@@ -534,15 +533,19 @@ def check_out_dir(out_dir, results_path):
                         "run: pick a folder you can write to with --out_dir.")
 
 
+def names_and_fingerprints(data_root):
+    """The domains under data_root: {domain: its label in task names}, {domain: fingerprint of its data}."""
+    labels = short_names(find_domains(data_root))
+    return labels, {name: fingerprint(data_root, name) for name in labels}
+
+
 def print_report(c, results_path):
     """--report=True: the table of the results file for these flags and the data in data_root; no training."""
-    data_root = dataset_root(c["data_root"])
-    labels = short_names(find_domains(data_root))
+    labels, data = names_and_fingerprints(dataset_root(c["data_root"]))
     if not labels:
         raise UserError(f"--report=True reads the data under '{c['data_root']}' to tell its rows from those of "
                         "other copies of the dataset, and found no domains there. Point --data_root at the data "
                         "the sweep used.")
-    data = {name: fingerprint(data_root, name) for name in labels}
     configs = {method: with_method(c, method) for method in methods(c)}
     print_table(read_rows(results_path), configs, data, labels, results_path)
 
