@@ -10,6 +10,7 @@ ImageNet mean, 227x227. The weights come from the Caffe model zoo as a .caffemod
 needed: caffemodel_blobs below reads its protobuf encoding) into a plain state_dict in the torch hub cache.
 """
 import collections
+import math
 import os
 import tempfile
 
@@ -66,8 +67,7 @@ class CaffeAlexNet(nn.Module):
 def build_caffe_alexnet(num_classes, weights="bvlc_reference_caffenet", bottleneck=0):
     model = CaffeAlexNet(num_classes, lrn_before_pool=weights != "bvlc_reference_caffenet", bottleneck=bottleneck)
     if weights != "none":
-        missing, _ = model.load_state_dict(converted_weights(weights), strict=False)
-        assert all(key.startswith("classifier.fc8.") for key in missing), missing  # only the new layer is new
+        model.load_state_dict(converted_weights(weights), strict=False)  # every key but fc8's: checked on loading
     return model
 
 
@@ -121,12 +121,21 @@ def wire_fields(data):
                 size, position = read_varint(data, position)
             else:
                 size = 8 if kind == 1 else 4
+            if size > len(data) - position:  # checked before anything of that size is made
+                raise ValueError(f"field {number} claims {size} bytes where {len(data) - position} are left")
             value, position = data[position:position + size], position + size
         else:
             raise ValueError(f"wire type {kind} of field {number} is not one a caffemodel holds")
-        if position > len(data) or number == 0:
-            raise ValueError("a field runs past the end")
+        if number == 0:
+            raise ValueError("a field numbered 0")
         yield number, value
+
+
+def expect_bytes(number, value):
+    """value, if it is a length-delimited field (a message, string or packed array) as the schema says."""
+    if isinstance(value, int):
+        raise ValueError(f"field {number} holds a number where the schema has a message or a string")
+    return value
 
 
 def packed_varints(data):
@@ -141,23 +150,33 @@ def packed_varints(data):
 def read_blob(data):
     """A BlobProto as a tensor: its shape from `shape` (field 7, packed int64 dims) or from num, channels,
     height, width (fields 1-4, the older layout), its values from `data` (field 5, float32)."""
-    legacy, dims, values = {}, None, []
+    legacy, dims, values, doubles = {}, None, [], False
     for number, value in wire_fields(data):
         if number in (1, 2, 3, 4):
+            if not isinstance(value, int):
+                raise ValueError(f"field {number} of a blob (a dimension) is not a number")
             legacy[number] = value
         elif number == 7:  # BlobShape: dim (field 1), packed or one varint each
             dims = []
-            for field, dim in wire_fields(value):
+            for field, dim in wire_fields(expect_bytes(number, value)):
                 if field == 1:
                     dims += [dim] if isinstance(dim, int) else packed_varints(dim)
-        elif number == 5:
-            values.append(value)  # packed (bytes of many floats) or one float of 4 bytes: the same bytes either way
+        elif number == 5:  # packed (bytes of many floats) or one float of 4 bytes: the same bytes either way
+            values.append(expect_bytes(number, value))
+        elif number == 8:
+            doubles = True
+    if doubles and not values:
+        raise ValueError("a blob stores its values as double_data (float64), which this reader does not convert; "
+                         "save the model with float data")
     if dims is None:
         dims = [legacy.get(n, 1) for n in (1, 2, 3, 4)]
+    count = sum(len(v) for v in values)
+    if count % 4:
+        raise ValueError("a blob's float data is not a whole number of 4-byte floats")
+    if math.prod(dims) != count // 4:  # compared before any tensor is made: dims may be absurd
+        raise ValueError(f"a blob holds {count // 4} values for the shape {dims}")
     raw = bytearray().join(values)  # one copy, writable, as torch.frombuffer wants
     tensor = torch.frombuffer(raw, dtype=torch.float32) if raw else torch.empty(0)
-    if tensor.numel() != torch.Size(dims).numel():
-        raise ValueError(f"a blob holds {tensor.numel()} values for the shape {dims}")
     return tensor.reshape(dims)
 
 
@@ -172,9 +191,9 @@ def caffemodel_blobs(data):
         name, blobs = None, []
         for field, content in wire_fields(value):
             if field == name_field:
-                name = bytes(content).decode("utf-8")
+                name = bytes(expect_bytes(field, content)).decode("utf-8")
             elif field == blob_field:
-                blobs.append(read_blob(content))
+                blobs.append(read_blob(expect_bytes(field, content)))
         if name is not None and blobs:
             found[name] = blobs
     return found
@@ -195,12 +214,39 @@ def caffe_state_dict(path):
         if layer not in blobs or len(blobs[layer]) != 2:
             raise UserError(f"'{path}' has no layer '{layer}' with a weight and a bias (found layers: "
                             f"{', '.join(blobs) or 'none'}); it is not an AlexNet caffemodel.")
-        weight, bias = blobs[layer]
-        if weight.numel() != torch.Size(shape).numel() or bias.numel() != shape[0]:
-            raise UserError(f"'{path}', layer '{layer}': a weight of shape {list(weight.shape)} and a bias of "
-                            f"{bias.numel()}, where AlexNet has {list(shape)} and {shape[0]}.")
-        state[f"{module}.weight"], state[f"{module}.bias"] = weight.reshape(shape), bias.reshape(-1)
+        weight, bias = (without_leading_ones(blob, dims) for blob, dims in zip(blobs[layer], (len(shape), 1)))
+        if weight.shape != shape or bias.shape != (shape[0],):
+            raise UserError(f"'{path}', layer '{layer}': a weight of shape {list(blobs[layer][0].shape)} and a bias "
+                            f"of {list(blobs[layer][1].shape)}, where AlexNet has {list(shape)} and [{shape[0]}].")
+        state[f"{module}.weight"], state[f"{module}.bias"] = weight, bias
     return state
+
+
+def without_leading_ones(blob, dims):
+    """Caffe's older files pad shapes to four dimensions with leading ones: fc6 as (1, 1, 4096, 9216), a bias as
+    (1, 1, 1, 4096). Those ones are dropped down to `dims` dimensions; any other shape stays as it is."""
+    while blob.dim() > dims and blob.shape[0] == 1:
+        blob = blob[0]
+    return blob
+
+
+def expected_shapes():
+    """{state_dict key: shape} of the converted weights: each layer's weight and bias."""
+    return {f"{module}.{kind}": torch.Size(shape if kind == "weight" else shape[:1])
+            for module, shape in LAYERS.values() for kind in ("weight", "bias")}
+
+
+def check_converted(state, path):
+    """The converted file holds exactly AlexNet's conv1-fc7 tensors in their shapes, or it is refused by name."""
+    expected = expected_shapes()
+    found = {key: tuple(value.shape) for key, value in state.items() if isinstance(value, torch.Tensor)} \
+        if isinstance(state, dict) else {}
+    wrong = [f"{key} {list(found[key]) if key in found else 'missing'} (expected {list(shape)})"
+             for key, shape in expected.items() if found.get(key) != tuple(shape)]
+    extra = sorted(set(found) - set(expected)) if isinstance(state, dict) else ["not a state_dict"]
+    if wrong or extra or len(found) != len(state):
+        raise UserError(f"'{path}' is not the converted AlexNet it should be ({'; '.join(wrong + extra)}). Delete it "
+                        "and run again: it is converted anew from the caffemodel.")
 
 
 def converted_weights(weights):
@@ -210,10 +256,12 @@ def converted_weights(weights):
     converted = os.path.join(folder, f"caffe_{weights}.pth")
     if os.path.exists(converted):
         try:
-            return torch.load(converted, weights_only=True)
+            state = torch.load(converted, weights_only=True)
         except Exception as e:
             raise UserError(f"'{converted}' could not be read ({type(e).__name__}: {e}); delete it and run again "
                             "to convert the caffemodel anew.") from None
+        check_converted(state, converted)
+        return state
     caffemodel, url = os.path.join(folder, f"{weights}.caffemodel"), URL.format(weights)
     os.makedirs(folder, exist_ok=True)
     if not os.path.exists(caffemodel):
@@ -228,6 +276,11 @@ def converted_weights(weights):
                         f"from the Caffe model zoo: a damaged or different file. Delete it and run again.")
     state = caffe_state_dict(caffemodel)
     with tempfile.NamedTemporaryFile(dir=folder, suffix=".tmp", delete=False) as f:  # whole, or not at all
-        torch.save(state, f)
+        try:
+            torch.save(state, f)
+        except BaseException:
+            f.close()
+            os.remove(f.name)
+            raise
     os.replace(f.name, converted)
     return state

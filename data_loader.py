@@ -97,20 +97,42 @@ def check_same_classes(source, target):
                     "Classes are matched by folder name; rename or remove folders so both domains have the same set.")
 
 
-def count_images(root):
-    """Images ImageFolder would find under root (a class root), without decoding any."""
+class Folder(datasets.ImageFolder):
+    """torchvision's ImageFolder without hidden class folders (.thumbs, .ipynb_checkpoints), which every count and
+    check here skips too: the classes a run trains on are the ones its fingerprint and checks saw."""
+
+    def find_classes(self, directory):
+        classes = subdirs(directory)
+        if not classes:
+            raise FileNotFoundError(f"Couldn't find any class folder in {directory}.")
+        return classes, {name: i for i, name in enumerate(classes)}
+
+
+def images_per_class(root):
+    """{class: number of images} that Folder would find under root (a class root), without decoding any."""
     classes = subdirs(root)
     index = {c: i for i, c in enumerate(classes)}
-    return len(datasets.folder.make_dataset(root, index, datasets.folder.IMG_EXTENSIONS, allow_empty=True))
+    counts = dict.fromkeys(classes, 0)
+    for _, label in datasets.folder.make_dataset(root, index, datasets.folder.IMG_EXTENSIONS, allow_empty=True):
+        counts[classes[label]] += 1
+    return counts
+
+
+def class_counts(data_root, name):
+    """images_per_class of domain `name` under data_root."""
+    return images_per_class(class_root(resolve_domain(data_root, name)))
+
+
+def count_images(root):
+    return sum(images_per_class(root).values())
 
 
 def fingerprint(data_root, name):
     """What identifies the data of domain `name` without decoding it: its class names (hashed) and image count.
     Two copies of a dataset in folders of the same name (a subset, a rebuilt tree) differ here."""
-    root = class_root(resolve_domain(data_root, name))
-    classes = subdirs(root)
-    digest = hashlib.sha1("\n".join(classes).encode()).hexdigest()[:8]
-    return f"{len(classes)} classes ({digest}), {count_images(root)} images"
+    counts = class_counts(data_root, name)
+    digest = hashlib.sha1("\n".join(counts).encode()).hexdigest()[:8]
+    return f"{len(counts)} classes ({digest}), {sum(counts.values())} images"
 
 
 def cache_bytes(data_root, names, resize_size):
@@ -230,7 +252,7 @@ class ImageFolderDomain:
     def __init__(self, root, name, resize_size, num_workers, device):
         self.root, self.name, self.resize_size = root, name, resize_size
         self.num_workers, self.device = num_workers, device
-        self.images = datasets.ImageFolder(root, loader=load_rgb)
+        self.images = Folder(root, loader=load_rgb)
         self.classes = self.images.classes
 
     def __len__(self):
@@ -273,7 +295,7 @@ class CachedDomain:
     crops, flips and normalisation run there on whole batches, with per-sample random offsets."""
 
     def __init__(self, root, name, resize_size, num_workers, device):
-        folder = datasets.ImageFolder(root)  # indexes files and classes only; decoding happens below
+        folder = Folder(root)  # indexes files and classes only; decoding happens below
         self.root, self.name, self.classes = root, name, folder.classes
         self.labels = torch.tensor(folder.targets, dtype=torch.long, device=device)
         self.images = torch.empty((len(folder), 3, resize_size, resize_size), dtype=torch.uint8, device=device)

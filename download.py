@@ -160,11 +160,17 @@ def install(tree, data_root, in_place):
             raise
 
 
+def lock_path(data_root):
+    """The lock file beside data_root: one file however the path is spelled (data/x, ./data/x/, /abs/data/x)."""
+    data_root = os.path.abspath(data_root)
+    return os.path.join(os.path.dirname(data_root), f".{os.path.basename(data_root)}.lock")
+
+
 @contextlib.contextmanager
 def download_lock(data_root):
     """An exclusive lock on a file beside data_root, so that processes starting together on an empty data root
     (the shards of a sweep) download once: the others wait, then find the tree."""
-    path = os.path.join(os.path.dirname(os.path.abspath(data_root)), f".{os.path.basename(data_root)}.lock")
+    path = lock_path(data_root)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "a") as f:
         if fcntl:
@@ -183,6 +189,10 @@ def visible_entries(folder):
 
 def prepare_data_root(data_root, download, dataset="office31"):
     """The folder to read domains from: data_root, fetching the dataset into it when it is missing or empty."""
+    if os.path.exists(data_root) and not os.path.isdir(data_root):
+        raise UserError(f"--data_root={data_root} is a file, not a folder. Point --data_root at the folder that holds "
+                        "the domains (or at a folder to download them into), and move the file away if it is in "
+                        "the way. Nothing was downloaded.")
     root = dataset_root(data_root)
     if find_domains(root):
         return root

@@ -28,10 +28,11 @@ import alexnet
 import caffe_alexnet
 import resnet
 from adaptation import METHODS, Adaptation, tap
-from data_loader import (UserError, check_cache_fits, check_same_classes, dataset_root, find_domains, fingerprint,
-                         load_domain)
+from data_loader import (UserError, check_cache_fits, check_same_classes, class_counts, dataset_root, find_domains,
+                         fingerprint, load_domain)
 from download import DATASETS, prepare_data_root
-from results import append_row, plan_runs, print_table, read_rows, result_row, same_experiment, short_names, task_name
+from results import (append_row, machine, method_label, plan_runs, print_table, read_rows, result_row,
+                     same_experiment, select_rows, short_names, task_name)
 
 # -----------------------------------------------------------------------------------------------------------
 # data
@@ -129,6 +130,9 @@ def check_config(c):
     if c["dataset"] not in DATASETS:
         raise UserError(f"--dataset={c['dataset']}: expected one of {', '.join(DATASETS)} (any other tree: point "
                         "--data_root at it).")
+    for name, value in c.items():
+        if isinstance(FLAGS.get(name), float) and not math.isfinite(value):
+            raise UserError(f"--{name}={value}: must be a finite number.")
     if c["model"] not in MODELS:
         raise UserError(f"--model={c['model']} is not one of {', '.join(MODELS)}.")
     choices = {"alexnet": alexnet.WEIGHTS, "caffe_alexnet": caffe_alexnet.WEIGHTS}.get(c["model"]) or \
@@ -157,6 +161,8 @@ def check_config(c):
         raise UserError(f"--bottleneck={c['bottleneck']}: expected auto, 0 (no bottleneck) or a width like 256.")
     if not 0 <= c["trade_off"] < math.inf:
         raise UserError(f"--trade_off={c['trade_off']}: must be a finite number, 0 or more.")
+    for method in methods(c):
+        check_batch_size(with_method(c, method))
     if c["entropy"] and "cdan" not in methods(c):
         raise UserError("--entropy=True is CDAN's entropy conditioning (CDAN+E): use it with --method=cdan.")
     if c["amp"] not in ("auto", "bf16", "off"):
@@ -171,6 +177,18 @@ def check_config(c):
 
 def methods(c):
     return [m.strip() for m in c["method"].split(",") if m.strip()]
+
+
+def check_batch_size(c):
+    """A batch of one image is refused where training cannot use it: BatchNorm normalises over the batch (the
+    ResNets' layers, a bottleneck), and Deep CORAL's covariance divides by n - 1."""
+    needs = [why for why, applies in (
+        ("ResNet's BatchNorm layers normalise over the images of a batch", c["model"] in resnet.DEPTHS),
+        ("the bottleneck's BatchNorm normalises over the images of a batch", c["bottleneck"] > 0),
+        ("Deep CORAL's covariances divide by the batch size minus one", c["method"] == "coral")) if applies]
+    if c["batch_size"] < 2 and needs:
+        raise UserError(f"--batch_size={c['batch_size']} with --model={c['model']} --method={c['method']}: "
+                        f"{'; '.join(needs)}, so a batch needs at least 2 images. Use --batch_size=2 or more.")
 
 
 # The papers' setups: a 256-wide bottleneck before the classifier for DDC (its "adaptation layer"), DANN, CDAN
@@ -322,6 +340,10 @@ def train_one_epoch(model, optimizer, batches, first_step, total_steps, amp, mem
     batches: (x, y) source batches; with an adaptation method, ((x, y), x_target) pairs, pushed through the network
     as one batch. Stops with Diverged at the first step whose loss is not finite."""
     model.train()
+    for module in model.modules():  # a frozen block's BatchNorm keeps its statistics too: eval mode
+        weights = list(module.parameters()) if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) else []
+        if weights and not any(p.requires_grad for p in weights):
+            module.eval()
     if adaptation:
         adaptation.train()
     sums, correct, seen = {}, 0, 0
@@ -368,22 +390,40 @@ def model_device(model):
     return next(model.parameters()).device
 
 
-def write_json(path, data):
-    """Write via a temporary file and rename, so a reader never sees half a file."""
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+def write_new(path, write):
+    """Create path by write(file) into a temporary file that is then linked into place: a reader never sees half a
+    file, and an existing file is never replaced (FileExistsError: another run took the name first)."""
     tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=1, ensure_ascii=False)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+        os.link(tmp, path)  # fails if path exists, where a rename would replace it
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
-def new_run_stem(c):
-    """out_dir/<source>-<target>_<model>_seed<seed>_<time>, with -1, -2, ... added if that run file exists:
-    full domain names, so that tasks never share a name, and a run file is never overwritten."""
-    stem = os.path.join(c["out_dir"], f"{c['source']}-{c['target']}_{c['model']}_seed{c['seed']}_"
-                        f"{datetime.datetime.now():%Y%m%d-%H%M%S}")
-    taken = lambda s: os.path.exists(s + ".json") or os.path.exists(s + ".pt")  # noqa: E731
-    return next(s for s in (f"{stem}-{k}" if k else stem for k in itertools.count()) if not taken(s))
+def save_run(c, result, weights=None):
+    """Write the run's JSON (and its state_dict, if given) as out_dir/<source>-<target>_<model>_<method>_
+    seed<seed>_<time>[-k].json (and .pt), k counting up from 1 while the name is taken: full domain names, so
+    that tasks never share a name, and never over another run's file. Sets result["run_file"]; returns the stem."""
+    os.makedirs(c["out_dir"], exist_ok=True)
+    base = os.path.join(c["out_dir"], f"{c['source']}-{c['target']}_{c['model']}_{method_label(c)}_"
+                        f"seed{c['seed']}_{datetime.datetime.now():%Y%m%d-%H%M%S}")
+    for stem in (f"{base}-{k}" if k else base for k in itertools.count()):
+        result["run_file"] = os.path.basename(stem) + ".json"
+        try:
+            if weights is not None:
+                write_new(stem + ".pt", lambda f: torch.save(weights, f))
+            try:
+                write_new(stem + ".json", lambda f: f.write(json.dumps(result, indent=1, ensure_ascii=False).encode()))
+            except FileExistsError:
+                if weights is not None:
+                    os.remove(stem + ".pt")
+                raise
+            return stem
+        except FileExistsError:
+            continue
 
 
 def make_adaptation(c, net, new_layer, num_classes, device):
@@ -429,10 +469,10 @@ def fine_tune(c, source, target, device, task):
         except Diverged as e:
             step, terms = e.args
             also = f", --trade_off (now {c['trade_off']})" if adaptation else ""
-            raise Diverged(f"{task} seed {c['seed']}: the loss is not finite at epoch {epoch}, step {step + 1} of "
-                           f"{total_steps} ({', '.join(f'{k} {v}' for k, v in terms.items())}): training diverged, "
-                           f"and this run writes no result. Try a smaller --lr (now {c['lr']}){also}, or --amp=off "
-                           "if it trained in bf16.") from None
+            raise Diverged(f"{task} {method_label(c)} seed {c['seed']}: the loss is not finite at epoch {epoch}, "
+                           f"step {step + 1} of {total_steps} ({', '.join(f'{k} {v}' for k, v in terms.items())}): "
+                           f"training diverged, and this run writes no result. Try a smaller --lr (now {c['lr']})"
+                           f"{also}, or --amp=off if it trained in bf16.") from None
         loss = losses["classification"]
         row = {"epoch": epoch, "loss": loss, "adaptation_loss": losses.get("adaptation"), "source_acc": source_acc,
                "target_acc": None}
@@ -447,13 +487,9 @@ def fine_tune(c, source, target, device, task):
         print(f"epoch {epoch}/{c['epochs']}  loss {loss:.3f}{adapted}  source acc {100 * source_acc:.1f}%  "
               f"{task} {shown}  {row['seconds']:.1f}s")
     result = {"task": task, "correct": correct, "total": total, "accuracy": correct / total, "config": c,
-              "precision": {"dtype": "bf16" if amp else "fp32", "why": why}, "epochs": history,
-              "date": datetime.datetime.now().isoformat(timespec="seconds")}
-    stem = new_run_stem(c)
-    if c["save_model"]:
-        os.makedirs(c["out_dir"], exist_ok=True)
-        torch.save(net.state_dict(), stem + ".pt")
-    write_json(stem + ".json", result)
+              "precision": {"dtype": "bf16" if amp else "fp32", "why": why}, "machine": machine(device),
+              "epochs": history, "date": datetime.datetime.now().isoformat(timespec="seconds")}
+    save_run(c, result, net.state_dict() if c["save_model"] else None)
     return result
 
 
@@ -461,8 +497,10 @@ def run_sweep(c, data_root, device, results_path):
     """Every run of this process's shard not yet in the results file (unless rerun); returns their results.
     Several methods: each runs the whole plan. A run that diverges writes nothing; the sweep goes on and fails
     at the end, naming it."""
-    configs = {method: with_method(c, method) for method in methods(c)}
-    plan = [(method, *run) for method in configs for run in plan_runs(c, data_root)]
+    precision = "bf16" if choose_amp(c["amp"], device)[0] else "fp32"  # part of the experiment: rows record it
+    configs = {method: with_method(dict(c, precision=precision), method) for method in methods(c)}
+    runs = plan_runs(c, data_root)
+    plan = [(method, *run) for method in configs for run in runs]
     labels, data = names_and_fingerprints(data_root)
     index, count = map(int, c["shard"].split("/"))
     rows = read_rows(results_path)
@@ -472,8 +510,9 @@ def run_sweep(c, data_root, device, results_path):
     mine = plan[index::count]
     todo = mine if c["rerun"] or not sweep else [run for run in mine if run not in done]
     for method, source, target, seed in (run for run in mine if run not in todo):
-        print(f"skipping {method} {task_name(source, target, labels)} seed {seed}: already in {results_path} "
-              "(--rerun=True to redo)")
+        print(f"skipping {method_label(configs[method])} {task_name(source, target, labels)} seed {seed}: already "
+              f"in {results_path} (--rerun=True to redo)")
+    check_tasks(data_root, dict.fromkeys((s, t) for _, s, t, _ in todo), labels)
     if todo and c["cache"]:
         check_cache_fits(data_root, sorted({name for _, s, t, _ in todo for name in (s, t)}), c["resize_size"], device)
     if todo and c["weights"] != "none":
@@ -484,28 +523,56 @@ def run_sweep(c, data_root, device, results_path):
             if name not in domains:  # decoded once per process, shared by every task that uses the domain
                 domains[name] = load_domain(data_root, name, c["resize_size"], c["cache"], c["num_workers"], device)
         run = dict(configs[method], source=source, target=target, seed=seed)
-        task = task_name(source, target, labels)
+        task, label = task_name(source, target, labels), f"{method_label(run)} seed {seed}"
+        if len(configs) > 1:  # the main config line leaves these unresolved ("auto"): this run's values
+            print(f"run: {task} {label}: " + "  ".join(f"{k}={run[k]}" for k in ("bottleneck", "trade_off", "entropy")))
         try:
             result = fine_tune(run, domains[source], domains[target], device, task)
         except Diverged as e:
             if not sweep:
                 raise
             print(f"error: {e} Moving on to the next run.")
-            diverged.append(f"{method} {task} seed {seed}" if len(configs) > 1 else f"{task} seed {seed}")
+            diverged.append(f"{task} {label}")
             continue
         append_row(results_path, result_row(run, result, data))
-        print(f"{result['task']} accuracy: {100 * result['accuracy']:.2f}% ({result['correct']}/{result['total']})")
+        named = f"  {label}" if sweep or method != "source_only" else ""  # a plain single fine-tune: the bare line
+        print(f"{result['task']} accuracy: {100 * result['accuracy']:.2f}% ({result['correct']}/{result['total']})"
+              f"{named}")
         finished.append(result)
     if sweep:
-        order = {pair: k for k, pair in enumerate(dict.fromkeys((s, t) for _, s, t, _ in plan))}
-        rows = sorted((r for r in read_rows(results_path) if (r["source"], r["target"]) in order),
-                      key=lambda r: order[(r["source"], r["target"])])
-        if any(same_experiment(r, config, data) for r in rows for config in configs.values()):
-            print_table(rows, configs, data, labels, results_path)  # (a shard with nothing to do may have nothing)
+        rows = read_rows(results_path)
+        if any(select_rows(rows, configs, data, runs).values()):  # a shard with nothing to do may have nothing
+            print_table(rows, configs, data, labels, runs, results_path, defaults(c))
     if diverged:
+        kept = "The other runs are in the results file." if finished else "No run of this process finished."
         raise UserError(f"{len(diverged)} of {len(todo)} runs diverged and wrote no result: {', '.join(diverged)} "
-                        "(their messages are above). The other runs are in the results file.")
+                        f"(their messages are above). {kept}")
     return finished
+
+
+def defaults(c):
+    """{method: the config the default flags give that method on c's model and dataset}: what a table's title
+    compares with, to name every flag that differs."""
+    plain = resolve(dict(FLAGS, model=c["model"], dataset=c["dataset"]))
+    return {method: with_method(plain, method) for method in methods(c)}
+
+
+def check_tasks(data_root, pairs, labels):
+    """Before the first run: every class folder of the domains in these (source, target) pairs holds images, and
+    each pair has the same classes, or the sweep stops here, naming every task and class at fault."""
+    counts = {name: class_counts(data_root, name) for name in dict.fromkeys(n for pair in pairs for n in pair)}
+    problems = [f"{name} has no images in {', '.join(c for c, n in by_class.items() if n == 0)}"
+                for name, by_class in counts.items() if 0 in by_class.values()]
+    for source, target in pairs:
+        only_source = sorted(set(counts[source]) - set(counts[target]))
+        only_target = sorted(set(counts[target]) - set(counts[source]))
+        if only_source or only_target:
+            problems.append(f"{task_name(source, target, labels)}: different classes, only in {source}: "
+                            f"{', '.join(only_source) or '-'}; only in {target}: {', '.join(only_target) or '-'}")
+    if problems:
+        raise UserError(f"nothing was run, since the planned tasks cannot all train: {'. '.join(problems)}. Classes "
+                        "are matched by folder name and every class folder needs an image: rename, fill or remove "
+                        "folders so the domains agree, or leave those tasks out of --tasks.")
 
 
 def check_out_dir(out_dir, results_path):
@@ -540,14 +607,21 @@ def names_and_fingerprints(data_root):
 
 
 def print_report(c, results_path):
-    """--report=True: the table of the results file for these flags and the data in data_root; no training."""
-    labels, data = names_and_fingerprints(dataset_root(c["data_root"]))
+    """--report=True: the table of the sweep these flags describe (tasks, seeds, methods, the data in data_root),
+    from the results file; no training. With --amp=auto, one table per precision found (bf16, fp32)."""
+    root = dataset_root(c["data_root"])
+    labels, data = names_and_fingerprints(root)
     if not labels:
         raise UserError(f"--report=True reads the data under '{c['data_root']}' to tell its rows from those of "
                         "other copies of the dataset, and found no domains there. Point --data_root at the data "
                         "the sweep used.")
-    configs = {method: with_method(c, method) for method in methods(c)}
-    print_table(read_rows(results_path), configs, data, labels, results_path)
+    rows, runs = read_rows(results_path), plan_runs(c, root)
+    found = sorted({r["config"].get("precision") for r in rows} - {None}) or ["fp32"]
+    precisions = {"bf16": ["bf16"], "off": ["fp32"]}.get(c["amp"], found)
+    tables = [{method: with_method(dict(c, precision=p), method) for method in methods(c)} for p in precisions]
+    shown = [configs for configs in tables if any(select_rows(rows, configs, data, runs).values())] or tables[:1]
+    for configs in shown:  # (none with rows: the first, whose table says what is missing)
+        print_table(rows, configs, data, labels, runs, results_path, defaults(c))
 
 
 def print_config(c, precision=None):
@@ -570,12 +644,13 @@ def main(argv=None):
         c = resolve(parse_flags(sys.argv[1:] if argv is None else argv))
         check_config(c)
         results_path = os.path.join(c["out_dir"], "results.jsonl")
+        shown = with_method(c, methods(c)[0]) if len(methods(c)) == 1 else c  # one method: its resolved values
         if c["report"]:
-            print_config(c)
+            print_config(shown)
             return print_report(c, results_path)
         check_out_dir(c["out_dir"], results_path)
         device = pick_device(c["device"])
-        print_config(c, choose_amp(c["amp"], device))
+        print_config(shown, choose_amp(c["amp"], device))
         data_root = prepare_data_root(c["data_root"], c["download"], c["dataset"])
         return run_sweep(c, data_root, device, results_path)
     except UserError as e:

@@ -7,15 +7,21 @@ under a lock), what makes two runs the same experiment, task names, and the tabl
     print(markdown_table(rows, tasks))        # mean ± std over seeds per task, and the average row
     print(methods_table({"dann": rows}, tasks))  # the papers' layout: methods as rows, tasks as columns
 """
+import functools
 import itertools
 import json
 import os
+import platform
 import statistics
+import subprocess
 
 try:
     import fcntl
 except ImportError:  # Windows has no flock: appends still go in whole lines, but run shards on Linux/macOS
     fcntl = None
+
+import torch
+import torchvision
 
 from data_loader import UserError, find_domains, resolve_domain
 
@@ -66,32 +72,47 @@ def latest_per_seed(rows):
     return tasks
 
 
-def mean_std(values):
-    return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else None)
+def cell(values, count=False):
+    """Mean ± sample std of accuracies in percent; count: add the number of runs, "(3)"."""
+    values = [100 * v for v in values]
+    text = f"{statistics.mean(values):.2f}"
+    if len(values) > 1:
+        text += f" ± {statistics.stdev(values):.2f}"
+    return f"{text} ({len(values)})" if count else text
 
 
-def cell(values):
-    mean, std = mean_std([100 * v for v in values])
-    return f"{mean:.2f}" if std is None else f"{mean:.2f} ± {std:.2f}"
+def average(by_task, count=False):
+    """The average cell of one method over its tasks ({task: {seed: row}}): the mean of the task means, so that
+    it agrees with the cells shown, and ± the sample std over seeds of the per-seed mean over tasks, given only
+    where every task has the same seeds (then both definitions give the same mean)."""
+    means = [statistics.mean(100 * r["accuracy"] for r in by_seed.values()) for by_seed in by_task.values()]
+    text = f"{statistics.mean(means):.2f}"
+    seeds = {frozenset(by_seed) for by_seed in by_task.values()}
+    if len(seeds) == 1:
+        common = sorted(next(iter(seeds)))
+        per_seed = [statistics.mean(100 * by_seed[s]["accuracy"] for by_seed in by_task.values()) for s in common]
+        if len(per_seed) > 1:
+            text += f" ± {statistics.stdev(per_seed):.2f}"
+        if count:
+            text += f" ({len(common)})"
+    return text
 
 
-def seed_averages(tasks):
-    """{(source, target): {seed: row}} -> per seed, the mean accuracy over all tasks, for the seeds every task has."""
-    common = sorted(set.intersection(*(set(by_seed) for by_seed in tasks.values()))) if tasks else []
-    return [statistics.mean(by_seed[s]["accuracy"] for by_seed in tasks.values()) for s in common]
+AVERAGE_NOTE = ("average: the mean of the task cells of its row; ± the sample std over seeds of the per-seed mean "
+                "over tasks, shown only where every task has the same seeds.")
 
 
 def markdown_table(rows, name_of_task):
-    """Rows of one configuration as a Markdown table: each task's mean ± std (sample std over seeds) and
-    the number of seeds; the average row is over the seeds that every task has (one average per seed)."""
+    """Rows of one configuration as a Markdown table: each task's mean ± std (sample std over seeds) and the
+    number of seeds, then the average row (see average), whose seeds column is "-" where the tasks' seeds differ."""
     tasks = latest_per_seed(rows)
     lines = ["| task | accuracy (%) | seeds |", "|---|---|---|"]
     for (source, target), by_seed in tasks.items():
         lines.append(f"| {name_of_task(source, target)} | {cell([r['accuracy'] for r in by_seed.values()])} "
                      f"| {len(by_seed)} |")
-    averages = seed_averages(tasks)
-    if len(tasks) > 1 and averages:
-        lines.append(f"| average | {cell(averages)} | {len(averages)} |")
+    if len(tasks) > 1:
+        seeds = {frozenset(by_seed) for by_seed in tasks.values()}
+        lines.append(f"| average | {average(tasks)} | {len(seeds.pop()) if len(seeds) == 1 else '-'} |")
     return "\n".join(lines)
 
 
@@ -101,28 +122,37 @@ PAPER_ORDER = [("amazon", "webcam"), ("dslr", "webcam"), ("webcam", "dslr"), ("a
 
 
 def methods_table(rows_by_method, name_of_task, order=PAPER_ORDER):
-    """The papers' layout: one row per method ({method: rows}), one column per task (in `order` where it lists
-    them, the others after, as they come), then the average; each cell the mean ± sample std over seeds, "-" where
-    a method has no run (the average needs every task, over the seeds they all have)."""
+    """The papers' layout: one row per method ({label: rows}), one column per task (in `order` where it lists
+    them, the others after, as they come), then the average (see average; "-" unless the method has every task).
+    Each cell is the mean ± sample std over seeds, "-" where a method has no run; where the cells stand for
+    different numbers of runs, every cell shows its count, "41.67 ± 14.43 (3)"."""
     methods = {method: latest_per_seed(rows) for method, rows in rows_by_method.items()}
     tasks = list(dict.fromkeys(task for tasks in methods.values() for task in tasks))
     tasks.sort(key=lambda task: order.index(task) if task in order else len(order))
+    count = len({len(by_seed) for by_task in methods.values() for by_seed in by_task.values()}) > 1
     lines = ["| method | " + " | ".join(name_of_task(*task) for task in tasks) + " | average |",
              "|---" * (len(tasks) + 2) + "|"]
     for method, by_task in methods.items():
-        cells = [cell([r["accuracy"] for r in by_task[task].values()]) if task in by_task else "-" for task in tasks]
-        averages = seed_averages(by_task) if len(by_task) == len(tasks) else []
-        lines.append(f"| {method} | {' | '.join(cells)} | {cell(averages) if averages else '-'} |")
+        cells = [cell([r["accuracy"] for r in by_task[task].values()], count) if task in by_task else "-"
+                 for task in tasks]
+        shown = average(by_task, count) if len(by_task) == len(tasks) else "-"
+        lines.append(f"| {method} | {' | '.join(cells)} | {shown} |")
     return "\n".join(lines)
 
 
 # ---------------------------------------------------------------------------------------------------------
 # The sweep: which runs, what makes two runs the same experiment, task names, and the printed table
 
-# The flags that define an experiment: runs agreeing on these (and on the dataset) are the same run.
-PROTOCOL_FLAGS = ("model", "weights", "freeze", "method", "bottleneck", "trade_off", "entropy", "epochs",
-                  "iters_per_epoch", "batch_size", "lr", "lr_mult", "momentum", "weight_decay", "resize_size",
-                  "crop_size")
+# What defines an experiment: runs agreeing on these (and on the dataset and its data) are the same run. All are
+# flags but "precision", the dtype a run trained in (bf16 or fp32), which --amp=auto decides per machine.
+EXPERIMENT_KEYS = ("model", "weights", "freeze", "method", "bottleneck", "trade_off", "entropy", "epochs",
+                   "iters_per_epoch", "batch_size", "lr", "lr_mult", "momentum", "weight_decay", "resize_size",
+                   "crop_size", "precision")
+
+
+def method_label(c):
+    """The method as tables, run files and printed lines name it: cdan+e for CDAN with entropy conditioning."""
+    return c["method"] + ("+e" if c["entropy"] else "")
 
 
 def short_names(domains):
@@ -165,9 +195,9 @@ def plan_runs(c, data_root):
 
 
 def experiment(c):
-    """What makes two runs the same experiment, besides the data itself: the dataset's folder name and the
-    protocol flags."""
-    return os.path.basename(os.path.normpath(c["data_root"])), {k: c[k] for k in PROTOCOL_FLAGS}
+    """What makes two runs the same experiment, besides the data itself: the dataset's folder name and
+    EXPERIMENT_KEYS."""
+    return os.path.basename(os.path.normpath(c["data_root"])), {k: c[k] for k in EXPERIMENT_KEYS}
 
 
 def same_experiment(row, c, data):
@@ -178,35 +208,92 @@ def same_experiment(row, c, data):
     return (row["dataset"], row["config"]) == experiment(c) and row.get("data") == used
 
 
+def select_rows(rows, configs, data, runs):
+    """The rows of one sweep, {method: rows}: each method's experiment ({method: config}) on this data, for the
+    planned (source, target, seed) runs only. The end of a sweep and --report both print these."""
+    runs = set(runs)
+    return {method: [r for r in rows if same_experiment(r, config, data) and (r["source"], r["target"], r["seed"])
+                     in runs] for method, config in configs.items()}
+
+
 def result_row(c, result, data):
     dataset, config = experiment(c)
     return {"dataset": dataset, "model": c["model"], "weights": c["weights"], "source": c["source"],
             "target": c["target"], "seed": c["seed"], "accuracy": result["accuracy"], "correct": result["correct"],
             "total": result["total"], "config": config, "data": {n: data[n] for n in (c["source"], c["target"])},
-            "date": result["date"]}
+            "machine": result["machine"], "run_file": result["run_file"], "date": result["date"]}
 
 
-def print_table(rows, configs, data, labels, results_path):
-    """The table of the rows of these experiments ({method: config}) on this data: tasks as rows for one method,
-    the papers' layout (methods as rows, tasks as columns) for several; and a note on rows of other copies."""
-    mine = {method: [r for r in rows if same_experiment(r, config, data)] for method, config in configs.items()}
+def changed_flags(configs, defaults):
+    """'flag=value' for every experiment flag that differs from its default in any of these configs ({method:
+    config}; defaults: {method: the defaults' config for that method}); method and entropy are in the labels."""
+    changed = {}
+    for method, config in configs.items():
+        for key in EXPERIMENT_KEYS:
+            shown_elsewhere = key in ("method", "entropy", "model", "weights", "precision")
+            if not shown_elsewhere and config[key] != defaults[method][key]:
+                changed.setdefault(f"{key}={config[key]}", None)
+    return list(changed)
+
+
+def print_table(rows, configs, data, labels, runs, results_path, defaults):
+    """The table of one sweep (see select_rows) on this data: tasks as rows for one method, the papers' layout
+    (methods as rows, tasks as columns) for several. Its title names the dataset, network, precision and every
+    flag that differs from the defaults; notes under it say what the average is and what was left out."""
+    mine = select_rows(rows, configs, data, runs)
     c = next(iter(configs.values()))
     dataset = experiment(c)[0]
     if not any(mine.values()):
-        raise UserError(f"{results_path} has no results for {c['model']} ({c['weights']}) with these flags on "
-                        f"{dataset}; the flags {', '.join(PROTOCOL_FLAGS)}, the data_root folder name and the data "
-                        "in it must match the sweep's.")
-    print(f"\n{dataset}, {c['model']} ({c['weights']}), final model, mean ± std over seeds "
-          f"(from {results_path}):\n")
+        raise UserError(f"{results_path} has no results for {c['model']} ({c['weights']}, {c['precision']}) with "
+                        f"these flags on {dataset} for the planned tasks and seeds; {', '.join(EXPERIMENT_KEYS)}, "
+                        "--tasks, --seed, --seeds, the data_root folder name and the data in it must match the "
+                        "sweep's.")
+    changed = changed_flags(configs, defaults)
+    print(f"\n{dataset}, {c['model']} ({c['weights']}), {c['precision']}, final model, mean ± std over seeds"
+          f"{'; not the defaults: ' + ', '.join(changed) if changed else ''} (from {results_path}):\n")
     name = lambda source, target: task_name(source, target, labels)  # noqa: E731
+    order = {(s, t): k for k, (s, t, _) in enumerate(runs)}
     if len(configs) == 1:
-        print(markdown_table(mine[c["method"]], name))
+        print(markdown_table(sorted(mine[c["method"]], key=lambda r: order[(r["source"], r["target"])]), name))
     else:
-        print(methods_table(mine, name, PAPER_ORDER))
+        print(methods_table({method_label(configs[m]): rows for m, rows in mine.items()}, name, PAPER_ORDER))
+    print("\n" + AVERAGE_NOTE)
     keys = [experiment(config) for config in configs.values()]
-    others = [r for r in rows if (r["dataset"], r["config"]) in keys and not any(
-        same_experiment(r, config, data) for config in configs.values())]
+    runs = set(runs)
+    others = [r for r in rows if (r["dataset"], r["config"]) in keys and (r["source"], r["target"], r["seed"]) in runs
+              and not any(same_experiment(r, config, data) for config in configs.values())]
     if others:
-        print(f"\nnote: {len(others)} more rows with these flags come from another copy of '{dataset}' (other class "
+        print(f"note: {len(others)} more rows with these flags come from another copy of '{dataset}' (other class "
               "names or image counts than the data in data_root, or written before those were recorded); they are "
               "not in this table.")
+
+
+def machine(device):
+    """What produced a run, recorded in its row: the device (GPU or CPU model), the torch and torchvision versions,
+    and the code's git revision ("+changes" when tracked files differ from it; None outside a git checkout)."""
+    return {"device": device_name(device), "torch": torch.__version__, "torchvision": torchvision.__version__,
+            "revision": code_revision()}
+
+
+def device_name(device):
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine() or "unknown CPU"
+
+
+@functools.cache
+def code_revision():
+    def git(*args):
+        return subprocess.run(["git", *args], cwd=os.path.dirname(os.path.abspath(__file__)), capture_output=True,
+                              text=True, timeout=30)
+    try:
+        head, changes = git("rev-parse", "HEAD"), git("status", "--porcelain", "--untracked-files=no")
+    except (OSError, subprocess.SubprocessError):  # no git here
+        return None
+    if head.returncode != 0:  # not a git checkout (an unpacked archive)
+        return None
+    return head.stdout.strip() + ("+changes" if changes.stdout.strip() else "")

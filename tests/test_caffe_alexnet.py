@@ -219,6 +219,82 @@ def test_a_bad_caffemodel_is_named_and_nothing_is_cached(tmp_path, monkeypatch, 
     assert sorted(os.listdir(hub_checkpoints())) == ["bvlc_alexnet.caffemodel"]
 
 
+@pytest.mark.parametrize("case, phrase", [
+    ("empty", "classifier.fc7.weight missing"),
+    ("without fc7", "classifier.fc7.bias missing"),
+    ("transposed fc6", "classifier.fc6.weight [9216, 4096] (expected [4096, 9216])"),
+    ("not a dict", "not a state_dict"),
+])
+def test_a_bad_converted_file_in_the_cache_is_refused_with_what_to_do(tmp_path, caffe_blobs, case, phrase):
+    good = {f"{module}.{kind}": blob for name, (module, _) in caffe_alexnet.LAYERS.items()
+            for kind, blob in zip(("weight", "bias"), caffe_blobs[name])}
+    state = {"empty": {}, "without fc7": {k: v for k, v in good.items() if "fc7" not in k},
+             "transposed fc6": dict(good, **{"classifier.fc6.weight": good["classifier.fc6.weight"].T.contiguous()}),
+             "not a dict": [torch.zeros(1)]}[case]
+    path = os.path.join(hub_checkpoints(), "caffe_bvlc_alexnet.pth")
+    torch.save(state, path)
+    with pytest.raises(UserError) as error:
+        caffe_alexnet.build_caffe_alexnet(5, "bvlc_alexnet")
+    assert str(error.value).startswith(f"'{path}' is not the converted AlexNet") and phrase in str(error.value)
+    assert "Delete it and run again" in str(error.value)
+
+
+def small_caffemodel():
+    """A NetParameter of a few small blobs, to mutate byte by byte."""
+    g = torch.Generator().manual_seed(1)
+    return caffemodel({"conv1": [torch.randn(2, 3, 2, 2, generator=g), torch.randn(2, generator=g)],
+                       "fc6": [torch.randn(3, 4, generator=g)]}, "layer")
+
+
+def test_malformed_caffemodels_raise_only_the_readers_error():
+    """Every truncation and many single-byte changes of a valid file, and the hand-made cases: a ValueError (which
+    caffe_state_dict turns into one message), never TypeError, OverflowError, MemoryError or a huge allocation."""
+    cases = [bytes.fromhex("a206090a05636f6e76313803"),  # a blob given as a number
+             field(100, 2, field(1, 0, 5)),  # a layer name given as a number
+             varint(100 << 3 | 2) + varint(2 ** 62) + b"conv1",  # a layer claiming 2^62 bytes
+             field(100, 2, field(1, 2, b"fc6") + field(7, 2, field(1, 0, 2 ** 40) + field(5, 2, b"\0" * 8))),
+             field(100, 2, field(1, 2, b"fc6") + field(7, 2, field(5, 0, 3)))]  # float data given as a number
+    data = small_caffemodel()
+    cases += [data[:k] for k in range(1, len(data))]
+    g = torch.Generator().manual_seed(2)
+    for position, value in zip(torch.randint(0, len(data), (300,), generator=g).tolist(),
+                               torch.randint(0, 256, (300,), generator=g).tolist()):
+        cases.append(data[:position] + bytes([value]) + data[position + 1:])
+    for case in cases:
+        try:
+            caffe_alexnet.caffemodel_blobs(memoryview(case))
+        except ValueError:
+            pass
+
+
+def test_blob_shapes_are_compared_by_dimension_and_double_data_is_named(tmp_path):
+    """(The (1, 1, out, in) fc blobs of older files are accepted: the "layers" layout test above writes them.)"""
+    path = tmp_path / "net.caffemodel"
+    path.write_bytes(caffemodel({"conv1": [torch.zeros(3, 96, 11, 11), torch.zeros(96)]}, "layer"))
+    with pytest.raises(UserError, match=r"layer 'conv1': a weight of shape \[3, 96, 11, 11\]"):
+        caffe_alexnet.caffe_state_dict(str(path))
+    doubles = field(100, 2, field(1, 2, b"conv1") + field(7, 2, field(7, 2, field(1, 2, varint(2))) +
+                                                        field(8, 2, b"\0" * 16)))
+    path.write_bytes(doubles)
+    with pytest.raises(UserError, match="double_data"):
+        caffe_alexnet.caffe_state_dict(str(path))
+
+
+def test_a_failed_save_of_the_converted_file_leaves_nothing(monkeypatch, caffe_blobs):
+    path = os.path.join(hub_checkpoints(), "bvlc_alexnet.caffemodel")
+    with open(path, "wb") as f:
+        f.write(caffemodel(caffe_blobs, "layer"))
+    monkeypatch.setitem(caffe_alexnet.SHA1, "bvlc_alexnet", caffe_alexnet.sha1_of(path))
+
+    def disk_full(obj, f):
+        f.write(b"part")
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(torch, "save", disk_full)
+    with pytest.raises(OSError):
+        caffe_alexnet.converted_weights("bvlc_alexnet")
+    assert sorted(os.listdir(hub_checkpoints())) == ["bvlc_alexnet.caffemodel"]
+
+
 @pytest.mark.parametrize("name, frozen, trained", [
     ("caffe_alexnet", ("features.conv1.", "features.conv2.", "features.conv3."), "features.conv4."),
     ("alexnet", ("features.0.", "features.3.", "features.6."), "features.8."),  # conv1-conv3; conv4
@@ -240,6 +316,20 @@ def test_freeze_3_keeps_the_first_three_blocks_fixed(name, frozen, trained):
     assert changed and all(not torch.equal(parameters[n], before[n]) and id(parameters[n]) in in_groups
                            for n in changed)
     assert len(in_groups) == len(parameters) - len(fixed)
+
+
+def test_frozen_resnet_blocks_keep_their_batchnorm_statistics_too():
+    torch.manual_seed(0)
+    model, new_layer = office31.build_model("resnet18", 5, "none", freeze=2)  # the stem and layer1
+    optimizer = office31.make_optimizer(model, new_layer(model), office31.FLAGS)
+    before = {n: t.clone() for n, t in model.state_dict().items()}
+    batches = [(torch.randn(4, 3, 64, 64) + 3, torch.tensor([0, 1, 2, 3])) for _ in range(2)]
+    office31.train_one_epoch(model, optimizer, batches, 0, 2, False, torch.contiguous_format)
+    after = model.state_dict()
+    frozen = [n for n in after if n.startswith(("conv1.", "bn1.", "layer1."))]
+    assert any("running_var" in n for n in frozen) and any("num_batches_tracked" in n for n in frozen)
+    assert [n for n in frozen if not torch.equal(after[n], before[n])] == []  # every tensor, buffers included
+    assert not torch.equal(after["layer2.0.bn1.running_mean"], before["layer2.0.bn1.running_mean"])
 
 
 @pytest.mark.parametrize("argv, phrase", [

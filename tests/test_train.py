@@ -73,7 +73,7 @@ def test_end_to_end_prints_final_line_and_writes_json(tree, tmp_path):
     assert float(match.group(3)) == pytest.approx(100 * int(match.group(4)) / 9, abs=0.005)
     assert sum(line.startswith("epoch ") for line in lines) == 2
     assert "config: " in result.stdout and "overriding: model = 'resnet18'" in result.stdout
-    [saved] = list(out.glob("amazon-dslr_resnet18_seed0_*.json"))
+    [saved] = list(out.glob("amazon-dslr_resnet18_source_only_seed0_*.json"))
     data = json.loads(saved.read_text())
     assert data["config"]["model"] == "resnet18" and data["task"] == "A→D"
     assert [e["epoch"] for e in data["epochs"]] == [1, 2]
