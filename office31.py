@@ -8,6 +8,7 @@ momentum 0.9 and weight decay 5e-4, the new last layer at lr_mult x the learning
 annealed every iteration as lr * (1 + 10 p)^-0.75 with p going 0 -> 1 over the run, random crop + flip for
 training, centre crop for testing. The printed accuracy is the final model's, on every target image.
 """
+import contextlib
 import datetime
 import functools
 import itertools
@@ -28,6 +29,7 @@ import alexnet
 import caffe_alexnet
 import resnet
 from adaptation import METHODS, Adaptation, tap
+from checkpoint import Checkpoint, StopOnSignal, random_states, set_random_states
 from data_loader import (UserError, check_cache_fits, check_same_classes, class_counts, dataset_root, find_domains,
                          fingerprint, load_domain)
 from download import DATASETS, prepare_data_root
@@ -74,6 +76,9 @@ seed = 0  # same seed, same machine: same numbers
 eval_every = 1  # target accuracy every N epochs, shown as a curve (0: only the final model's)
 out_dir = "out"  # a JSON of config, per-epoch metrics and the final accuracy is written here for each run
 save_model = False  # also write the final weights (a state_dict) to out_dir
+checkpoint = True  # save the run at epoch ends in out_dir; the same command resumes it there (README, Resume)
+checkpoint_every = 1.0  # minutes: save at the first epoch end this long after the last save (0: every epoch end)
+keep_checkpoint = False  # keep the last checkpoint when the run finishes (else it is removed)
 # sweeps: several tasks and seeds in one command; every finished run adds a row to out_dir/results.jsonl
 tasks = ""  # "": just source -> target; "all": every ordered pair of domains in data_root; or "A-W,W-A,..."
 seeds = 1  # runs per task, with seeds seed, seed+1, ...
@@ -146,7 +151,7 @@ def check_config(c):
     for name in ("epochs", "iters_per_epoch", "batch_size", "eval_batch_size", "resize_size", "crop_size", "seeds"):
         if c[name] < 1:
             raise UserError(f"--{name}={c[name]}: must be at least 1.")
-    for name in ("num_workers", "eval_every", "weight_decay"):
+    for name in ("num_workers", "eval_every", "weight_decay", "checkpoint_every"):
         if c[name] < 0:
             raise UserError(f"--{name}={c[name]}: must not be negative.")
     if not (0 < c["lr"] < math.inf and 0 < c["lr_mult"] < math.inf):
@@ -328,6 +333,10 @@ class Diverged(UserError):
     """A loss that is not finite: the run stops at that step and writes no result."""
 
 
+class Stopped(Exception):
+    """A signal (SIGTERM, Ctrl-C) stopped the run at the end of a step: its last epoch end's checkpoint resumes it."""
+
+
 def check_finite(step, terms):
     """terms: {name: loss tensor} of one step; raises Diverged(step, {name: value}) if any is nan or inf."""
     values = {name: float(value) for name, value in terms.items()}
@@ -335,10 +344,12 @@ def check_finite(step, terms):
         raise Diverged(step, values)
 
 
-def train_one_epoch(model, optimizer, batches, first_step, total_steps, amp, memory_format, adaptation=None):
+def train_one_epoch(model, optimizer, batches, first_step, total_steps, amp, memory_format, adaptation=None,
+                    stop=None):
     """One epoch of SGD; returns the mean of each loss term and the accuracy on the (augmented) source batches.
     batches: (x, y) source batches; with an adaptation method, ((x, y), x_target) pairs, pushed through the network
-    as one batch. Stops with Diverged at the first step whose loss is not finite."""
+    as one batch. Stops with Diverged at the first step whose loss is not finite, and with Stopped(step) at the end
+    of the step during which stop.requested was set (a StopOnSignal)."""
     model.train()
     for module in model.modules():  # a frozen block's BatchNorm keeps its statistics too: eval mode
         weights = list(module.parameters()) if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) else []
@@ -370,6 +381,8 @@ def train_one_epoch(model, optimizer, batches, first_step, total_steps, amp, mem
             sums[name] = sums.get(name, 0) + term.detach() * len(y)
         correct += (logits.argmax(1) == y).sum()
         seen += len(y)
+        if stop is not None and stop.requested:
+            raise Stopped(step)
     if checking:
         check_finite(*checking)
     return {name: float(total) / seen for name, total in sums.items()}, float(correct) / seen
@@ -437,9 +450,11 @@ def make_adaptation(c, net, new_layer, num_classes, device):
     return adaptation, torch.nn.ModuleList([new_layer, adaptation])
 
 
-def fine_tune(c, source, target, device, task):
+def fine_tune(c, source, target, device, task, checkpoint=None, stop=None):
     """Train on the source domain, test on the target, with config c (its seed included); returns the result
-    dict, also written to out_dir as JSON. task: the name printed, e.g. "A→W"."""
+    dict, also written to out_dir as JSON. task: the name printed, e.g. "A→W". checkpoint: a Checkpoint saved at
+    every epoch end but the last, and resumed from if it holds this run; stop: a StopOnSignal, which ends the run
+    with Stopped at the end of a step."""
     torch.manual_seed(c["seed"])
     generator = torch.Generator().manual_seed(c["seed"])
     check_same_classes(source, target)
@@ -453,8 +468,11 @@ def fine_tune(c, source, target, device, task):
     optimizer = make_optimizer(net, new_layers, c)
     model = torch.compile(net) if c["compile"] else net  # the same parameters; net keeps plain state_dict keys
     total_steps = c["epochs"] * c["iters_per_epoch"]
-    history = []
-    for epoch in range(1, c["epochs"] + 1):
+    parts = {"model": net, "method": adaptation or torch.nn.Module(), "optimizer": optimizer}
+    generators = [generator, target_generator]
+    history = resume(checkpoint, parts, generators, c["epochs"])
+    saved, saved_at = len(history), time.time()  # the epoch the checkpoint holds, and when it was written
+    for epoch in range(len(history) + 1, c["epochs"] + 1):
         start = time.time()
         batches = source.train_batches(c["iters_per_epoch"], c["batch_size"], c["crop_size"], generator, pixels)
         if adaptation:  # the target's labels are dropped here, unread: training sees its images only
@@ -465,7 +483,13 @@ def fine_tune(c, source, target, device, task):
                        leave=False, disable=None)  # a bar on a terminal only: in a log, the epoch line below
         try:
             losses, source_acc = train_one_epoch(model, optimizer, batches, (epoch - 1) * c["iters_per_epoch"],
-                                                 total_steps, amp, memory_format, adaptation)
+                                                 total_steps, amp, memory_format, adaptation, stop)
+        except Stopped as e:
+            kept = f"its checkpoint at the end of epoch {saved} is in {checkpoint.path}" if checkpoint and saved \
+                else "no checkpoint was written yet, so it will start from the beginning"
+            raise Stopped(f"{stop.requested} stopped {task} {method_label(c)} seed {c['seed']} at epoch {epoch}, "
+                          f"step {e.args[0] + 1} of {total_steps}; {kept}. Run the same command again to resume "
+                          "it; finished runs are in the results file.") from None
         except Diverged as e:
             step, terms = e.args
             also = f", --trade_off (now {c['trade_off']})" if adaptation else ""
@@ -486,11 +510,46 @@ def fine_tune(c, source, target, device, task):
         adapted = "" if adaptation is None else f"  {c['method']} {losses['adaptation']:.3f}"
         print(f"epoch {epoch}/{c['epochs']}  loss {loss:.3f}{adapted}  source acc {100 * source_acc:.1f}%  "
               f"{task} {shown}  {row['seconds']:.1f}s")
+        due = time.time() - saved_at >= 60 * c["checkpoint_every"]  # (a fast GPU's epochs take seconds)
+        if checkpoint and due and epoch < c["epochs"]:  # the last epoch's state is the result itself
+            checkpoint.save({"epoch": epoch, "history": history, "rng": random_states(generators),
+                             **{name: part.state_dict() for name, part in parts.items()}})
+            saved, saved_at = epoch, time.time()
     result = {"task": task, "correct": correct, "total": total, "accuracy": correct / total, "config": c,
               "precision": {"dtype": "bf16" if amp else "fp32", "why": why}, "machine": machine(device),
               "epochs": history, "date": datetime.datetime.now().isoformat(timespec="seconds")}
     save_run(c, result, net.state_dict() if c["save_model"] else None)
     return result
+
+
+def resume(checkpoint, parts, generators, epochs):
+    """The history of the epochs done, [] for a fresh run: a usable checkpoint's, after restoring the network, the
+    method's layers, the optimizer (parts: {name: module or optimizer}) and every random-number state from it."""
+    state = checkpoint.load() if checkpoint else None
+    if state is None:
+        return []
+    why = layout_mismatch(state, {name: part.state_dict() for name, part in parts.items()})
+    if why:  # checked before anything is loaded: a fresh start needs the fresh network
+        print(f"ignoring the checkpoint {checkpoint.path} of {checkpoint.name}: {why}. Starting it from the beginning.")
+        return []
+    for name, part in parts.items():
+        part.load_state_dict(state[name])
+    set_random_states(state["rng"], generators)
+    print(f"resuming {checkpoint.name} from epoch {state['epoch'] + 1}/{epochs} ({checkpoint.path})")
+    return state["history"]
+
+
+def layout_mismatch(state, fresh):
+    """Why a checkpoint's network, method layers or optimizer do not fit this run's (names and shapes), or None."""
+    for name, expected in fresh.items():
+        saved = state[name]
+        if name == "optimizer":
+            if [g["params"] for g in saved.get("param_groups", [])] != [g["params"] for g in expected["param_groups"]]:
+                return "its optimizer holds other parameters"
+        elif not isinstance(saved, dict) or {k: tuple(v.shape) for k, v in saved.items()} != \
+                {k: tuple(v.shape) for k, v in expected.items()}:
+            return f"its {name} has other layers or shapes"
+    return None
 
 
 def run_sweep(c, data_root, device, results_path):
@@ -518,27 +577,33 @@ def run_sweep(c, data_root, device, results_path):
     if todo and c["weights"] != "none":
         build_model(c["model"], 2, c["weights"])  # fetch the ImageNet weights (or fail) before decoding images
     domains, finished, diverged = {}, [], []
-    for method, source, target, seed in todo:
-        for name in (source, target):
-            if name not in domains:  # decoded once per process, shared by every task that uses the domain
-                domains[name] = load_domain(data_root, name, c["resize_size"], c["cache"], c["num_workers"], device)
-        run = dict(configs[method], source=source, target=target, seed=seed)
-        task, label = task_name(source, target, labels), f"{method_label(run)} seed {seed}"
-        if len(configs) > 1:  # the main config line leaves these unresolved ("auto"): this run's values
-            print(f"run: {task} {label}: " + "  ".join(f"{k}={run[k]}" for k in ("bottleneck", "trade_off", "entropy")))
-        try:
-            result = fine_tune(run, domains[source], domains[target], device, task)
-        except Diverged as e:
-            if not sweep:
-                raise
-            print(f"error: {e} Moving on to the next run.")
-            diverged.append(f"{task} {label}")
-            continue
-        append_row(results_path, result_row(run, result, data))
-        named = f"  {label}" if sweep or method != "source_only" else ""  # a plain single fine-tune: the bare line
-        print(f"{result['task']} accuracy: {100 * result['accuracy']:.2f}% ({result['correct']}/{result['total']})"
-              f"{named}")
-        finished.append(result)
+    with StopOnSignal() as stop:
+        for method, source, target, seed in todo:
+            run = dict(configs[method], source=source, target=target, seed=seed)
+            task, label = task_name(source, target, labels), f"{method_label(run)} seed {seed}"
+            if stop.requested:
+                raise Stopped(f"{stop.requested} stopped the sweep before {task} {label}; run the same command again "
+                              "to go on. Finished runs are in the results file.")
+            for name in (source, target):
+                if name not in domains:  # decoded once per process, shared by every task that uses the domain
+                    domains[name] = load_domain(data_root, name, c["resize_size"], c["cache"], c["num_workers"],
+                                                device)
+            if len(configs) > 1:  # the main config line leaves these unresolved ("auto"): this run's values
+                print(f"run: {task} {label}: " + "  ".join(f"{k}={run[k]}" for k in ("bottleneck", "trade_off",
+                                                                                     "entropy")))
+            try:
+                result = train_and_record(run, domains, device, task, data, results_path, stop)
+            except Diverged as e:
+                if not sweep:
+                    raise
+                print(f"error: {e} Moving on to the next run.")
+                diverged.append(f"{task} {label}")
+                continue
+            if result:
+                named = f"  {label}" if sweep or method != "source_only" else ""  # a plain fine-tune: the bare line
+                print(f"{task} accuracy: {100 * result['accuracy']:.2f}% ({result['correct']}/{result['total']})"
+                      f"{named}")
+                finished.append(result)
     if sweep:
         rows = read_rows(results_path)
         if any(select_rows(rows, configs, data, runs).values()):  # a shard with nothing to do may have nothing
@@ -548,6 +613,26 @@ def run_sweep(c, data_root, device, results_path):
         raise UserError(f"{len(diverged)} of {len(todo)} runs diverged and wrote no result: {', '.join(diverged)} "
                         f"(their messages are above). {kept}")
     return finished
+
+
+def train_and_record(run, domains, device, task, data, results_path, stop):
+    """One run, with its checkpoint: locked against a second process on the same run (None then: skipped),
+    resumed if it was stopped, its row appended to the results file, and then its checkpoint removed."""
+    checkpoint = Checkpoint(run, data, task) if run["checkpoint"] else None
+    with checkpoint.lock() if checkpoint else contextlib.nullcontext(True) as free:
+        if not free:
+            print(f"skipping {checkpoint.name}: another process is training it now ({checkpoint.path}.lock)")
+            return None
+        try:
+            result = fine_tune(run, domains[run["source"]], domains[run["target"]], device, task, checkpoint, stop)
+        except Diverged:
+            if checkpoint:  # resuming would diverge again: a diverged run leaves nothing
+                checkpoint.remove()
+            raise
+        append_row(results_path, result_row(run, result, data))
+        if checkpoint and not run["keep_checkpoint"]:
+            checkpoint.remove()
+        return result
 
 
 def defaults(c):
@@ -658,8 +743,11 @@ def main(argv=None):
     except torch._dynamo.exc.BackendCompilerFailed as e:  # raised at the first step, before any result is written
         sys.exit(f"error: --compile=True, but torch.compile could not build the model: {str(e).strip()}. "
                  "It needs a working C++ compiler on the CPU (Triton on a GPU); run with --compile=False.")
+    except Stopped as e:
+        sys.exit(f"stopped: {e}")
     except KeyboardInterrupt:
-        sys.exit("interrupted: the run in progress wrote nothing; finished runs are in the results file.")
+        sys.exit("interrupted: the run in progress wrote no result (its last epoch end's checkpoint, if any, resumes "
+                 "it when the same command runs again); finished runs are in the results file.")
 
 
 if __name__ == "__main__":

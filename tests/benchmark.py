@@ -12,7 +12,9 @@ Not a test (pytest does not collect it): it prints images/s and ratios against t
      ran at the fastest fp32 rate measured on this machine (a large matrix product or convolution);
   3. one full A->W alexnet epoch (train on the source + evaluate the whole target): wall time, peak memory;
   4. what each adaptation method costs: resnet50 training steps with the defaults, source images/s against
-     source_only (an adapting step also pushes a target batch through the network).
+     source_only (an adapting step also pushes a target batch through the network);
+  5. what a checkpoint costs: its size and the time to write one (network, momentum, random states; into --root)
+     for alexnet and resnet50, against the time of a default epoch (250 steps) at the step rate measured here.
 It first prints the CPU, its bf16 and AMX capabilities, and what --amp=auto chose on it and why: bf16's
 worth differs between CPUs, so figures from different machines only compare with those lines beside them.
 The generated tree is kept in --root and reused by later runs.
@@ -36,6 +38,7 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import office31  # noqa: E402
 from adaptation import METHODS  # noqa: E402
+from checkpoint import Checkpoint, random_states  # noqa: E402
 from data_loader import load_domain  # noqa: E402
 
 CLASSES = 31
@@ -189,6 +192,29 @@ def method_rates(name, steps, warm_up):
     return {method: statistics.median(rate) for method, rate in zip(METHODS, rates)}
 
 
+def checkpoint_cost(name, root, steps, warm_up):
+    """(checkpoint MB, seconds to write it, seconds of a default 250-step source-only epoch) with the defaults."""
+    c = dict(office31.resolve(dict(office31.FLAGS, model=name, out_dir=root)), source="amazon", target="webcam",
+             precision="fp32")
+    x, y = torch.randn(32, 3, 224, 224), torch.randint(0, CLASSES, (32,))
+    amp, _ = office31.choose_amp("auto", torch.device("cpu"))
+    net, new_layer = office31.build_model(name, CLASSES, "none")
+    net = net.to(memory_format=torch.channels_last)
+    optimizer = office31.make_optimizer(net, new_layer(net), c)
+    office31.train_one_epoch(net, optimizer, [(x, y)] * warm_up, 0, 10, amp, torch.channels_last)
+    start = time.perf_counter()
+    office31.train_one_epoch(net, optimizer, [(x, y)] * steps, 0, 10, amp, torch.channels_last)
+    epoch = (time.perf_counter() - start) / steps * c["iters_per_epoch"]
+    checkpoint = Checkpoint(c, {"amazon": "", "webcam": ""}, "A→W")
+    generators = [torch.Generator(), torch.Generator()]
+    start = time.perf_counter()
+    checkpoint.save({"epoch": 1, "history": [], "rng": random_states(generators), "model": net.state_dict(),
+                     "method": {}, "optimizer": optimizer.state_dict()})
+    seconds, size = time.perf_counter() - start, os.path.getsize(checkpoint.path) / 1e6
+    checkpoint.remove()
+    return size, seconds, epoch
+
+
 def cpu_name():
     """The CPU's model name, with family and model numbers (a virtual machine may name it only "AMD EPYC")."""
     try:
@@ -215,7 +241,8 @@ def main():
     parser.add_argument("--rounds", type=int, default=3, help="rounds of timed steps, the settings taking turns")
     parser.add_argument("--warm_up", type=int, default=8, help="untimed first steps of each setting")
     parser.add_argument("--workers", type=int, default=os.cpu_count())
-    parser.add_argument("--skip", default="", help="comma list of parts to skip: data,steps,epoch,methods")
+    parser.add_argument("--skip", default="", help="comma list of parts to skip: data,steps,epoch,methods,"
+                                                   "checkpoint")
     parser.add_argument("--epoch", help=argparse.SUPPRESS)  # internal: run one epoch in this process
     args = parser.parse_args()
     if args.epoch:
@@ -268,6 +295,12 @@ def main():
         rates = method_rates("resnet50", steps, warm_up)
         for method, rate in rates.items():
             print(f"   {method:12s} {rate:7.1f}   {rate / rates['source_only']:.2f}x")
+    if "checkpoint" not in skip:
+        print(f"5. checkpoint at an epoch end (defaults; the epoch: 250 steps at the rate of {steps} timed steps)")
+        for name in ("alexnet", "resnet50"):
+            size, seconds, epoch = checkpoint_cost(name, root, steps, warm_up)
+            print(f"   {name:8s} {size:6.0f} MB written in {seconds:5.2f}s; epoch {epoch:6.0f}s; "
+                  f"{100 * seconds / epoch:.2g}% of it")
 
 
 if __name__ == "__main__":

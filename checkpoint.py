@@ -1,0 +1,151 @@
+"""Runs that resume after a kill with the same numbers: a checkpoint at every epoch end, and stopping on a signal.
+
+    checkpoint = Checkpoint(run_config, data, task="A→W")   # out_dir/<task>_<model>_<method>_seed<s>_<key>.ckpt
+    state = checkpoint.load()           # None (no file, or one that is ignored, with a line saying why) or the state
+    checkpoint.save(state)              # whole or not at all: written to a temporary name, then renamed
+    with StopOnSignal() as stop: ...    # SIGTERM or Ctrl-C: stop.requested is set; a second Ctrl-C stops at once
+
+A checkpoint holds everything the rest of a run reads: the network and the method's layers, the optimizer's
+momentum, the epoch and the per-epoch history, and every random-number state (the global torch generator that
+dropout and the per-sample path's transforms use, CUDA's, and the source and target batch generators). A run
+resumed from it makes the same steps as one never stopped. Its name belongs to one run: task, method, seed and a
+hash of the experiment's keys; inside, the identity (experiment, data fingerprints, format) is checked again.
+"""
+import contextlib
+import hashlib
+import json
+import os
+import signal
+
+import torch
+
+from results import experiment, method_label
+
+try:
+    import fcntl
+except ImportError:  # Windows: no lock; two processes must not be started on the same run there
+    fcntl = None
+
+FORMAT = 1  # what a checkpoint holds and how; a file of another format is ignored
+
+
+class Checkpoint:
+    """The checkpoint file of one run (config c with source, target, seed, method and precision resolved), on the
+    data whose fingerprints are `data` ({domain: fingerprint})."""
+
+    def __init__(self, c, data, task):
+        dataset, key = experiment(c)
+        self.identity = {"format": FORMAT, "dataset": dataset, "experiment": key, "source": c["source"],
+                         "target": c["target"], "seed": c["seed"],
+                         "data": {name: data[name] for name in (c["source"], c["target"])}}
+        digest = hashlib.sha1(json.dumps([dataset, key], sort_keys=True).encode()).hexdigest()[:10]
+        self.path = os.path.join(c["out_dir"], f"{c['source']}-{c['target']}_{c['model']}_{method_label(c)}_"
+                                               f"seed{c['seed']}_{digest}.ckpt")
+        self.name = f"{task} {method_label(c)} seed {c['seed']}"
+
+    def load(self):
+        """The saved state, or None: no checkpoint, or one that cannot be used (another experiment, other data,
+        another format, a damaged file), which is then said in one line and left to be replaced."""
+        if not os.path.exists(self.path):
+            return None
+        try:
+            state = torch.load(self.path, weights_only=True)
+            why = self.mismatch(state["identity"])
+            missing = {"epoch", "history", "model", "method", "optimizer", "rng"} - set(state)
+            if missing and not why:
+                why = f"it lacks {', '.join(sorted(missing))}"
+        except Exception as e:  # truncated, not a checkpoint, or not one of ours
+            why = f"it cannot be read ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'damaged'})"
+        if why:
+            print(f"ignoring the checkpoint {self.path} of {self.name}: {why}. Starting it from the beginning.")
+            return None
+        return state
+
+    def mismatch(self, found):
+        """Why a saved identity is not this run's, or None."""
+        for part, says in (("format", "another code version's format"), ("dataset", "another dataset"),
+                           ("experiment", "another experiment"), ("source", "another task"),
+                           ("target", "another task"), ("seed", "another seed"), ("data", "other data")):
+            if found.get(part) != self.identity[part]:
+                if part == "experiment" and isinstance(found.get(part), dict):
+                    differ = [f"{k} {found[part].get(k)} here {v}" for k, v in self.identity[part].items()
+                              if found[part].get(k) != v]
+                    return f"it is of {says} ({', '.join(differ)})"
+                return f"it is of {says} ({found.get(part)}, where this run has {self.identity[part]})"
+        return None
+
+    def save(self, state):
+        """Write state with this run's identity: to a temporary file, then renamed over the last checkpoint, so a
+        reader or a resume never sees half a file."""
+        os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
+        tmp = f"{self.path}.{os.getpid()}.tmp"
+        try:
+            torch.save(dict(state, identity=self.identity), tmp)
+            os.replace(tmp, self.path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+
+    def remove(self):
+        if os.path.exists(self.path):
+            os.remove(self.path)
+
+    @contextlib.contextmanager
+    def lock(self):
+        """Held while the run trains: yields False (and holds nothing) when another process holds it, so that two
+        processes never train, checkpoint or resume the same run at once."""
+        os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
+        with open(self.path + ".lock", "a") as f:
+            if fcntl:
+                try:
+                    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    yield False
+                    return
+            try:
+                yield True
+            finally:
+                if os.path.exists(self.path + ".lock"):
+                    os.remove(self.path + ".lock")
+
+
+def random_states(generators):
+    """Every random-number state the rest of a run reads: the global CPU generator, CUDA's, and `generators`."""
+    return {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "generators": [g.get_state() for g in generators]}
+
+
+def set_random_states(states, generators):
+    torch.set_rng_state(states["torch"])
+    if states["cuda"]:
+        torch.cuda.set_rng_state_all(states["cuda"])
+    for g, state in zip(generators, states["generators"]):
+        g.set_state(state)
+
+
+class StopOnSignal:
+    """SIGTERM (what schedulers send before a kill) and a first Ctrl-C set `requested` to the signal's name: the
+    training loop then stops at the end of its step, and the last epoch end's checkpoint is what resumes. A second
+    Ctrl-C raises KeyboardInterrupt at once. Outside the main thread (no signals there) it does nothing."""
+
+    def __init__(self):
+        self.requested, self.previous = None, {}
+
+    def __enter__(self):
+        try:
+            for number in (signal.SIGTERM, signal.SIGINT):
+                self.previous[number] = signal.signal(number, self.handle)
+        except ValueError:  # not the main thread
+            pass
+        return self
+
+    def handle(self, number, frame):
+        if self.requested and number == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = signal.Signals(number).name
+        print(f"\n{self.requested} received: stopping at the end of this step (Ctrl-C again to stop at once).",
+              flush=True)
+
+    def __exit__(self, *error):
+        for number, handler in self.previous.items():
+            signal.signal(number, handler)
