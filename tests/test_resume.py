@@ -43,10 +43,11 @@ def assert_same_run(a, b, out_a, out_b):
     assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
 
 
-@pytest.mark.parametrize("method, cache, how", [("source_only", "True", "SIGKILL"), ("dann", "False", "SIGKILL"),
-                                                ("dann", "True", "SIGTERM"), ("source_only", "False", "SIGTERM")])
-def test_a_killed_run_resumes_to_the_same_numbers(tmp_path, pair, capsys, method, cache, how):
-    extra = [f"--method={method}", f"--cache={cache}"]
+@pytest.mark.parametrize("method, cache, how, extra", [
+    ("source_only", "True", "SIGKILL", []), ("dann", "False", "SIGKILL", ["--tasks=A-W"]),  # a sweep of one run
+    ("dann", "True", "SIGTERM", []), ("source_only", "False", "SIGTERM", [])])
+def test_a_killed_run_resumes_to_the_same_numbers(tmp_path, pair, capsys, method, cache, how, extra):
+    extra = [f"--method={method}", f"--cache={cache}", *extra]
     whole = run(pair, tmp_path / "whole", *extra)
     out = tmp_path / "killed"
     process = subprocess.Popen([sys.executable, os.path.join(ROOT, "office31.py"), f"--data_root={pair}",
@@ -57,8 +58,7 @@ def test_a_killed_run_resumes_to_the_same_numbers(tmp_path, pair, capsys, method
         time.sleep(0.01)
     if how == "SIGKILL":
         process.kill()
-    else:
-        time.sleep(0.3)  # into epoch 2
+    else:  # stops at the end of the step it is in: one of epoch 2, two epochs before the run would end
         process.send_signal(signal.SIGTERM)
     stdout, stderr = process.communicate(timeout=300)
     assert process.returncode != 0 and not list(out.glob("*.json")), stdout  # stopped before the end
