@@ -1,9 +1,11 @@
 """The sweep's bookkeeping: which runs it makes, the results file (one JSON row per finished run, appended
-under a lock), what makes two runs the same experiment, task names, and the tables papers print.
+under a lock), what makes two runs the same experiment, what a row records, task names, and the tables papers
+print.
 
     plan_runs(c, "data/office31")             # [(source, target, seed), ...] of --tasks and --seeds
     append_row("out/results.jsonl", row)      # many processes may append at once (shards of one sweep)
     rows = read_rows("out/results.jsonl")     # a file that is not ours, or cut mid-line, is a UserError
+    select_rows(rows, configs, data, runs)    # {method: the rows of this sweep}: the end of a sweep and --report
     print(markdown_table(rows, tasks))        # mean ± std over seeds per task, and the average row
     print(methods_table({"dann": rows}, tasks))  # the papers' layout: methods as rows, tasks as columns
 """
@@ -266,6 +268,12 @@ def print_table(rows, configs, data, labels, runs, results_path, defaults):
         print(f"note: {len(others)} more rows with these flags come from another copy of '{dataset}' (other class "
               "names or image counts than the data in data_root, or written before those were recorded); they are "
               "not in this table.")
+    unknown = [(dataset, {**config, "precision": c["precision"]}) for dataset, config in
+               ((r["dataset"], r["config"]) for r in rows if "precision" not in r["config"])]
+    older = sum(key in keys for key in unknown)
+    if older:
+        print(f"note: {older} more rows with these flags were written before rows recorded their precision (bf16 or "
+              "fp32); they are not in this table, and a sweep runs them again.")
 
 
 def machine(device):

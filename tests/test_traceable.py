@@ -92,6 +92,19 @@ def test_rows_record_precision_machine_and_run_file_and_precision_splits_experim
     assert saved["machine"] == bf16["machine"]
 
 
+def test_rows_without_a_precision_are_left_out_and_counted(tmp_path, three, capsys):
+    out = tmp_path / "out"
+    sweep(three, out, "--tasks=A-W,W-A", "--amp=off")
+    first, second = rows_of(out)
+    del first["config"]["precision"]  # as rows were written before they recorded it
+    (out / "results.jsonl").write_text(json.dumps(first) + "\n" + json.dumps(second) + "\n", encoding="utf-8")
+    capsys.readouterr()
+    sweep(three, out, "--tasks=A-W,W-A", "--amp=off", "--report=True")
+    shown = capsys.readouterr().out
+    assert "| A→W |" not in shown and "| W→A |" in shown
+    assert "note: 1 more rows with these flags were written before rows recorded their precision" in shown
+
+
 def test_the_readme_lists_the_real_experiment_keys():
     readme = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
     [listed] = re.findall(r"these keys of the row's `config`: (.*?)\.\n", readme, re.S)
