@@ -10,7 +10,6 @@ training, centre crop for testing. The printed accuracy is the final model's, on
 """
 import contextlib
 import datetime
-import functools
 import itertools
 import json
 import math
@@ -30,6 +29,7 @@ import caffe_alexnet
 import resnet
 from adaptation import METHODS, Adaptation, tap
 from checkpoint import Checkpoint, StopOnSignal, random_states, set_random_states
+from precision import choose_amp, pick_device
 from data_loader import (UserError, check_cache_fits, check_same_classes, class_counts, dataset_root, find_domains,
                          fingerprint, load_domain)
 from download import DATASETS, prepare_data_root
@@ -210,72 +210,6 @@ def with_method(c, method):
         width = 0 if method == "dan" and "alexnet" in c["model"] else BOTTLENECK[method]
     return dict(c, method=method, bottleneck=int(width), trade_off=0.0 if method == "source_only" else c["trade_off"],
                 entropy=c["entropy"] and method == "cdan")
-
-
-def pick_device(name):
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        print("notice: no CUDA device found, training on the CPU (slow; see the README for a small CPU run).")
-        return torch.device("cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UserError(f"--device={name}: expected auto, cpu, cuda or cuda:N.") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device={name} but PyTorch sees no CUDA device here; use --device=cpu or auto.")
-    return device
-
-
-BF16_MARGIN = 1.3  # "auto" picks bf16 on a CPU only when it measures at least this much faster than fp32
-
-
-def choose_amp(amp, device):
-    """(train under bf16 autocast?, why), for --amp=auto|bf16|off on this device. The weights and BatchNorm
-    statistics stay fp32 either way. "auto" picks bf16 where it is the faster choice: on CUDA GPUs of compute
-    capability 8.0 and up (A100, H100, RTX 30xx and later), which run it natively, not on older ones that
-    emulate it slowly; on a CPU, when bf16 measures at least BF16_MARGIN x faster than fp32 there (CPUs of one
-    kind differ: from 4x faster to 0.6x, README, Speed). The margin keeps a near-tie from flipping between runs."""
-    if device.type == "cuda":
-        major, minor = torch.cuda.get_device_capability(device)
-        supported, fast = torch.cuda.is_bf16_supported(), (major, minor) >= (8, 0)
-        found = f"{torch.cuda.get_device_name(device)}, compute capability {major}.{minor}"
-        why = f"{found}: bf16 {'runs natively' if fast else 'is emulated (slow)'}"
-    else:
-        supported = device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported()
-        speedup = cpu_bf16_speedup() if supported and amp == "auto" else None
-        fast = speedup is not None and speedup >= BF16_MARGIN
-        why = (f"bf16 measured {speedup:.1f}x fp32 on this CPU, {BF16_MARGIN}x needed" if speedup is not None
-               else f"{device.type} {'supports' if supported else 'has no'} bf16")
-    if amp == "bf16" and not supported:
-        raise UserError(f"--amp=bf16 but {device} does not support bf16; use --amp=auto or --amp=off.")
-    if amp != "auto":
-        return amp == "bf16", f"--amp={amp}"
-    return fast, why
-
-
-@functools.cache
-def cpu_bf16_speedup():
-    """How much faster this CPU runs bf16 than fp32, measured once per process (about a second) on the work
-    that dominates a training step: a 3x3 NHWC convolution (ResNet) and a matrix product (AlexNet's fully
-    connected layers). The slower of the two ratios counts, so bf16 must win at both."""
-    def best_seconds(run):
-        run()  # warm-up: oneDNN picks and builds its kernels at the first call
-        times = []
-        for _ in range(3):
-            start = time.perf_counter()
-            run()
-            times.append(time.perf_counter() - start)
-        return min(times)
-
-    seconds = {}
-    with torch.inference_mode():
-        for dtype in (torch.float32, torch.bfloat16):
-            x = torch.randn(32, 128, 28, 28).to(dtype, memory_format=torch.channels_last)
-            w = torch.randn(128, 128, 3, 3).to(dtype, memory_format=torch.channels_last)
-            a = torch.randn(1024, 1024).to(dtype)
-            seconds[dtype] = (best_seconds(lambda: F.conv2d(x, w, padding=1)), best_seconds(lambda: a @ a))
-    return min(fp32 / bf16 for fp32, bf16 in zip(seconds[torch.float32], seconds[torch.bfloat16]))
 
 
 def architecture(name):

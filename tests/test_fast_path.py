@@ -7,6 +7,7 @@ from torchvision import transforms
 
 import data_loader
 import office31
+import precision
 from conftest import make_tree
 from data_loader import load_domain
 
@@ -94,11 +95,11 @@ def test_amp_auto_on_cpu_follows_the_measurement(monkeypatch):
     cpu = torch.device("cpu")
     monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
     for speedup, chosen in ((4.2, True), (1.3, True), (1.2, False), (0.6, False)):
-        monkeypatch.setattr(office31, "cpu_bf16_speedup", lambda: speedup)
+        monkeypatch.setattr(precision, "cpu_bf16_speedup", lambda: speedup)
         bf16, why = office31.choose_amp("auto", cpu)
         assert bf16 is chosen and f"{speedup:.1f}x fp32" in why
         assert office31.choose_amp("bf16", cpu)[0] is True and office31.choose_amp("off", cpu)[0] is False
-    monkeypatch.setattr(office31, "cpu_bf16_speedup", lambda: pytest.fail("measured without bf16 support"))
+    monkeypatch.setattr(precision, "cpu_bf16_speedup", lambda: pytest.fail("measured without bf16 support"))
     monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
     assert office31.choose_amp("auto", cpu)[0] is False
     with pytest.raises(data_loader.UserError, match="does not support bf16"):
@@ -106,10 +107,10 @@ def test_amp_auto_on_cpu_follows_the_measurement(monkeypatch):
 
 
 def test_cpu_bf16_speedup_is_measured_once_per_process():
-    office31.cpu_bf16_speedup.cache_clear()
-    first = office31.cpu_bf16_speedup()
-    assert first > 0 and office31.cpu_bf16_speedup() == first
-    assert office31.cpu_bf16_speedup.cache_info().misses == 1
+    precision.cpu_bf16_speedup.cache_clear()
+    first = precision.cpu_bf16_speedup()
+    assert first > 0 and precision.cpu_bf16_speedup() == first
+    assert precision.cpu_bf16_speedup.cache_info().misses == 1
 
 
 @pytest.mark.parametrize("capability, name, chosen", [((7, 5), "Tesla T4", False), ((7, 0), "Tesla V100", False),
@@ -141,7 +142,7 @@ def first_conv_dtypes(monkeypatch):
 def test_amp_auto_trains_in_the_chosen_precision_and_says_so(tree, tmp_path, monkeypatch, capsys, speedup, dtype):
     from test_train import TINY
     monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
-    monkeypatch.setattr(office31, "cpu_bf16_speedup", lambda: speedup)
+    monkeypatch.setattr(precision, "cpu_bf16_speedup", lambda: speedup)
     dtypes = first_conv_dtypes(monkeypatch)
     [result] = office31.main([f"--data_root={tree}", *TINY, "--amp=auto", f"--out_dir={tmp_path}"])
     assert dtypes and set(dtypes) == {dtype}
