@@ -2,13 +2,14 @@
 
     features = tap(layers)      # {name: module} of the network -> {name: its output at the latest forward}
     method = Adaptation("dann", 256, num_classes=31, trade_off=1.0, entropy_conditioning=False, features=features)
-    loss = method(model(torch.cat([source_x, target_x])), progress)   # or ddc, dan, coral, cdan
+    loss = method(model(torch.cat([source_x, target_x])), progress)   # or ddc, dan, coral, cdan, bsp
 
 Every method sees one batch of source images followed by one batch of target images, pushed through the network
 together, and returns the adaptation term that office31.py adds to the source classification loss. Target labels
 never reach this file. MMD-style methods (DDC, DAN, Deep CORAL) return trade_off x their distance; the adversarial
 ones (DANN, CDAN) return the domain discriminator's loss, whose gradient reaches the network reversed and scaled by
-trade_off x (2 / (1 + exp(-10 p)) - 1), the DANN ramp over training progress p.
+trade_off x (2 / (1 + exp(-10 p)) - 1), the DANN ramp over training progress p. BSP is CDAN's term plus a
+penalty on the features' largest singular values.
 """
 import functools
 import math
@@ -17,7 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-METHODS = ("source_only", "ddc", "dan", "coral", "dann", "cdan")
+METHODS = ("source_only", "ddc", "dan", "coral", "dann", "cdan", "bsp")
+BSP_WEIGHT = 2e-4  # the penalty's weight in the Transfer-Learning-Library's Office-31 script for BSP
 
 
 def in_fp32(loss):
@@ -67,6 +69,15 @@ def coral(source, target):
     return (covariance(source) - covariance(target)).pow(2).sum() / (4 * d * d)
 
 
+@in_fp32
+def batch_spectral_penalty(source, target, k=1):
+    """BSP (Chen et al., "Transferability vs. Discriminability: Batch Spectral Penalization", ICML 2019): the k
+    largest squared singular values of the source and of the target feature matrix (a batch, one row an image),
+    sum_i sigma_i(F_s)^2 + sigma_i(F_t)^2, with k = 1 as in the paper. Penalising the dominant directions lets
+    the others, which adversarial alignment shrinks, carry more of the features."""
+    return sum(torch.linalg.svdvals(x)[:k].pow(2).sum() for x in (source, target))
+
+
 class ReverseGradient(torch.autograd.Function):
     """The gradient reversal layer of DANN (Ganin et al., JMLR 2016): the identity going forward, the gradient
     times -coefficient going back."""
@@ -87,7 +98,7 @@ def ramp(progress):
 
 
 def discriminator(in_features):
-    """The domain discriminator of DANN and CDAN: two hidden layers of 1024 with ReLU and dropout 0.5, one logit
+    """The domain discriminator of DANN, CDAN and BSP: two hidden layers of 1024 with ReLU and dropout 0.5, one logit
     (source or target)."""
     return nn.Sequential(nn.Linear(in_features, 1024), nn.ReLU(), nn.Dropout(0.5),
                          nn.Linear(1024, 1024), nn.ReLU(), nn.Dropout(0.5), nn.Linear(1024, 1))
@@ -147,7 +158,7 @@ def tap(layers):
 
 
 class Adaptation(nn.Module):
-    """The adaptation term of one method, as a module: DANN and CDAN hold their discriminator (new layers,
+    """The adaptation term of one method, as a module: DANN, CDAN and BSP hold their discriminator (new layers,
     trained at lr_mult x with the rest). features: the tapped layers {name: rows of [source; target]} in network
     order, the last one feeding the classifier, filled by the network's forward pass (see tap). Called with the
     logits of the same joint batch and the training progress p; returns the term to add to the source loss."""
@@ -158,7 +169,7 @@ class Adaptation(nn.Module):
         self.features = features
         if method == "dann":
             self.discriminator = discriminator(feature_size)
-        if method == "cdan":
+        if method in ("cdan", "bsp"):  # BSP: on top of CDAN, as in the paper's BSP+CDAN
             self.map = MultilinearMap(feature_size, num_classes)
             self.discriminator = discriminator(self.map.out_features)
 
@@ -176,4 +187,7 @@ class Adaptation(nn.Module):
             return domain_loss(self.discriminator(f))
         g = F.softmax(logits.float(), dim=1).detach()  # CDAN conditions on the predictions, not through them
         weights = 1 + torch.exp(-entropy(g)) if self.entropy_conditioning else None  # CDAN+E: confident ones count more
-        return domain_loss(self.discriminator(self.map(f, g)), weights)
+        term = domain_loss(self.discriminator(self.map(f, g)), weights)
+        if self.method == "bsp":  # the penalty acts on the features themselves, not through the reversal
+            term = term + BSP_WEIGHT * batch_spectral_penalty(feature[:half], feature[half:])
+        return term

@@ -9,12 +9,12 @@ from torch import nn
 
 import adaptation
 import office31
-from adaptation import coral, linear_mmd, multi_kernel_mmd
+from adaptation import batch_spectral_penalty, coral, linear_mmd, multi_kernel_mmd
 from conftest import make_tree
 from data_loader import CachedDomain
 from test_train import TINY
 
-ADAPTING = ("ddc", "dan", "coral", "dann", "cdan")
+ADAPTING = ("ddc", "dan", "coral", "dann", "cdan", "bsp")
 
 
 def test_mmd_of_a_batch_with_itself_is_zero_and_grows_with_a_mean_shift():
@@ -57,7 +57,7 @@ def test_coral_equals_its_formula():
     assert coral(s, s).item() == pytest.approx(0, abs=1e-7)
 
 
-@pytest.mark.parametrize("loss", [linear_mmd, multi_kernel_mmd, coral])
+@pytest.mark.parametrize("loss", [linear_mmd, multi_kernel_mmd, coral, batch_spectral_penalty])
 def test_mmd_type_losses_are_computed_in_fp32_under_bf16_autocast(loss):
     """Autocast recasts matrix products to bf16 whatever the inputs' dtype; these losses must not round so."""
     g = torch.Generator().manual_seed(3)
@@ -73,6 +73,36 @@ def test_mmd_type_losses_are_computed_in_fp32_under_bf16_autocast(loss):
         gradients.append(x.grad)
     assert values[1].dtype == torch.float32
     assert torch.equal(values[0], values[1]) and torch.equal(gradients[0], gradients[1])
+
+
+def test_batch_spectral_penalty_is_the_largest_squared_singular_values_with_their_gradient():
+    """Independently: sigma_1^2 is the largest eigenvalue of F^T F, and its gradient is 2 F v v^T (v: its
+    eigenvector), for the source and the target matrix alike."""
+    g = torch.Generator().manual_seed(4)
+    source, target = torch.randn(8, 5, generator=g), 3 * torch.randn(8, 5, generator=g)
+    expected_value, expected_gradients = 0.0, []
+    for x in (source, target):
+        values, vectors = torch.linalg.eigh(x.T @ x)  # ascending: the last is the largest
+        v = vectors[:, -1:]
+        expected_value += values[-1].item()
+        expected_gradients.append(2 * x @ v @ v.T)
+    s, t = source.clone().requires_grad_(), target.clone().requires_grad_()
+    value = batch_spectral_penalty(s, t)
+    value.backward()
+    assert value.item() == pytest.approx(expected_value, rel=1e-5)
+    assert torch.allclose(s.grad, expected_gradients[0], atol=1e-4) and torch.allclose(t.grad, expected_gradients[1],
+                                                                                        atol=1e-4)
+
+
+def test_bsp_is_cdan_plus_the_weighted_penalty_on_the_features():
+    g = torch.Generator().manual_seed(5)
+    feature, logits = torch.randn(8, 6, generator=g), torch.randn(8, 3, generator=g)
+    terms = {}
+    for method in ("cdan", "bsp"):
+        torch.manual_seed(0)  # the same discriminator
+        terms[method] = adaptation.Adaptation(method, 6, 3, 1.0, False, {"bottleneck": feature}).eval()(logits, 0.5)
+    penalty = batch_spectral_penalty(feature[:4], feature[4:])
+    assert terms["bsp"].item() == pytest.approx(terms["cdan"].item() + 2e-4 * penalty.item(), rel=1e-6)
 
 
 def test_gradient_reversal_returns_minus_coefficient_times_the_gradient():
@@ -207,7 +237,7 @@ def test_source_only_is_the_plain_fine_tune_loop(tree, tmp_path):
 
 
 @pytest.mark.parametrize("argv, phrase", [
-    (["--method=mmd"], "--method=mmd: mmd is not among source_only, ddc, dan, coral, dann, cdan"),
+    (["--method=mmd"], "--method=mmd: mmd is not among source_only, ddc, dan, coral, dann, cdan, bsp"),
     (["--method=dann,jan"], "jan is not among"),
     (["--bottleneck=-1"], "--bottleneck=-1: expected auto, 0"),
     (["--bottleneck=wide"], "--bottleneck=wide"),
@@ -259,7 +289,7 @@ def test_adaptation_beats_source_only_on_a_generated_shift():
     seeds = range(3)
     source_only = [target_accuracy_after_training("source_only", seed) for seed in seeds]
     assert max(source_only) < 0.65  # near chance: the shift crosses the source's decision boundary
-    for method in ("dann", "cdan"):  # adversarial alignment recovers the target on every seed
+    for method in ("dann", "cdan", "bsp"):  # adversarial alignment recovers the target on every seed
         accuracies = [target_accuracy_after_training(method, seed) for seed in seeds]
         assert min(accuracies) > 0.85, (method, accuracies, source_only)
     for method in ("ddc", "coral"):  # moment matching helps too, less (measured: about +15 and +10 points)

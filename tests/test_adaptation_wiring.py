@@ -110,7 +110,7 @@ def test_dan_aligns_fc6_fc7_and_the_logits_on_alexnet_and_the_bottleneck_and_log
             assert torch.equal(aligned, outputs[layer_name].float()), (name, layer_name)
 
 
-@pytest.mark.parametrize("method", ["ddc", "dan", "coral", "dann", "cdan"])
+@pytest.mark.parametrize("method", ["ddc", "dan", "coral", "dann", "cdan", "bsp"])
 def test_doubling_trade_off_doubles_the_term_or_the_reversed_gradient(method):
     g = torch.Generator().manual_seed(0)
     feature = torch.randn(8, 6, generator=g)
@@ -124,7 +124,12 @@ def test_doubling_trade_off_doubles_the_term_or_the_reversed_gradient(method):
         term.backward()
         terms.append(term.item())
         gradients.append(x.grad)
-    if method in ("dann", "cdan"):  # the discriminator's loss is the same; what reaches the features doubles
+    if method == "bsp":  # CDAN's reversed gradient doubles; the spectral penalty's own gradient stays as it is
+        x = feature.clone().requires_grad_()
+        (adaptation.BSP_WEIGHT * adaptation.batch_spectral_penalty(x[:4], x[4:])).backward()
+        assert torch.allclose(gradients[1] - x.grad, 2 * (gradients[0] - x.grad), atol=1e-6)
+        assert (gradients[0] - x.grad).abs().sum() > 0
+    elif method in ("dann", "cdan"):  # the discriminator's loss is the same; what reaches the features doubles
         assert terms[1] == pytest.approx(terms[0])
         assert torch.allclose(gradients[1], 2 * gradients[0]) and gradients[0].abs().sum() > 0
     else:
