@@ -19,7 +19,7 @@ import signal
 
 import torch
 
-from results import experiment, method_label
+from results import experiment, run_label, run_stem
 
 try:
     import fcntl
@@ -39,9 +39,8 @@ class Checkpoint:
                          "target": c["target"], "seed": c["seed"],
                          "data": {name: data[name] for name in (c["source"], c["target"])}}
         digest = hashlib.sha1(json.dumps([dataset, key], sort_keys=True).encode()).hexdigest()[:10]
-        self.path = os.path.join(c["out_dir"], f"{c['source']}-{c['target']}_{c['model']}_{method_label(c)}_"
-                                               f"seed{c['seed']}_{digest}.ckpt")
-        self.name = f"{task} {method_label(c)} seed {c['seed']}"
+        self.path = os.path.join(c["out_dir"], f"{run_stem(c)}_{digest}.ckpt")
+        self.name = f"{task} {run_label(c)}"
 
     def load(self):
         """The saved state, or None: no checkpoint, or one that cannot be used (another experiment, other data,

@@ -86,14 +86,21 @@ def resolve_domain(data_root, name):
     return os.path.join(data_root, matches[0])
 
 
+def class_difference(source, source_classes, target, target_classes):
+    """"only in <source>: a, b; only in <target>: -" for two domains' class names, or None when they agree."""
+    only_source = sorted(set(source_classes) - set(target_classes))
+    only_target = sorted(set(target_classes) - set(source_classes))
+    if not (only_source or only_target):
+        return None
+    return f"only in {source}: {', '.join(only_source) or '-'}; only in {target}: {', '.join(only_target) or '-'}"
+
+
 def check_same_classes(source, target):
     """Labels are ImageFolder indices into the sorted class names, so they agree only if the names do."""
     if source.classes == target.classes:
         return
-    only_source = sorted(set(source.classes) - set(target.classes))
-    only_target = sorted(set(target.classes) - set(source.classes))
-    raise UserError(f"source and target have different classes: only in {source.root}: "
-                    f"{', '.join(only_source) or '-'}; only in {target.root}: {', '.join(only_target) or '-'}. "
+    raise UserError(f"source and target have different classes: "
+                    f"{class_difference(source.root, source.classes, target.root, target.classes)}. "
                     "Classes are matched by folder name; rename or remove folders so both domains have the same set.")
 
 

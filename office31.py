@@ -30,11 +30,11 @@ import resnet
 from adaptation import METHODS, Adaptation, tap
 from checkpoint import Checkpoint, StopOnSignal, random_states, set_random_states
 from precision import choose_amp, pick_device
-from data_loader import (UserError, check_cache_fits, check_same_classes, class_counts, dataset_root, find_domains,
-                         fingerprint, load_domain)
+from data_loader import (UserError, check_cache_fits, check_same_classes, class_counts, class_difference, dataset_root,
+                         find_domains, fingerprint, load_domain)
 from download import DATASETS, prepare_data_root
-from results import (append_row, machine, method_label, plan_runs, print_table, read_rows, result_row,
-                     same_experiment, select_rows, short_names, task_name)
+from results import (append_row, machine, method_label, plan_runs, print_table, read_rows, result_row, run_label,
+                     run_stem, same_experiment, select_rows, short_names, task_name)
 
 # -----------------------------------------------------------------------------------------------------------
 # data
@@ -355,22 +355,21 @@ def save_run(c, result, weights=None):
     seed<seed>_<time>[-k].json (and .pt), k counting up from 1 while the name is taken: full domain names, so
     that tasks never share a name, and never over another run's file. Sets result["run_file"]; returns the stem."""
     os.makedirs(c["out_dir"], exist_ok=True)
-    base = os.path.join(c["out_dir"], f"{c['source']}-{c['target']}_{c['model']}_{method_label(c)}_"
-                        f"seed{c['seed']}_{datetime.datetime.now():%Y%m%d-%H%M%S}")
+    base = os.path.join(c["out_dir"], f"{run_stem(c)}_{datetime.datetime.now():%Y%m%d-%H%M%S}")
     for stem in (f"{base}-{k}" if k else base for k in itertools.count()):
         result["run_file"] = os.path.basename(stem) + ".json"
         try:
             if weights is not None:
                 write_new(stem + ".pt", lambda f: torch.save(weights, f))
-            try:
-                write_new(stem + ".json", lambda f: f.write(json.dumps(result, indent=1, ensure_ascii=False).encode()))
-            except FileExistsError:
-                if weights is not None:
-                    os.remove(stem + ".pt")
-                raise
-            return stem
         except FileExistsError:
             continue
+        try:
+            write_new(stem + ".json", lambda f: f.write(json.dumps(result, indent=1, ensure_ascii=False).encode()))
+        except FileExistsError:  # the weights went in first: they are this name's no more
+            if weights is not None:
+                os.remove(stem + ".pt")
+            continue
+        return stem
 
 
 def make_adaptation(c, net, new_layer, num_classes, device):
@@ -387,8 +386,8 @@ def make_adaptation(c, net, new_layer, num_classes, device):
 def fine_tune(c, source, target, device, task, checkpoint=None, stop=None):
     """Train on the source domain, test on the target, with config c (its seed included); returns the result
     dict, also written to out_dir as JSON. task: the name printed, e.g. "A→W". checkpoint: a Checkpoint saved at
-    every epoch end but the last, and resumed from if it holds this run; stop: a StopOnSignal, which ends the run
-    with Stopped at the end of a step."""
+    epoch ends (but the last) once checkpoint_every minutes have passed, and resumed from if it holds this run;
+    stop: a StopOnSignal, which ends the run with Stopped at the end of a step."""
     torch.manual_seed(c["seed"])
     generator = torch.Generator().manual_seed(c["seed"])
     check_same_classes(source, target)
@@ -421,13 +420,13 @@ def fine_tune(c, source, target, device, task, checkpoint=None, stop=None):
         except Stopped as e:
             kept = f"its checkpoint at the end of epoch {saved} is in {checkpoint.path}" if checkpoint and saved \
                 else "no checkpoint was written yet, so it will start from the beginning"
-            raise Stopped(f"{stop.requested} stopped {task} {method_label(c)} seed {c['seed']} at epoch {epoch}, "
+            raise Stopped(f"{stop.requested} stopped {task} {run_label(c)} at epoch {epoch}, "
                           f"step {e.args[0] + 1} of {total_steps}; {kept}. Run the same command again to resume "
                           "it; finished runs are in the results file.") from None
         except Diverged as e:
             step, terms = e.args
             also = f", --trade_off (now {c['trade_off']})" if adaptation else ""
-            raise Diverged(f"{task} {method_label(c)} seed {c['seed']}: the loss is not finite at epoch {epoch}, "
+            raise Diverged(f"{task} {run_label(c)}: the loss is not finite at epoch {epoch}, "
                            f"step {step + 1} of {total_steps} ({', '.join(f'{k} {v}' for k, v in terms.items())}): "
                            f"training diverged, and this run writes no result. Try a smaller --lr (now {c['lr']})"
                            f"{also}, or --amp=off if it trained in bf16.") from None
@@ -514,7 +513,7 @@ def run_sweep(c, data_root, device, results_path):
     with StopOnSignal() as stop:
         for method, source, target, seed in todo:
             run = dict(configs[method], source=source, target=target, seed=seed)
-            task, label = task_name(source, target, labels), f"{method_label(run)} seed {seed}"
+            task, label = task_name(source, target, labels), run_label(run)
             if stop.requested:
                 raise Stopped(f"{stop.requested} stopped the sweep before {task} {label}; run the same command again "
                               "to go on. Finished runs are in the results file.")
@@ -583,11 +582,9 @@ def check_tasks(data_root, pairs, labels):
     problems = [f"{name} has no images in {', '.join(c for c, n in by_class.items() if n == 0)}"
                 for name, by_class in counts.items() if 0 in by_class.values()]
     for source, target in pairs:
-        only_source = sorted(set(counts[source]) - set(counts[target]))
-        only_target = sorted(set(counts[target]) - set(counts[source]))
-        if only_source or only_target:
-            problems.append(f"{task_name(source, target, labels)}: different classes, only in {source}: "
-                            f"{', '.join(only_source) or '-'}; only in {target}: {', '.join(only_target) or '-'}")
+        differ = class_difference(source, counts[source], target, counts[target])
+        if differ:
+            problems.append(f"{task_name(source, target, labels)}: different classes, {differ}")
     if problems:
         raise UserError(f"nothing was run, since the planned tasks cannot all train: {'. '.join(problems)}. Classes "
                         "are matched by folder name and every class folder needs an image: rename, fill or remove "

@@ -157,6 +157,17 @@ def method_label(c):
     return c["method"] + ("+e" if c["entropy"] else "")
 
 
+def run_label(c):
+    """One run of a task in printed lines: "dann seed 0"."""
+    return f"{method_label(c)} seed {c['seed']}"
+
+
+def run_stem(c):
+    """The start of every file name of one run (its JSON, weights, checkpoint): amazon-webcam_resnet50_dann_seed0.
+    Full domain names, so that tasks never share a name."""
+    return f"{c['source']}-{c['target']}_{c['model']}_{method_label(c)}_seed{c['seed']}"
+
+
 def short_names(domains):
     """Labels for task names: the shortest prefix at which all domain names differ, first letter upper-case:
     A, D, W for Office-31; Mnist, Mnistm, Svhn where initials (and shorter prefixes) collide."""
@@ -268,9 +279,8 @@ def print_table(rows, configs, data, labels, runs, results_path, defaults):
         print(f"note: {len(others)} more rows with these flags come from another copy of '{dataset}' (other class "
               "names or image counts than the data in data_root, or written before those were recorded); they are "
               "not in this table.")
-    unknown = [(dataset, {**config, "precision": c["precision"]}) for dataset, config in
-               ((r["dataset"], r["config"]) for r in rows if "precision" not in r["config"])]
-    older = sum(key in keys for key in unknown)
+    older = sum((r["dataset"], {**r["config"], "precision": c["precision"]}) in keys
+                for r in rows if "precision" not in r["config"])
     if older:
         print(f"note: {older} more rows with these flags were written before rows recorded their precision (bf16 or "
               "fp32); they are not in this table, and a sweep runs them again.")
@@ -284,13 +294,18 @@ def machine(device):
 
 
 def device_name(device):
+    """The GPU's name, or the CPU's model name with its family and model numbers (a virtual machine may name it
+    only "AMD EPYC", and CPUs of one name differ: README, Speed)."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
+            fields = {}
+            for key, _, value in (line.partition(":") for line in f):
+                fields.setdefault(key.strip(), value.strip())
+    except OSError:
         return platform.processor() or platform.machine() or "unknown CPU"
+    return f"{fields.get('model name')} (family {fields.get('cpu family')}, model {fields.get('model')})"
 
 
 @functools.cache

@@ -24,7 +24,6 @@ import functools
 import json
 import math
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -39,6 +38,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import office31  # noqa: E402
 from adaptation import METHODS  # noqa: E402
 from checkpoint import Checkpoint, random_states  # noqa: E402
+from results import device_name  # noqa: E402
 from data_loader import load_domain  # noqa: E402
 
 CLASSES = 31
@@ -215,18 +215,6 @@ def checkpoint_cost(name, root, steps, warm_up):
     return size, seconds, epoch
 
 
-def cpu_name():
-    """The CPU's model name, with family and model numbers (a virtual machine may name it only "AMD EPYC")."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            fields = {}
-            for key, _, value in (line.partition(":") for line in f):
-                fields.setdefault(key.strip(), value.strip())
-    except OSError:
-        return platform.processor() or platform.machine()
-    return f"{fields.get('model name')} (family {fields.get('cpu family')}, model {fields.get('model')})"
-
-
 def run_epoch_child(root, kind, workers):
     out = subprocess.run([sys.executable, __file__, f"--root={root}", f"--epoch={kind}", f"--workers={workers}"],
                          capture_output=True, text=True, check=True).stdout
@@ -255,7 +243,7 @@ def main():
     amp, why = office31.choose_amp("auto", torch.device("cpu"))
     print(f"tree: {root} ({2817 // scale} + {795 // scale} images, ready in {time.perf_counter() - start:.0f}s); "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.workers} workers")
-    print(f"CPU: {cpu_name()}; AVX512-BF16: {torch.cpu._is_avx512_bf16_supported()}, "
+    print(f"CPU: {device_name(torch.device('cpu'))}; AVX512-BF16: {torch.cpu._is_avx512_bf16_supported()}, "
           f"AMX: {torch.cpu._is_amx_tile_supported()}; --amp=auto trains in {'bf16' if amp else 'fp32'} ({why})")
     skip = set(args.skip.split(","))
     if "data" not in skip:
