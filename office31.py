@@ -14,25 +14,23 @@ import itertools
 import json
 import math
 import os
-import pickle
 import sys
 import tempfile
 import time
 
 import torch
 import torch.nn.functional as F
-import torchvision
 from tqdm import tqdm
 
-import alexnet
 import caffe_alexnet
 import resnet
 from adaptation import METHODS, Adaptation, tap
 from checkpoint import Checkpoint, StopOnSignal, random_states, set_random_states
-from precision import choose_amp, pick_device
 from data_loader import (UserError, check_cache_fits, check_same_classes, class_counts, class_difference, dataset_root,
                          find_domains, fingerprint, load_domain)
 from download import DATASETS, prepare_data_root
+from models import MODELS, architecture, build_model, weight_names
+from precision import choose_amp, pick_device
 from results import (append_row, machine, method_label, plan_runs, print_table, read_rows, result_row, run_label,
                      run_stem, same_experiment, select_rows, short_names, task_name)
 
@@ -87,7 +85,6 @@ rerun = False  # a sweep skips runs already in results.jsonl with the same confi
 report = False  # only print the table of results.jsonl for this config; train nothing
 # -----------------------------------------------------------------------------------------------------------
 FLAGS = {k: v for k, v in globals().items() if not k.startswith("_") and isinstance(v, (bool, int, float, str))}
-MODELS = ("alexnet", "caffe_alexnet") + resnet.DEPTHS
 
 
 def parse_value(name, text, default):
@@ -140,8 +137,7 @@ def check_config(c):
             raise UserError(f"--{name}={value}: must be a finite number.")
     if c["model"] not in MODELS:
         raise UserError(f"--model={c['model']} is not one of {', '.join(MODELS)}.")
-    choices = {"alexnet": alexnet.WEIGHTS, "caffe_alexnet": caffe_alexnet.WEIGHTS}.get(c["model"]) or \
-        resnet.weight_names(c["model"])
+    choices = weight_names(c["model"])
     if c["weights"] not in choices:
         raise UserError(f"--weights={c['weights']}: {c['model']} has {', '.join(choices)}.")
     names = architecture(c["model"]).BLOCKS
@@ -210,35 +206,6 @@ def with_method(c, method):
         width = 0 if method == "dan" and "alexnet" in c["model"] else BOTTLENECK[method]
     return dict(c, method=method, bottleneck=int(width), trade_off=0.0 if method == "source_only" else c["trade_off"],
                 entropy=c["entropy"] and method == "cdan")
-
-
-def architecture(name):
-    """The file that builds this network: alexnet, caffe_alexnet or resnet (new_layer, layers, blocks)."""
-    return {"alexnet": alexnet, "caffe_alexnet": caffe_alexnet}.get(name, resnet)
-
-
-def build_model(name, num_classes, weights, bottleneck=0, freeze=0):
-    """The network with a new last layer (behind a bottleneck of that width, if any) and its first `freeze`
-    blocks fixed; a checkpoint that cannot be fetched is a UserError saying what to do."""
-    model = load_network(name, num_classes, weights, bottleneck)
-    for block in architecture(name).blocks(model)[:freeze]:
-        block.requires_grad_(False)  # fixed: make_optimizer leaves them out of every group
-    return model, architecture(name).new_layer
-
-
-def load_network(name, num_classes, weights, bottleneck):
-    if name == "caffe_alexnet":  # its weights come converted from the Caffe model zoo, with messages of their own
-        return caffe_alexnet.build_caffe_alexnet(num_classes, weights, bottleneck)
-    try:
-        if name == "alexnet":
-            return alexnet.build_alexnet(num_classes, weights, bottleneck)
-        return resnet.build_resnet(name, num_classes, weights, bottleneck)
-    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as e:  # offline (URLError), damaged file
-        url = torchvision.models.get_model_weights(name)[weights].url
-        path = os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(url))
-        raise UserError(f"could not load the {weights} weights of {name} ({type(e).__name__}: {e}). Download "
-                        f"{url} on a machine with internet and place it at {path} (a damaged file there: delete "
-                        "it), or run with --weights=none to train from random initialisation.") from None
 
 
 def make_optimizer(model, new_layer, c, fused=True):
