@@ -2,14 +2,15 @@
 
     features = tap(layers)      # {name: module} of the network -> {name: its output at the latest forward}
     method = Adaptation("dann", 256, num_classes=31, trade_off=1.0, entropy_conditioning=False, features=features)
-    loss = method(model(torch.cat([source_x, target_x])), progress)   # or ddc, dan, coral, cdan, bsp
+    loss = method(model(torch.cat([source_x, target_x])), progress)   # or ddc, dan, coral, cdan, bsp, jan, ...
 
 Every method sees one batch of source images followed by one batch of target images, pushed through the network
 together, and returns the adaptation term that office31.py adds to the source classification loss. Target labels
-never reach this file. MMD-style methods (DDC, DAN, Deep CORAL) return trade_off x their distance; the adversarial
-ones (DANN, CDAN) return the domain discriminator's loss, whose gradient reaches the network reversed and scaled by
-trade_off x (2 / (1 + exp(-10 p)) - 1), the DANN ramp over training progress p. BSP is CDAN's term plus a
-penalty on the features' largest singular values.
+never reach this file. The distances and regularisers (DDC, DAN, Deep CORAL, JAN, MCC, AFN) return trade_off x
+their value; the adversarial methods (DANN, CDAN, MDD) return the loss of their adversary (a domain discriminator,
+MDD's second classifier), whose gradient reaches the network reversed and scaled by trade_off x (2 / (1 +
+exp(-10 p)) - 1), the DANN ramp over training progress p (MDD: 0.1 x that). BSP is CDAN's term plus a penalty on
+the features' largest singular values.
 """
 import functools
 import math
@@ -18,8 +19,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-METHODS = ("source_only", "ddc", "dan", "coral", "dann", "cdan", "bsp")
-BSP_WEIGHT = 2e-4  # the penalty's weight in the Transfer-Learning-Library's Office-31 script for BSP
+METHODS = ("source_only", "ddc", "dan", "coral", "dann", "cdan", "bsp", "jan", "mcc", "mdd", "afn")
+# Each method's constants, as the Transfer-Learning-Library's Office-31 script for it sets them (README)
+BSP_WEIGHT = 2e-4  # the penalty's weight
+JAN_BANDWIDTH = 2 * 0.92 ** 2  # 2 sigma^2 of JAN's Gaussian kernel on the predictions (JAN's own code: 1.68)
+MCC_TEMPERATURE = 2.5
+MDD_MARGIN = 4.0  # gamma on Office-31
+MDD_REVERSAL = 0.1  # the largest reversed-gradient coefficient (the library's warm-start reversal rises to 0.1)
+AFN_STEP, AFN_WEIGHT = 1.0, 0.05  # Delta r and lambda of SAFN
+AFN_ENTROPY_WEIGHT = 0.1  # target entropy minimisation alongside SAFN
 
 
 def in_fp32(loss):
@@ -27,9 +35,9 @@ def in_fp32(loss):
     bf16 whatever its inputs' dtype, and bf16's 8-bit mantissa rounds off the small differences these distances
     are made of (Deep CORAL on a nearly aligned pair: 6-9% off in value, 19% in gradient)."""
     @functools.wraps(loss)
-    def fp32_loss(source, target, *args, **kwargs):
-        with torch.autocast(source.device.type, enabled=False):
-            return loss(source.float(), target.float(), *args, **kwargs)
+    def fp32_loss(*tensors, **kwargs):
+        with torch.autocast(tensors[0].device.type, enabled=False):
+            return loss(*(x.float() for x in tensors), **kwargs)
     return fp32_loss
 
 
@@ -40,21 +48,44 @@ def linear_mmd(source, target):
     return (source.mean(0) - target.mean(0)).pow(2).sum()
 
 
-@in_fp32
-def multi_kernel_mmd(source, target, scales=(0.25, 0.5, 1.0, 2.0, 4.0)):
-    """DAN (Long et al., "Learning Transferable Features with Deep Adaptation Networks", ICML 2015): MMD with a
-    sum of Gaussian kernels k(a, b) = sum_u exp(-||a - b||^2 / (scale_u * sigma^2)), where sigma^2 is the mean
-    pairwise squared distance in the joint batch and the scales run 2^-2 ... 2^2 (as DAN's code and the
-    Transfer-Learning-Library set them). The (biased) estimate over all pairs:
-        MMD^2 = mean K(s, s') + mean K(t, t') - 2 mean K(s, t)."""
-    joint = torch.cat([source, target])
-    norms = joint.pow(2).sum(1)  # ||a - b||^2 = ||a||^2 + ||b||^2 - 2 a.b: smooth at a = b, where a distance is not
-    squared = (norms[:, None] + norms[None, :] - 2 * joint @ joint.T).clamp(min=0)
-    n = len(joint)
+def squared_distances(x):
+    """||a - b||^2 for every pair of rows, as ||a||^2 + ||b||^2 - 2 a.b: smooth at a = b, where a distance is not."""
+    norms = x.pow(2).sum(1)
+    return (norms[:, None] + norms[None, :] - 2 * x @ x.T).clamp(min=0)
+
+
+def gaussian_kernels(x, scales=(0.25, 0.5, 1.0, 2.0, 4.0)):
+    """DAN's multi-kernel on the rows of x: sum_u exp(-||a - b||^2 / (scale_u * sigma^2)), where sigma^2 is the mean
+    squared distance between distinct rows and the scales run 2^-2 ... 2^2 (as DAN's code and the
+    Transfer-Learning-Library set them)."""
+    squared = squared_distances(x)
+    n = len(x)
     sigma2 = squared.sum().detach() / (n * n - n)  # a bandwidth, not something to learn through
-    kernel = sum(torch.exp(-squared / (scale * sigma2 + 1e-12)) for scale in scales)
-    k = len(source)
+    return sum(torch.exp(-squared / (scale * sigma2 + 1e-12)) for scale in scales)
+
+
+def mmd(kernel, k):
+    """The (biased) MMD^2 estimate over all pairs of a kernel matrix whose first k rows are the source:
+    mean K(s, s') + mean K(t, t') - 2 mean K(s, t)."""
     return kernel[:k, :k].mean() + kernel[k:, k:].mean() - 2 * kernel[:k, k:].mean()
+
+
+@in_fp32
+def multi_kernel_mmd(source, target):
+    """DAN (Long et al., "Learning Transferable Features with Deep Adaptation Networks", ICML 2015): MMD with
+    the sum of Gaussian kernels of gaussian_kernels."""
+    return mmd(gaussian_kernels(torch.cat([source, target])), len(source))
+
+
+@in_fp32
+def joint_mmd(source, target, source_predictions, target_predictions):
+    """JAN (Long et al., "Deep Transfer Learning with Joint Adaptation Networks", ICML 2017): MMD of the joint
+    distribution of features and predictions, with the product kernel k(a, b) = k_f(a_f, b_f) x k_g(a_g, b_g):
+    DAN's multi-kernel on the features, and one Gaussian exp(-||g - g'||^2 / JAN_BANDWIDTH) on the softmax
+    predictions, through which the gradient flows too."""
+    features = gaussian_kernels(torch.cat([source, target]))
+    predictions = torch.exp(-squared_distances(torch.cat([source_predictions, target_predictions])) / JAN_BANDWIDTH)
+    return mmd(features * predictions, len(source))
 
 
 @in_fp32
@@ -76,6 +107,53 @@ def batch_spectral_penalty(source, target, k=1):
     sum_i sigma_i(F_s)^2 + sigma_i(F_t)^2, with k = 1 as in the paper. Penalising the dominant directions lets
     the others, which adversarial alignment shrinks, carry more of the features."""
     return sum(torch.linalg.svdvals(x)[:k].pow(2).sum() for x in (source, target))
+
+
+def entropy(probabilities):
+    """-sum_k p_k log p_k of each row (log(p + 1e-5), as CDAN's and MCC's code, so that p = 0 stays finite)."""
+    return -(probabilities * torch.log(probabilities + 1e-5)).sum(1)
+
+
+@in_fp32
+def class_confusion(logits, temperature=MCC_TEMPERATURE):
+    """MCC (Jin et al., "Minimum Class Confusion for Versatile Domain Adaptation", ECCV 2020), on a batch of target
+    logits Z (B images x K classes): the predictions Y = softmax(Z / T); each image weighted by
+    W_i = B (1 + exp(-H(Y_i))) / sum_i' (1 + exp(-H(Y_i'))), H the entropy, so confident predictions count more
+    (the weights take no gradient); the class confusion C = Y^T W Y, each row normalised to sum 1; the loss is its
+    off-diagonal mass over K: sum_j sum_j'!=j C_jj' / K."""
+    y = F.softmax(logits / temperature, dim=1)
+    w = (1 + torch.exp(-entropy(y))).detach()
+    w = len(y) * w / w.sum()
+    confusion = (y * w[:, None]).T @ y
+    confusion = confusion / confusion.sum(1, keepdim=True)
+    return (confusion.sum() - confusion.trace()) / y.shape[1]
+
+
+@in_fp32
+def margin_disparity(source_logits, source_adversary, target_logits, target_adversary, margin=MDD_MARGIN):
+    """MDD (Zhang et al., "Bridging Theory and Algorithm for Domain Adaptation", ICML 2019): the loss of the
+    adversarial classifier f', -D_gamma = gamma E_s CE(f'(x), h_f(x)) - E_t log(1 - softmax(f'(x))[h_f(x)]), where
+    h_f is the main classifier's predicted class (an argmax: no gradient reaches the main classifier). f' learns to
+    agree with h_f on the source and to disagree on the target; the features, behind gradient reversal, make
+    that disagreement impossible. (1 - p is clamped at 1e-6, as the library does, so that a certain f' stays finite.)"""
+    source = F.cross_entropy(source_adversary, source_logits.argmax(1))
+    agreement = F.softmax(target_adversary, dim=1).gather(1, target_logits.argmax(1, keepdim=True)).squeeze(1)
+    return margin * source - torch.log((1 - agreement).clamp(min=1e-6)).mean()
+
+
+@in_fp32
+def feature_norm_step(source, target, step=AFN_STEP):
+    """AFN's stepwise adaptive feature norm, SAFN (Xu et al., "Larger Norm More Transferable", ICCV 2019): for the
+    source and the target batch, mean_i (||f_i|| - (||f_i||' + Delta r))^2, with ||f_i||' the norm at this step
+    held fixed: each step pulls every feature's norm Delta r beyond where it is (the value is always 2 Delta r^2;
+    the gradient is what moves)."""
+    return sum((x.norm(dim=1) - (x.norm(dim=1).detach() + step)).pow(2).mean() for x in (source, target))
+
+
+@in_fp32
+def mean_entropy(logits):
+    """The mean entropy of the softmax predictions (AFN's entropy minimisation on the target)."""
+    return entropy(F.softmax(logits, dim=1)).mean()
 
 
 class ReverseGradient(torch.autograd.Function):
@@ -136,10 +214,6 @@ class MultilinearMap(nn.Module):
         return torch.bmm(g.unsqueeze(2), f.unsqueeze(1)).flatten(1)
 
 
-def entropy(probabilities):
-    return -(probabilities * torch.log(probabilities + 1e-5)).sum(1)
-
-
 def new_head(in_features, num_classes, bottleneck):
     """The new layers on top of a pretrained backbone: the classifier, behind a bottleneck (Linear, BatchNorm1d,
     ReLU) of `bottleneck` units as in the DAN/DANN/CDAN ResNet-50 setups, or straight on the features (0)."""
@@ -158,10 +232,11 @@ def tap(layers):
 
 
 class Adaptation(nn.Module):
-    """The adaptation term of one method, as a module: DANN, CDAN and BSP hold their discriminator (new layers,
-    trained at lr_mult x with the rest). features: the tapped layers {name: rows of [source; target]} in network
-    order, the last one feeding the classifier, filled by the network's forward pass (see tap). Called with the
-    logits of the same joint batch and the training progress p; returns the term to add to the source loss."""
+    """The adaptation term of one method, as a module: DANN, CDAN and BSP hold their discriminator, MDD its
+    adversarial classifier (new layers, trained at lr_mult x with the rest). features: the tapped layers {name: rows
+    of [source; target]} in network order, the last one feeding the classifier, filled by the network's forward
+    pass (see tap). Called with the logits of the same joint batch and the training progress p; returns the term to
+    add to the source loss."""
 
     def __init__(self, method, feature_size, num_classes, trade_off, entropy_conditioning, features):
         super().__init__()
@@ -172,6 +247,8 @@ class Adaptation(nn.Module):
         if method in ("cdan", "bsp"):  # BSP: on top of CDAN, as in the paper's BSP+CDAN
             self.map = MultilinearMap(feature_size, num_classes)
             self.discriminator = discriminator(self.map.out_features)
+        if method == "mdd":  # f' is of the main classifier's kind, as the theory asks: here one linear layer
+            self.adversary = nn.Linear(feature_size, num_classes)
 
     def forward(self, logits, progress):
         features = self.features
@@ -182,6 +259,18 @@ class Adaptation(nn.Module):
             return self.trade_off * sum(multi_kernel_mmd(x[:half], x[half:]) for x in [*features.values(), logits])
         if self.method == "coral":  # Deep CORAL aligns the last layer (fc8 in the paper): the logits
             return self.trade_off * coral(logits[:half], logits[half:])
+        if self.method == "jan":  # the features that feed the classifier, jointly with the predictions
+            predictions = F.softmax(logits.float(), dim=1)
+            return self.trade_off * joint_mmd(feature[:half], feature[half:], predictions[:half], predictions[half:])
+        if self.method == "mcc":  # the target's predictions only
+            return self.trade_off * class_confusion(logits[half:])
+        if self.method == "afn":  # both domains' feature norms; the target's predictions
+            return self.trade_off * (AFN_WEIGHT * feature_norm_step(feature[:half], feature[half:]) +
+                                     AFN_ENTROPY_WEIGHT * mean_entropy(logits[half:]))
+        if self.method == "mdd":
+            f = ReverseGradient.apply(feature.float(), self.trade_off * MDD_REVERSAL * ramp(progress))
+            adversary = self.adversary(f)
+            return margin_disparity(logits[:half], adversary[:half], logits[half:], adversary[half:])
         f = ReverseGradient.apply(feature.float(), self.trade_off * ramp(progress))
         if self.method == "dann":
             return domain_loss(self.discriminator(f))

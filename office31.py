@@ -46,9 +46,9 @@ model = "resnet50"  # alexnet, caffe_alexnet (the papers'), resnet18, resnet34, 
 weights = "auto"  # auto: IMAGENET1K_V1 (caffe_alexnet: bvlc_reference_caffenet); IMAGENET1K_V2; bvlc_alexnet; none
 freeze = 0  # leading blocks whose weights stay fixed: conv1, conv2, ... (DAN's AlexNet: 3); ResNet: stem, layer1, ...
 # adaptation (README, Domain adaptation); source_only is plain fine-tuning, the others add a loss on target images
-method = "source_only"  # source_only, ddc, dan, coral, dann, cdan, bsp; several (source_only,dann) make a sweep
+method = "source_only"  # source_only, ddc, dan, coral, dann, cdan, bsp, jan, mcc, mdd, afn; several make a sweep
 bottleneck = "auto"  # Linear+BatchNorm1d+ReLU of this width before the classifier; 0: none; auto: the method's
-trade_off = 1.0  # weight of the adaptation loss (dann, cdan, bsp: of the reversed gradient, ramped up from 0)
+trade_off = 1.0  # weight of the adaptation loss (dann, cdan, bsp, mdd: of the reversed gradient, ramped up from 0)
 entropy = False  # cdan only: entropy conditioning (CDAN+E)
 # optimisation
 epochs = 20  # an epoch is iters_per_epoch source batches, so every source gets the same number of updates
@@ -192,9 +192,11 @@ def check_batch_size(c):
                         f"{'; '.join(needs)}, so a batch needs at least 2 images. Use --batch_size=2 or more.")
 
 
-# The papers' setups: a 256-wide bottleneck before the classifier for DDC (its "adaptation layer"), DANN, CDAN
-# and DAN on ResNet-50; DAN on AlexNet adapts fc6-fc8 directly, Deep CORAL aligns fc8, and source only has none.
-BOTTLENECK = {"source_only": 0, "ddc": 256, "dan": 256, "coral": 0, "dann": 256, "cdan": 256, "bsp": 256}
+# The papers' setups: a 256-wide bottleneck before the classifier for DDC (its "adaptation layer"), DANN, CDAN,
+# BSP, JAN and DAN on ResNet-50; DAN on AlexNet adapts fc6-fc8 directly, Deep CORAL aligns fc8, and source only has
+# none. MCC and MDD use 1,024 and AFN 1,000 (the Transfer-Learning-Library's Office-31 scripts).
+BOTTLENECK = {"source_only": 0, "ddc": 256, "dan": 256, "coral": 0, "dann": 256, "cdan": 256, "bsp": 256, "jan": 256,
+              "mcc": 1024, "mdd": 1024, "afn": 1000}
 
 
 def with_method(c, method):
@@ -341,7 +343,8 @@ def save_run(c, result, weights=None):
 
 def make_adaptation(c, net, new_layer, num_classes, device):
     """(the method's Adaptation module reading the network's adapted layers, or None for source only; the new
-    layers to train at lr_mult x: the new last layer, bottleneck and, for DANN, CDAN and BSP, the discriminator)."""
+    layers to train at lr_mult x: the new last layer, bottleneck and, for DANN, CDAN and BSP, the discriminator,
+    for MDD the adversarial classifier)."""
     if c["method"] == "source_only":
         return None, new_layer
     classifier = [m for m in new_layer.modules() if isinstance(m, torch.nn.Linear)][-1]

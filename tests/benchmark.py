@@ -12,7 +12,8 @@ Not a test (pytest does not collect it): it prints images/s and ratios against t
      ran at the fastest fp32 rate measured on this machine (a large matrix product or convolution);
   3. one full A->W alexnet epoch (train on the source + evaluate the whole target): wall time, peak memory;
   4. what each adaptation method costs: resnet50 training steps with the defaults, source images/s against
-     source_only (an adapting step also pushes a target batch through the network);
+     source_only (an adapting step also pushes a target batch through the network); on --device (cpu, or cuda
+     for a GPU's figures; the other parts are CPU only);
   5. what a checkpoint costs: its size and the time to write one (network, momentum, random states; into --root)
      for alexnet and resnet50, against the time of a default epoch (250 steps) at the step rate measured here.
 It first prints the CPU, its bf16 and AMX capabilities, and what --amp=auto chose on it and why: bf16's
@@ -168,17 +169,18 @@ def peak_memory_mb():
         return next(int(line.split()[1]) for line in f if line.startswith("VmHWM")) / 1024
 
 
-def method_rates(name, steps, warm_up):
+def method_rates(name, steps, warm_up, device):
     """Source images/s of training steps with the defaults (amp=auto, channels_last, fused SGD) for each method,
     with the bottleneck each takes by default; the methods take turns after their warm-up, median of 3 rounds."""
-    x, y, x_target = torch.randn(32, 3, 224, 224), torch.randint(0, CLASSES, (32,)), torch.randn(32, 3, 224, 224)
-    amp, _ = office31.choose_amp("auto", torch.device("cpu"))
+    x, x_target = torch.randn(32, 3, 224, 224, device=device), torch.randn(32, 3, 224, 224, device=device)
+    y = torch.randint(0, CLASSES, (32,), device=device)
+    amp, _ = office31.choose_amp("auto", device)
     runs = []
     for method in METHODS:
         c = office31.with_method(dict(office31.FLAGS, model=name), method)
         net, new_layer = office31.build_model(name, CLASSES, "none", c["bottleneck"])
-        net = net.to(memory_format=torch.channels_last)
-        adapt, new = office31.make_adaptation(c, net, new_layer(net), CLASSES, torch.device("cpu"))
+        net = net.to(device, memory_format=torch.channels_last)
+        adapt, new = office31.make_adaptation(c, net, new_layer(net), CLASSES, device)
         optimizer = office31.make_optimizer(net, new, c)
         batch = ((x, y), x_target) if adapt else (x, y)
         office31.train_one_epoch(net, optimizer, [batch] * warm_up, 0, 10, amp, torch.channels_last, adapt)
@@ -188,6 +190,8 @@ def method_rates(name, steps, warm_up):
         for (net, optimizer, batch, adapt), rate in zip(runs, rates):
             start = time.perf_counter()
             office31.train_one_epoch(net, optimizer, [batch] * steps, 0, 10, amp, torch.channels_last, adapt)
+            if device.type == "cuda":
+                torch.cuda.synchronize()  # (the epoch's closing loss check already waits for the last step)
             rate.append(steps * len(x) / (time.perf_counter() - start))
     return {method: statistics.median(rate) for method, rate in zip(METHODS, rates)}
 
@@ -229,6 +233,7 @@ def main():
     parser.add_argument("--rounds", type=int, default=3, help="rounds of timed steps, the settings taking turns")
     parser.add_argument("--warm_up", type=int, default=8, help="untimed first steps of each setting")
     parser.add_argument("--workers", type=int, default=os.cpu_count())
+    parser.add_argument("--device", default="cpu", help="where part 4 (methods) runs: cpu, cuda")
     parser.add_argument("--skip", default="", help="comma list of parts to skip: data,steps,epoch,methods,"
                                                    "checkpoint")
     parser.add_argument("--epoch", help=argparse.SUPPRESS)  # internal: run one epoch in this process
@@ -278,9 +283,12 @@ def main():
         print(f"   defaults                {fast['seconds']:7.1f}s  peak {fast['peak_mb']:6.0f} MB  "
               f"{classic['seconds'] / fast['seconds']:.1f}x")
     if "methods" not in skip:
+        device = torch.device(args.device)
+        amp, why = office31.choose_amp("auto", device)
         print(f"4. adaptation methods: resnet50 training step with the defaults, source images/s (median of 3 rounds "
-              f"of {steps} steps; x: against source_only)")
-        rates = method_rates("resnet50", steps, warm_up)
+              f"of {steps} steps; x: against source_only) on {device_name(device)}, {'bf16' if amp else 'fp32'} "
+              f"({why})")
+        rates = method_rates("resnet50", steps, warm_up, device)
         for method, rate in rates.items():
             print(f"   {method:12s} {rate:7.1f}   {rate / rates['source_only']:.2f}x")
     if "checkpoint" not in skip:

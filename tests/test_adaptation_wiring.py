@@ -110,7 +110,19 @@ def test_dan_aligns_fc6_fc7_and_the_logits_on_alexnet_and_the_bottleneck_and_log
             assert torch.equal(aligned, outputs[layer_name].float()), (name, layer_name)
 
 
-@pytest.mark.parametrize("method", ["ddc", "dan", "coral", "dann", "cdan", "bsp"])
+def test_jan_aligns_the_last_tapped_layer_jointly_with_the_softmax_and_its_gradient_reaches_the_logits():
+    g = torch.Generator().manual_seed(1)
+    fc7, bottleneck, logits = (torch.randn(8, n, generator=g) for n in (7, 6, 3))
+    x = logits.clone().requires_grad_()
+    Adaptation("jan", 6, 3, 1.0, False, {"fc7": fc7, "bottleneck": bottleneck})(x, 0.5).backward()
+    y = logits.clone().requires_grad_()
+    p = torch.softmax(y, 1)
+    expected = adaptation.joint_mmd(bottleneck[:4], bottleneck[4:], p[:4], p[4:])
+    expected.backward()
+    assert y.grad.abs().sum() > 0 and torch.allclose(x.grad, y.grad, atol=1e-7)
+
+
+@pytest.mark.parametrize("method", ["ddc", "dan", "coral", "dann", "cdan", "bsp", "jan", "mcc", "mdd", "afn"])
 def test_doubling_trade_off_doubles_the_term_or_the_reversed_gradient(method):
     g = torch.Generator().manual_seed(0)
     feature = torch.randn(8, 6, generator=g)
@@ -129,7 +141,7 @@ def test_doubling_trade_off_doubles_the_term_or_the_reversed_gradient(method):
         (adaptation.BSP_WEIGHT * adaptation.batch_spectral_penalty(x[:4], x[4:])).backward()
         assert torch.allclose(gradients[1] - x.grad, 2 * (gradients[0] - x.grad), atol=1e-6)
         assert (gradients[0] - x.grad).abs().sum() > 0
-    elif method in ("dann", "cdan"):  # the discriminator's loss is the same; what reaches the features doubles
+    elif method in ("dann", "cdan", "mdd"):  # the adversary's loss is the same; what reaches the features doubles
         assert terms[1] == pytest.approx(terms[0])
         assert torch.allclose(gradients[1], 2 * gradients[0]) and gradients[0].abs().sum() > 0
     else:
