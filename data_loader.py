@@ -30,7 +30,8 @@ NESTED = ("domain_adaptation_images", "dataset")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 CAFFE_MEAN_BGR = (104.0, 116.7, 122.7)  # Caffe's networks take BGR, 0-255, minus this mean
-# What a network takes as pixels: "imagenet" (torchvision: RGB in [0, 1], minus mean, over std) or "caffe".
+# What a network takes as pixels: "imagenet" (torchvision: RGB in [0, 1], minus mean, over std), "caffe", or the
+# (mean, std) of a network trained with others.
 PIXELS = ("imagenet", "caffe")
 
 EXPECTED_TREE = """Expected either layout (the official archive, or the flattened one many repos use):
@@ -195,21 +196,30 @@ def to_network_pixels(pixels):
     """The last per-sample transforms: PIL image -> the tensor the network takes."""
     if pixels == "caffe":
         return [transforms.PILToTensor(), caffe_pixels]
-    return [transforms.ToTensor(), transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+    return [transforms.ToTensor(), transforms.Normalize(*mean_and_std(pixels))]
 
 
-def train_transform(resize_size, crop_size, pixels="imagenet"):
+def mean_and_std(pixels):
+    return (IMAGENET_MEAN, IMAGENET_STD) if pixels == "imagenet" else pixels
+
+
+def resize(resize_size, interpolation="bilinear"):
+    """To resize_size x resize_size (aspect ratio not kept), with the interpolation the network's weights name."""
+    return transforms.Resize((resize_size, resize_size), transforms.InterpolationMode(interpolation))
+
+
+def train_transform(resize_size, crop_size, pixels="imagenet", interpolation="bilinear"):
     return transforms.Compose([
-        transforms.Resize((resize_size, resize_size)),
+        resize(resize_size, interpolation),
         transforms.RandomCrop(crop_size),
         transforms.RandomHorizontalFlip(),
         *to_network_pixels(pixels),
     ])
 
 
-def test_transform(resize_size, crop_size, pixels="imagenet"):
+def test_transform(resize_size, crop_size, pixels="imagenet", interpolation="bilinear"):
     return transforms.Compose([
-        transforms.Resize((resize_size, resize_size)),
+        resize(resize_size, interpolation),
         transforms.CenterCrop(crop_size),
         *to_network_pixels(pixels),
     ])
@@ -220,8 +230,7 @@ def normalize(batch_uint8, pixels="imagenet"):
     folded into one multiply-add (equal up to float rounding); Caffe: caffe_pixels (exactly equal)."""
     if pixels == "caffe":
         return caffe_pixels(batch_uint8)
-    std = torch.tensor(IMAGENET_STD, device=batch_uint8.device).view(1, 3, 1, 1)
-    mean = torch.tensor(IMAGENET_MEAN, device=batch_uint8.device).view(1, 3, 1, 1)
+    mean, std = (torch.tensor(v, device=batch_uint8.device).view(1, 3, 1, 1) for v in mean_and_std(pixels))
     return batch_uint8.float().mul_(1 / (255 * std)).add_(-mean / std)
 
 
@@ -256,8 +265,8 @@ def center_crop_batch(images, index, crop_size):
 class ImageFolderDomain:
     """The classic per-sample path: ImageFolder, PIL resize/crop/flip in DataLoader workers every epoch."""
 
-    def __init__(self, root, name, resize_size, num_workers, device):
-        self.root, self.name, self.resize_size = root, name, resize_size
+    def __init__(self, root, name, resize_size, num_workers, device, interpolation="bilinear"):
+        self.root, self.name, self.resize_size, self.interpolation = root, name, resize_size, interpolation
         self.num_workers, self.device = num_workers, device
         self.images = Folder(root, loader=load_rgb)
         self.classes = self.images.classes
@@ -273,22 +282,23 @@ class ImageFolderDomain:
     def train_batches(self, num_batches, batch_size, crop_size, generator, pixels="imagenet"):
         # Shuffled passes over the source, back to back, for exactly num_batches full batches.
         sampler = RandomSampler(self.images, num_samples=num_batches * batch_size, generator=generator)
-        loader = self._loader(train_transform(self.resize_size, crop_size, pixels), batch_size, sampler, generator)
+        transform = train_transform(self.resize_size, crop_size, pixels, self.interpolation)
+        loader = self._loader(transform, batch_size, sampler, generator)
         for x, y in loader:
             yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
 
     def test_batches(self, batch_size, crop_size, pixels="imagenet"):
         # A generator of its own: DataLoader draws a seed from the given one (else from the global RNG that the
         # training crops, flips and dropout use), and evaluating must not change the training trajectory.
-        transform = test_transform(self.resize_size, crop_size, pixels)
+        transform = test_transform(self.resize_size, crop_size, pixels, self.interpolation)
         loader = self._loader(transform, batch_size, generator=torch.Generator())
         for x, y in loader:
             yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
 
 
 class _Resized(Dataset):
-    def __init__(self, samples, resize_size):
-        self.samples, self.resize = samples, transforms.Resize((resize_size, resize_size))
+    def __init__(self, samples, resize_size, interpolation):
+        self.samples, self.resize = samples, resize(resize_size, interpolation)
 
     def __len__(self):
         return len(self.samples)
@@ -301,12 +311,13 @@ class CachedDomain:
     """Every image decoded once to resize x resize uint8 (about 196 KB each at 256) and kept on the device;
     crops, flips and normalisation run there on whole batches, with per-sample random offsets."""
 
-    def __init__(self, root, name, resize_size, num_workers, device):
+    def __init__(self, root, name, resize_size, num_workers, device, interpolation="bilinear"):
         folder = Folder(root)  # indexes files and classes only; decoding happens below
         self.root, self.name, self.classes = root, name, folder.classes
         self.labels = torch.tensor(folder.targets, dtype=torch.long, device=device)
         self.images = torch.empty((len(folder), 3, resize_size, resize_size), dtype=torch.uint8, device=device)
-        loader = DataLoader(_Resized(folder.samples, resize_size), batch_size=64, num_workers=num_workers)
+        images = _Resized(folder.samples, resize_size, interpolation)
+        loader = DataLoader(images, batch_size=64, num_workers=num_workers)
         start, began = 0, time.time()
         # disable=None: a bar on a terminal only; a log gets the one line below instead of thousands
         for batch in tqdm(loader, desc=f"decoding {name}", unit="batch", leave=False, disable=None):
@@ -331,7 +342,7 @@ class CachedDomain:
             yield normalize(images, pixels), self.labels[index.to(self.labels.device)]
 
 
-def load_domain(data_root, name, resize_size, cache, num_workers, device):
+def load_domain(data_root, name, resize_size, cache, num_workers, device, interpolation="bilinear"):
     """Domain `name` under data_root as a CachedDomain (cache=True) or an ImageFolderDomain."""
     domain_dir = resolve_domain(data_root, name)
     root = class_root(domain_dir)
@@ -340,7 +351,7 @@ def load_domain(data_root, name, resize_size, cache, num_workers, device):
     folder = os.path.basename(domain_dir)
     kind = CachedDomain if cache else ImageFolderDomain
     try:
-        domain = kind(root, folder, resize_size, num_workers, torch.device(device))
+        domain = kind(root, folder, resize_size, num_workers, torch.device(device), interpolation)
     except FileNotFoundError as e:  # ImageFolder: a class folder without images
         raise UserError(f"{e}. Every class folder under '{root}' needs at least one image.") from None
     full = {**OFFICE31_SIZES, **OFFICE_HOME_SIZES}

@@ -1,33 +1,121 @@
-"""The networks: which --model names exist, their --weights, and building one with a new last layer.
+"""The networks: which --model names exist, their --weights and input sizes, and building one with a new last layer.
 
     model, new_layer = build_model("resnet50", num_classes=31, weights="IMAGENET1K_V1", bottleneck=256, freeze=0)
-    architecture("alexnet")     # the file that builds it: its BLOCKS (what --freeze counts), layers, new_layer
+    architecture("alexnet")     # the file that builds it: its blocks (what --freeze counts), layers, new_layer
+    input_size("vit_b_16", "IMAGENET1K_V1")     # (256, 224, "bilinear"): resize, crop, interpolation
 
-alexnet.py, caffe_alexnet.py and resnet.py each build their family; this file picks one by name and turns a
-checkpoint that cannot be fetched into a message saying what to do.
+alexnet.py, caffe_alexnet.py and resnet.py each build their family, backbone.py every other torchvision
+classification network; this file picks one by name, says what it takes, and turns a checkpoint that cannot be
+fetched into a message saying what to do.
 """
+import functools
 import os
 import pickle
 
 import torch
 import torchvision
+from torch import nn
 
 import alexnet
+import backbone
 import caffe_alexnet
 import resnet
-from data_loader import UserError
+from data_loader import IMAGENET_MEAN, IMAGENET_STD, UserError
 
-MODELS = ("alexnet", "caffe_alexnet") + resnet.DEPTHS
+OWN_FILES = ("alexnet", "caffe_alexnet") + resnet.DEPTHS  # the papers' networks, each with a file of its own
+MODELS = OWN_FILES + tuple(name for name in torchvision.models.list_models(module=torchvision.models)
+                           if name not in OWN_FILES)
 
 
 def weight_names(name):
-    """The --weights choices of model `name`, "none" (random initialisation) included."""
-    return {"alexnet": alexnet.WEIGHTS, "caffe_alexnet": caffe_alexnet.WEIGHTS}.get(name) or resnet.weight_names(name)
+    """The --weights choices of model `name`, "none" (random initialisation) included; the first is what auto
+    means: IMAGENET1K_V1 for every torchvision network (the weights its documentation lists first), CaffeNet for
+    caffe_alexnet."""
+    if name in resnet.DEPTHS:
+        return resnet.weight_names(name)
+    return {"alexnet": alexnet.WEIGHTS, "caffe_alexnet": caffe_alexnet.WEIGHTS}.get(name) or backbone.weight_names(name)
 
 
 def architecture(name):
-    """The file that builds this network: alexnet, caffe_alexnet or resnet (new_layer, layers, blocks)."""
-    return {"alexnet": alexnet, "caffe_alexnet": caffe_alexnet}.get(name, resnet)
+    """The file that builds this network: alexnet, caffe_alexnet, resnet or backbone (new_layer, layers, blocks)."""
+    return {"alexnet": alexnet, "caffe_alexnet": caffe_alexnet}.get(name) or \
+        (resnet if name in resnet.DEPTHS else backbone)
+
+
+def block_names(name):
+    """What --freeze counts for model `name`, in order; None where the family's stages cannot be named."""
+    if name in OWN_FILES:
+        return architecture(name).BLOCKS
+    return backbone.stage_names(skeleton(name))
+
+
+@functools.lru_cache(maxsize=None)
+def skeleton(name):
+    """Model `name` without weights, on the meta device where the family allows it (no memory, no time): for
+    asking what it is made of and which inputs it takes."""
+    extra = backbone.NO_AUXILIARY.get(name, {})
+    try:
+        with torch.device("meta"):
+            return torchvision.models.get_model(name, weights=None, **extra).eval()
+    except NotImplementedError:  # RegNet computes its widths with tensors, which the meta device cannot read
+        return torchvision.models.get_model(name, weights=None, **extra).eval()
+
+
+def has_batchnorm(name):
+    if name in OWN_FILES:
+        return name in resnet.DEPTHS
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in skeleton(name).modules())
+
+
+def weights_transforms(name, weights):
+    """The preprocessing torchvision gives these weights (weights=none: the model's first weights')."""
+    choices = torchvision.models.get_model_weights(name)
+    return (choices[weights] if weights != "none" else list(choices)[0]).transforms()
+
+
+def input_size(name, weights):
+    """(resize_size, crop_size, interpolation) the network takes: the Office-31 protocol's 256 -> 224 where it takes
+    224 crops, else the sizes of its weights' own transforms, with their interpolation either way; caffe_alexnet:
+    256 -> 227."""
+    if name == "caffe_alexnet":
+        return 256, caffe_alexnet.CROP_SIZE, "bilinear"
+    transforms = weights_transforms(name, weights)
+    crop = transforms.crop_size[0]
+    return (256 if crop == 224 else transforms.resize_size[0]), crop, transforms.interpolation.value
+
+
+def network_pixels(name, weights):
+    """What the network takes as pixels (data_loader): "caffe", "imagenet", or the (mean, std) its weights were
+    trained with where they differ from ImageNet's (EfficientNet-V2-L's 0.5, 0.5, 0.5)."""
+    if name == "caffe_alexnet":
+        return "caffe"
+    transforms = weights_transforms(name, weights)
+    mean, std = tuple(transforms.mean), tuple(transforms.std)
+    return "imagenet" if (mean, std) == (IMAGENET_MEAN, IMAGENET_STD) else (mean, std)
+
+
+def check_network(name, weights, crop_size):
+    """A network that cannot be built as asked stops the run before any work: one without a linear classifier to
+    replace, or a crop it cannot take (a ViT takes exactly the size its position embeddings were made for), tried
+    on the network without weights, on the meta device, where it costs nothing."""
+    if name in OWN_FILES:
+        return
+    backbone.classifier_name(skeleton(name))
+    if name.startswith("vit_") and weights != "none":  # its builder sizes the position embeddings to the weights'
+        fixed = torchvision.models.get_model_weights(name)[weights].meta["min_size"][0]
+        if crop_size != fixed:
+            raise UserError(f"--crop_size={crop_size}: {name} with {weights} takes exactly {fixed}x{fixed} inputs "
+                            f"(its position embeddings are fixed); use --crop_size=0 or {fixed}.")
+        return
+    model = skeleton(name)
+    try:
+        with torch.no_grad():
+            model(torch.empty(2, 3, crop_size, crop_size, device=next(model.parameters()).device))
+    except (RuntimeError, ValueError, AssertionError) as e:
+        _, default, _ = input_size(name, weights)
+        why = str(e).splitlines()[0]
+        raise UserError(f"--crop_size={crop_size}: {name} cannot take {crop_size}x{crop_size} inputs ({why}); use "
+                        f"--crop_size=0 (its own, {default}) or another size.") from None
 
 
 def build_model(name, num_classes, weights, bottleneck=0, freeze=0):
@@ -45,7 +133,9 @@ def load_network(name, num_classes, weights, bottleneck):
     try:
         if name == "alexnet":
             return alexnet.build_alexnet(num_classes, weights, bottleneck)
-        return resnet.build_resnet(name, num_classes, weights, bottleneck)
+        if name in resnet.DEPTHS:
+            return resnet.build_resnet(name, num_classes, weights, bottleneck)
+        return backbone.build(name, num_classes, weights, bottleneck)
     except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as e:  # offline (URLError), damaged file
         url = torchvision.models.get_model_weights(name)[weights].url
         path = os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(url))

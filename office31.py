@@ -1,12 +1,22 @@
-"""Fine-tune an ImageNet-pretrained AlexNet or ResNet on one Office-31 domain and test it on another.
+"""Fine-tune an ImageNet-pretrained AlexNet, ResNet or other torchvision network on one Office-31 domain and test
+it on another.
 
     python office31.py                                   # ResNet-50, amazon -> webcam, prints "A→W accuracy: ..."
     python office31.py --model=alexnet --source=dslr     # any flag below, as --name=value
+    python office31.py --method=dann                     # adapt to the target's unlabelled images
+    python office31.py --tasks=all --seeds=3 --method=source_only,dann,cdan     # a sweep: the papers' table
 
 The flags below are the whole configuration. The protocol (DAN/DANN "source only"): SGD with Nesterov
 momentum 0.9 and weight decay 5e-4, the new last layer at lr_mult x the learning rate, the learning rate
 annealed every iteration as lr * (1 + 10 p)^-0.75 with p going 0 -> 1 over the run, random crop + flip for
 training, centre crop for testing. The printed accuracy is the final model's, on every target image.
+
+Adaptation: --method adds a loss on the target's unlabelled images (pushed through the network with the source
+batch) to the source classification loss, on the same loop and schedule: DDC, DAN, Deep CORAL, DANN, CDAN, BSP,
+JAN, MCC, MDD, AFN, each as its paper defines it (adaptation.py). The target's labels are read by the final
+evaluation only. Sweeps: --tasks, --seeds and a comma-separated --method run every task, seed and method in one
+command; each finished run adds a row to out_dir/results.jsonl, a stopped sweep resumes with the same command,
+and the end prints the table papers show (methods as rows, mean ± std over seeds); --report=True prints it again.
 """
 import contextlib
 import datetime
@@ -22,29 +32,30 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-import caffe_alexnet
 import resnet
 from adaptation import METHODS, Adaptation, tap
 from checkpoint import Checkpoint, StopOnSignal, random_states, set_random_states
 from data_loader import (UserError, check_cache_fits, check_same_classes, class_counts, class_difference, dataset_root,
                          find_domains, fingerprint, load_domain)
 from download import DATASETS, prepare_data_root
-from models import MODELS, architecture, build_model, weight_names
+from models import (MODELS, architecture, block_names, build_model, check_network, has_batchnorm, input_size,
+                    network_pixels, weight_names)
 from precision import choose_amp, pick_device
 from results import (append_row, machine, method_label, plan_runs, print_table, read_rows, result_row, run_label,
                      run_stem, same_experiment, select_rows, short_names, task_name)
+from tables import write_tables
 
 # -----------------------------------------------------------------------------------------------------------
 # data
 dataset = "office31"  # office31 or office_home: what to download when data_root is missing or empty
 data_root = ""  # holds <domain>/[images/]<class>/*.jpg (data/README.md); "": data/<dataset>
 source = ""  # domain folder name or its initial: amazon/A, webcam/W, dslr/D; "": amazon (Office-Home: Art)
-target = ""  # "": webcam (Office-Home: Clipart)
+target = ""  # the domain tested on, as source; "": webcam (Office-Home: Clipart)
 download = True  # fetch the dataset into data_root when data_root is missing or empty
 # model
-model = "resnet50"  # alexnet, caffe_alexnet (the papers'), resnet18, resnet34, resnet50, resnet101, resnet152
-weights = "auto"  # auto: IMAGENET1K_V1 (caffe_alexnet: bvlc_reference_caffenet); IMAGENET1K_V2; bvlc_alexnet; none
-freeze = 0  # leading blocks whose weights stay fixed: conv1, conv2, ... (DAN's AlexNet: 3); ResNet: stem, layer1, ...
+model = "resnet50"  # alexnet, caffe_alexnet (the papers'), resnet18 ... resnet152; vit_b_16, swin_t, convnext_tiny, ...
+weights = "auto"  # auto: IMAGENET1K_V1 (caffe_alexnet: bvlc_reference_caffenet); the model's others; none
+freeze = 0  # leading blocks whose weights stay fixed: conv1, ... (DAN's AlexNet: 3); ResNet: stem, layer1, ...
 # adaptation (README, Domain adaptation); source_only is plain fine-tuning, the others add a loss on target images
 method = "source_only"  # source_only, ddc, dan, coral, dann, cdan, bsp, jan, mcc, mdd, afn; several make a sweep
 bottleneck = "auto"  # Linear+BatchNorm1d+ReLU of this width before the classifier; 0: none; auto: the method's
@@ -53,21 +64,21 @@ entropy = False  # cdan only: entropy conditioning (CDAN+E)
 # optimisation
 epochs = 20  # an epoch is iters_per_epoch source batches, so every source gets the same number of updates
 iters_per_epoch = 250  # 20 x 250 = 5,000 iterations of batch 32 (an epoch: 2.8 passes over amazon, 16 over dslr)
-batch_size = 32
+batch_size = 32  # source images per step (an adapting step adds as many target images)
 lr = 0.001  # learning rate of the pretrained layers at the start (annealed every iteration)
 lr_mult = 10.0  # the new last layer learns lr_mult x faster
-momentum = 0.9  # Nesterov
-weight_decay = 5e-4
+momentum = 0.9  # SGD momentum, Nesterov (0: plain SGD)
+weight_decay = 5e-4  # L2 penalty on every trained weight (SGD's weight_decay)
 # input
-resize_size = 256  # every image is resized to resize_size x resize_size (aspect ratio not kept)
-crop_size = 0  # random crop for training, centre crop for testing; 0: the network's (224; caffe_alexnet 227)
+resize_size = 0  # images are resized to resize_size x resize_size (aspect not kept); 0: 256, or the weights' own
+crop_size = 0  # random crop for training, centre for testing; 0: the network's (224; caffe_alexnet 227; weights')
 # speed
 cache = True  # decode each domain once into memory (~196 KB an image at 256); False: PIL per sample per epoch
 amp = "auto"  # bf16 autocast: auto (where it is faster: CUDA compute capability 8.0+, CPUs measured), bf16, off
 channels_last = True  # NHWC memory layout for model and inputs (faster convolutions)
 compile = False  # torch.compile the model: faster ResNet steps after a minute or two of compiling (README, Speed)
 num_workers = 4  # processes decoding images
-eval_batch_size = 256
+eval_batch_size = 256  # target images per batch when evaluating (memory only: the same accuracy)
 # run
 device = "auto"  # auto (CUDA when present, else CPU), cpu, cuda, cuda:1, ...
 seed = 0  # same seed, same machine: same numbers
@@ -82,7 +93,8 @@ tasks = ""  # "": just source -> target; "all": every ordered pair of domains in
 seeds = 1  # runs per task, with seeds seed, seed+1, ...
 shard = "0/1"  # i/n: this process takes runs i, i+n, i+2n, ... of the sweep (0 <= i < n)
 rerun = False  # a sweep skips runs already in results.jsonl with the same config; True runs them again
-report = False  # only print the table of results.jsonl for this config; train nothing
+report = False  # only print the table of results.jsonl for this config (and write it as files); train nothing
+bold_best = False  # table.tex: the best mean of each column in bold
 # -----------------------------------------------------------------------------------------------------------
 FLAGS = {k: v for k, v in globals().items() if not k.startswith("_") and isinstance(v, (bool, int, float, str))}
 
@@ -100,12 +112,31 @@ def parse_value(name, text, default):
                         f"(like the default, {default!r}).") from None
 
 
+RULE = "# " + "-" * 107  # the lines around the flags at the top of this file
+
+
+def flag_help():
+    """The flags as the top of this file lists them, group by group, each with its default and its comment: the
+    comments there are the one place a flag is explained."""
+    with open(__file__, encoding="utf-8") as f:
+        block = f.read().split(RULE)[1]
+    lines = []
+    for line in block.strip().splitlines():
+        if line.startswith("# "):  # a group: data, model, adaptation, ...
+            lines.append(f"\n{line[2:]}")
+            continue
+        code, _, comment = line.partition("  # ")
+        name = code.split(" = ")[0]
+        lines.append(f"  --{name}={FLAGS[name]!r}: {comment}")
+    return "\n".join(lines)
+
+
 def parse_flags(argv, defaults=FLAGS):
     """nanoGPT-style overrides: each --name=value replaces one flag and is echoed; anything else is an error."""
     config = dict(defaults)
     for arg in argv:
         if arg in ("-h", "--help"):
-            print(__doc__ + "\nflags (--name=value):\n" + "\n".join(f"  {k} = {v!r}" for k, v in defaults.items()))
+            print(__doc__ + "\nflags (--name=value; each shown with its default):" + flag_help())
             sys.exit(0)
         name, eq, text = arg[2:].partition("=")
         if not arg.startswith("--") or not eq or name not in defaults:
@@ -118,13 +149,17 @@ def parse_flags(argv, defaults=FLAGS):
 
 def resolve(c):
     """The flags whose default depends on another, made explicit: data_root, source and target "" (the
-    dataset's folder and first task), weights=auto and crop_size=0 (the network's)."""
-    caffe = c["model"] == "caffe_alexnet"
-    weights = ("bvlc_reference_caffenet" if caffe else "IMAGENET1K_V1") if c["weights"] == "auto" else c["weights"]
+    dataset's folder and first task), weights=auto, resize_size=0 and crop_size=0 (the network's). An unknown
+    model or weights name is left for check_config to explain."""
+    weights = c["weights"]
+    if c["model"] in MODELS and weights == "auto":
+        weights = weight_names(c["model"])[0]
+    known = c["model"] in MODELS and weights in weight_names(c["model"])
+    resize, crop, _ = input_size(c["model"], weights) if known else (256, 224, None)
     source, target = DATASETS.get(c["dataset"], DATASETS["office31"])["task"]
     return dict(c, data_root=c["data_root"] or os.path.join("data", c["dataset"]), source=c["source"] or source,
-                target=c["target"] or target, weights=weights,
-                crop_size=c["crop_size"] or (caffe_alexnet.CROP_SIZE if caffe else 224))
+                target=c["target"] or target, weights=weights, resize_size=c["resize_size"] or resize,
+                crop_size=c["crop_size"] or crop)
 
 
 def check_config(c):
@@ -140,10 +175,15 @@ def check_config(c):
     choices = weight_names(c["model"])
     if c["weights"] not in choices:
         raise UserError(f"--weights={c['weights']}: {c['model']} has {', '.join(choices)}.")
-    names = architecture(c["model"]).BLOCKS
-    if not 0 <= c["freeze"] <= len(names):
-        raise UserError(f"--freeze={c['freeze']}: {c['model']} has {len(names)} blocks to freeze "
-                        f"({', '.join(names)}); give a number from 0 to {len(names)}.")
+    if c["freeze"]:
+        names = block_names(c["model"])  # (naming a family's stages may build it: only when asked)
+        if names is None:
+            raise UserError(f"--freeze={c['freeze']}: {c['model']}'s stages are not named here, so none can be "
+                            "frozen; use --freeze=0. Stages are named for ViT, Swin, ConvNeXt, EfficientNet, RegNet, "
+                            "DenseNet, MobileNet, VGG, ResNeXt and Wide ResNet.")
+        if not 0 <= c["freeze"] <= len(names):
+            raise UserError(f"--freeze={c['freeze']}: {c['model']} has {len(names)} blocks to freeze "
+                            f"({', '.join(names)}); give a number from 0 to {len(names)}.")
     for name in ("epochs", "iters_per_epoch", "batch_size", "eval_batch_size", "resize_size", "crop_size", "seeds"):
         if c[name] < 1:
             raise UserError(f"--{name}={c[name]}: must be at least 1.")
@@ -174,6 +214,7 @@ def check_config(c):
     if c["crop_size"] > c["resize_size"]:
         raise UserError(f"--crop_size={c['crop_size']} is larger than --resize_size={c['resize_size']}: "
                         "the crop is cut from the resized image, so it must fit inside it.")
+    check_network(c["model"], c["weights"], c["crop_size"])
 
 
 def methods(c):
@@ -184,7 +225,8 @@ def check_batch_size(c):
     """A batch of one image is refused where training cannot use it: BatchNorm normalises over the batch (the
     ResNets' layers, a bottleneck), and Deep CORAL's covariance divides by n - 1."""
     needs = [why for why, applies in (
-        ("ResNet's BatchNorm layers normalise over the images of a batch", c["model"] in resnet.DEPTHS),
+        (f"{'ResNet' if c['model'] in resnet.DEPTHS else c['model']}'s BatchNorm layers normalise over the images of "
+         "a batch", has_batchnorm(c["model"])),
         ("the bottleneck's BatchNorm normalises over the images of a batch", c["bottleneck"] > 0),
         ("Deep CORAL's covariances divide by the batch size minus one", c["method"] == "coral")) if applies]
     if c["batch_size"] < 2 and needs:
@@ -362,7 +404,7 @@ def fine_tune(c, source, target, device, task, checkpoint=None, stop=None):
     generator = torch.Generator().manual_seed(c["seed"])
     check_same_classes(source, target)
     net, new_layer = build_model(c["model"], len(source.classes), c["weights"], c["bottleneck"], c["freeze"])
-    pixels = "caffe" if c["model"] == "caffe_alexnet" else "imagenet"  # what the network's weights were trained on
+    pixels = network_pixels(c["model"], c["weights"])  # what the network's weights were trained on
     amp, why = choose_amp(c["amp"], device)
     memory_format = torch.channels_last if c["channels_last"] else torch.contiguous_format
     net = net.to(device, memory_format=memory_format)
@@ -490,7 +532,7 @@ def run_sweep(c, data_root, device, results_path):
             for name in (source, target):
                 if name not in domains:  # decoded once per process, shared by every task that uses the domain
                     domains[name] = load_domain(data_root, name, c["resize_size"], c["cache"], c["num_workers"],
-                                                device)
+                                                device, input_size(c["model"], c["weights"])[2])
             if len(configs) > 1:  # the main config line leaves these unresolved ("auto"): this run's values
                 print(f"run: {task} {label}: " + "  ".join(f"{k}={run[k]}" for k in ("bottleneck", "trade_off",
                                                                                      "entropy")))
@@ -510,7 +552,7 @@ def run_sweep(c, data_root, device, results_path):
     if sweep:
         rows = read_rows(results_path)
         if any(select_rows(rows, configs, data, runs).values()):  # a shard with nothing to do may have nothing
-            print_table(rows, configs, data, labels, runs, results_path, defaults(c))
+            report_tables(c, rows, [configs], data, labels, runs, results_path)
     if diverged:
         kept = "The other runs are in the results file." if finished else "No run of this process finished."
         raise UserError(f"{len(diverged)} of {len(todo)} runs diverged and wrote no result: {', '.join(diverged)} "
@@ -606,8 +648,25 @@ def print_report(c, results_path):
     precisions = {"bf16": ["bf16"], "off": ["fp32"]}.get(c["amp"], found)
     tables = [{method: with_method(dict(c, precision=p), method) for method in methods(c)} for p in precisions]
     shown = [configs for configs in tables if any(select_rows(rows, configs, data, runs).values())] or tables[:1]
-    for configs in shown:  # (none with rows: the first, whose table says what is missing)
-        print_table(rows, configs, data, labels, runs, results_path, defaults(c))
+    report_tables(c, rows, shown, data, labels, runs, results_path)  # (none with rows: the first says what is missing)
+
+
+def report_tables(c, rows, tables, data, labels, runs, results_path):
+    """Print the table of each group of configs ({method: config}, one group per precision) and write them next to
+    the results file as table.md, table.csv and table.tex (tables.py) and the learning curves as curves.png
+    (curves.py; curves_bf16.png and curves_fp32.png where there are two)."""
+    import curves  # (matplotlib: only where a figure is drawn)
+    folder, printed, found = os.path.dirname(results_path), [], []
+    for configs in tables:
+        text, by_label, name_of_task = print_table(rows, configs, data, labels, runs, results_path, defaults(c))
+        printed.append(text)
+        precision = next(iter(configs.values()))["precision"]
+        found.append((precision, by_label, name_of_task))
+        title = text.strip().splitlines()[0].rsplit(" (from ", 1)[0].replace(
+            "mean ± std over seeds", "mean over seeds (lines), lowest to highest seed (bands)")
+        name = "curves.png" if len(tables) == 1 else f"curves_{precision}.png"
+        curves.draw(folder, by_label, name_of_task, title, os.path.join(folder, name))
+    write_tables(folder, found, "\n".join(printed).strip() + "\n", c["bold_best"])
 
 
 def print_config(c, precision=None):

@@ -250,9 +250,10 @@ def changed_flags(configs, defaults):
 
 
 def print_table(rows, configs, data, labels, runs, results_path, defaults):
-    """The table of one sweep (see select_rows) on this data: tasks as rows for one method, the papers' layout
+    """Print the table of one sweep (see select_rows) on this data: tasks as rows for one method, the papers' layout
     (methods as rows, tasks as columns) for several. Its title names the dataset, network, precision and every
-    flag that differs from the defaults; notes under it say what the average is and what was left out."""
+    flag that differs from the defaults; notes under it say what the average is and what was left out. Returns
+    (the printed text, {method label: rows}, name_of_task), for tables.py."""
     mine = select_rows(rows, configs, data, runs)
     c = next(iter(configs.values()))
     dataset = experiment(c)[0]
@@ -262,28 +263,32 @@ def print_table(rows, configs, data, labels, runs, results_path, defaults):
                         "--tasks, --seed, --seeds, the data_root folder name and the data in it must match the "
                         "sweep's.")
     changed = changed_flags(configs, defaults)
-    print(f"\n{dataset}, {c['model']} ({c['weights']}), {c['precision']}, final model, mean ± std over seeds"
-          f"{'; not the defaults: ' + ', '.join(changed) if changed else ''} (from {results_path}):\n")
+    lines = [f"\n{dataset}, {c['model']} ({c['weights']}), {c['precision']}, final model, mean ± std over seeds"
+             f"{'; not the defaults: ' + ', '.join(changed) if changed else ''} (from {results_path}):\n"]
     name = lambda source, target: task_name(source, target, labels)  # noqa: E731
     order = {(s, t): k for k, (s, t, _) in enumerate(runs)}
+    by_label = {method_label(configs[m]): rows for m, rows in mine.items()}
     if len(configs) == 1:
-        print(markdown_table(sorted(mine[c["method"]], key=lambda r: order[(r["source"], r["target"])]), name))
+        lines.append(markdown_table(sorted(mine[c["method"]], key=lambda r: order[(r["source"], r["target"])]), name))
     else:
-        print(methods_table({method_label(configs[m]): rows for m, rows in mine.items()}, name, PAPER_ORDER))
-    print("\n" + AVERAGE_NOTE)
+        lines.append(methods_table(by_label, name, PAPER_ORDER))
+    lines.append("\n" + AVERAGE_NOTE)
     keys = [experiment(config) for config in configs.values()]
     runs = set(runs)
     others = [r for r in rows if (r["dataset"], r["config"]) in keys and (r["source"], r["target"], r["seed"]) in runs
               and not any(same_experiment(r, config, data) for config in configs.values())]
     if others:
-        print(f"note: {len(others)} more rows with these flags come from another copy of '{dataset}' (other class "
-              "names or image counts than the data in data_root, or written before those were recorded); they are "
-              "not in this table.")
+        lines.append(f"note: {len(others)} more rows with these flags come from another copy of '{dataset}' (other "
+                     "class names or image counts than the data in data_root, or written before those were "
+                     "recorded); they are not in this table.")
     older = sum((r["dataset"], {**r["config"], "precision": c["precision"]}) in keys
                 for r in rows if "precision" not in r["config"])
     if older:
-        print(f"note: {older} more rows with these flags were written before rows recorded their precision (bf16 or "
-              "fp32); they are not in this table, and a sweep runs them again.")
+        lines.append(f"note: {older} more rows with these flags were written before rows recorded their precision "
+                     "(bf16 or fp32); they are not in this table, and a sweep runs them again.")
+    text = "\n".join(lines)
+    print(text)
+    return text, by_label, name
 
 
 def machine(device):

@@ -15,7 +15,9 @@ Not a test (pytest does not collect it): it prints images/s and ratios against t
      source_only (an adapting step also pushes a target batch through the network); on --device (cpu, or cuda
      for a GPU's figures; the other parts are CPU only);
   5. what a checkpoint costs: its size and the time to write one (network, momentum, random states; into --root)
-     for alexnet and resnet50, against the time of a default epoch (250 steps) at the step rate measured here.
+     for alexnet and resnet50, against the time of a default epoch (250 steps) at the step rate measured here;
+  6. other backbones: a source-only training step of vit_b_16, convnext_tiny and swin_t against resnet50 (random
+     init, each at its own crop, --amp=auto), with channels_last on and off, on --device.
 It first prints the CPU, its bf16 and AMX capabilities, and what --amp=auto chose on it and why: bf16's
 worth differs between CPUs, so figures from different machines only compare with those lines beside them.
 The generated tree is kept in --root and reused by later runs.
@@ -196,6 +198,34 @@ def method_rates(name, steps, warm_up, device):
     return {method: statistics.median(rate) for method, rate in zip(METHODS, rates)}
 
 
+def backbone_rates(names, steps, rounds, warm_up, device):
+    """{(name, channels_last): source images/s} of a source-only training step with the defaults (batch 32, each
+    network's own crop, random init), channels_last on and off; the settings take turns after their warm-up, and
+    each reports its median round."""
+    amp, _ = office31.choose_amp("auto", device)
+    y = torch.randint(0, CLASSES, (32,), device=device)
+    runs = {}
+    for name in names:
+        crop = office31.input_size(name, "none")[1]
+        x = torch.randn(32, 3, crop, crop, device=device)
+        for channels_last in (True, False):
+            memory_format = torch.channels_last if channels_last else torch.contiguous_format
+            model, new_layer = office31.build_model(name, CLASSES, "none")
+            model = model.to(device, memory_format=memory_format)
+            optimizer = office31.make_optimizer(model, new_layer(model), office31.FLAGS)
+            office31.train_one_epoch(model, optimizer, [(x, y)] * warm_up, 0, 10, amp, memory_format)
+            runs[name, channels_last] = (model, optimizer, x, memory_format)
+    rates = {key: [] for key in runs}
+    for _ in range(rounds):
+        for key, (model, optimizer, x, memory_format) in runs.items():
+            start = time.perf_counter()
+            office31.train_one_epoch(model, optimizer, [(x, y)] * steps, 0, 10, amp, memory_format)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            rates[key].append(steps * len(x) / (time.perf_counter() - start))
+    return {key: statistics.median(rate) for key, rate in rates.items()}
+
+
 def checkpoint_cost(name, root, steps, warm_up):
     """(checkpoint MB, seconds to write it, seconds of a default 250-step source-only epoch) with the defaults."""
     c = dict(office31.resolve(dict(office31.FLAGS, model=name, out_dir=root)), source="amazon", target="webcam",
@@ -219,6 +249,12 @@ def checkpoint_cost(name, root, steps, warm_up):
     return size, seconds, epoch
 
 
+def where(device):
+    """"on NVIDIA H200, bf16 (...)": the device parts 4 and 6 run on, and the precision --amp=auto chose there."""
+    amp, why = office31.choose_amp("auto", device)
+    return f"on {device_name(device)}, {'bf16' if amp else 'fp32'} ({why})"
+
+
 def run_epoch_child(root, kind, workers):
     out = subprocess.run([sys.executable, __file__, f"--root={root}", f"--epoch={kind}", f"--workers={workers}"],
                          capture_output=True, text=True, check=True).stdout
@@ -233,9 +269,9 @@ def main():
     parser.add_argument("--rounds", type=int, default=3, help="rounds of timed steps, the settings taking turns")
     parser.add_argument("--warm_up", type=int, default=8, help="untimed first steps of each setting")
     parser.add_argument("--workers", type=int, default=os.cpu_count())
-    parser.add_argument("--device", default="cpu", help="where part 4 (methods) runs: cpu, cuda")
+    parser.add_argument("--device", default="cpu", help="where parts 4 and 6 run: cpu, cuda")
     parser.add_argument("--skip", default="", help="comma list of parts to skip: data,steps,epoch,methods,"
-                                                   "checkpoint")
+                                                   "checkpoint,backbones")
     parser.add_argument("--epoch", help=argparse.SUPPRESS)  # internal: run one epoch in this process
     args = parser.parse_args()
     if args.epoch:
@@ -282,12 +318,10 @@ def main():
         print(f"   classic fp32 pipeline   {classic['seconds']:7.1f}s  peak {classic['peak_mb']:6.0f} MB  1.0x")
         print(f"   defaults                {fast['seconds']:7.1f}s  peak {fast['peak_mb']:6.0f} MB  "
               f"{classic['seconds'] / fast['seconds']:.1f}x")
+    device = torch.device(args.device)
     if "methods" not in skip:
-        device = torch.device(args.device)
-        amp, why = office31.choose_amp("auto", device)
         print(f"4. adaptation methods: resnet50 training step with the defaults, source images/s (median of 3 rounds "
-              f"of {steps} steps; x: against source_only) on {device_name(device)}, {'bf16' if amp else 'fp32'} "
-              f"({why})")
+              f"of {steps} steps; x: against source_only) {where(device)}")
         rates = method_rates("resnet50", steps, warm_up, device)
         for method, rate in rates.items():
             print(f"   {method:12s} {rate:7.1f}   {rate / rates['source_only']:.2f}x")
@@ -297,6 +331,15 @@ def main():
             size, seconds, epoch = checkpoint_cost(name, root, steps, warm_up)
             print(f"   {name:8s} {size:6.0f} MB written in {seconds:5.2f}s; epoch {epoch:6.0f}s; "
                   f"{100 * seconds / epoch:.2g}% of it")
+    if "backbones" not in skip:
+        print(f"6. backbones: source-only training step with the defaults, images/s (batch 32 at each network's "
+              f"crop; median of {args.rounds} rounds of {steps} steps; x: against resnet50 with channels_last) "
+              f"{where(device)}")
+        rates = backbone_rates(("resnet50", "vit_b_16", "convnext_tiny", "swin_t"), steps, args.rounds, warm_up,
+                               device)
+        reference = rates["resnet50", True]
+        for (name, channels_last), rate in rates.items():
+            print(f"   {name:14s} channels_last={channels_last!s:5s} {rate:7.1f}   {rate / reference:.2f}x")
 
 
 if __name__ == "__main__":

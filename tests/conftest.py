@@ -25,15 +25,16 @@ def draw(class_index, size, shift, seed):
     return Image.fromarray(pixels.clamp(0, 255).to(torch.uint8).numpy())
 
 
-def make_tree(root, domains, classes=CLASSES, layout="official", size=(48, 40), start_seed=0):
-    """domains: {name: images per class}; layout 'official' (<d>/images/<c>/) or 'flat' (<d>/<c>/)."""
+def make_tree(root, domains, classes=CLASSES, layout="official", size=(48, 40), start_seed=0, shift=10):
+    """domains: {name: images per class}; layout 'official' (<d>/images/<c>/) or 'flat' (<d>/<c>/); each domain's
+    colours moved by `shift` more than the previous one's."""
     seed = start_seed
     for shift_index, (domain, per_class) in enumerate(domains.items()):
         for k, name in enumerate(classes):
             folder = os.path.join(root, domain, "images", name) if layout == "official" else os.path.join(root, domain, name)
             os.makedirs(folder, exist_ok=True)
             for i in range(per_class):
-                draw(k, size, 10 * shift_index, seed).save(os.path.join(folder, f"frame_{i:04d}.jpg"))
+                draw(k, size, shift * shift_index, seed).save(os.path.join(folder, f"frame_{i:04d}.jpg"))
                 seed += 1
     return str(root)
 

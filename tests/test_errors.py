@@ -25,7 +25,7 @@ def fails_with(argv, capsys, *phrases):
 
 @pytest.mark.parametrize("argv, phrases", [
     (["--epochs=-1"], ["--epochs=-1", "at least 1"]),
-    (["--model=vgg16"], ["--model=vgg16", "alexnet, resnet18"]),
+    (["--model=resnet51"], ["--model=resnet51", "alexnet, caffe_alexnet, resnet18"]),
     (["--crop_size=300"], ["--crop_size=300", "larger than --resize_size=256"]),
     (["--weights=IMAGENET1K_V2", "--model=resnet18"], ["resnet18 has IMAGENET1K_V1, none."]),
     (["--epoch=3"], ["unknown argument '--epoch=3'", "epochs, iters_per_epoch"]),

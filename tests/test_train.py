@@ -121,3 +121,30 @@ def test_benchmark_epoch_runs_on_both_pipelines(tree):
                                  f"--epoch={kind}", "--workers=0"], capture_output=True, text=True, timeout=600)
         assert result.returncode == 0, result.stderr
         assert json.loads(result.stdout.strip().splitlines()[-1])["total"] == 15
+
+
+def test_help_explains_every_flag_in_its_group(capsys):
+    with pytest.raises(SystemExit) as stop:
+        office31.main(["--help"])
+    assert stop.value.code == 0
+    text = capsys.readouterr().out
+    flags = text.split("flags (--name=value; each shown with its default):", 1)[1]
+    groups = [line.split()[0].rstrip(":") for line in flags.splitlines() if line and not line.startswith("  ")]
+    assert groups == ["data", "model", "adaptation", "optimisation", "input", "speed", "run", "sweeps"]
+    for name, default in office31.FLAGS.items():
+        [line] = [line for line in flags.splitlines() if line.startswith(f"  --{name}=")]
+        assert line.startswith(f"  --{name}={default!r}: ") and len(line.split(": ", 1)[1]) > 10, line
+    assert "Adaptation: --method adds a loss on the target's unlabelled images" in text
+    assert "Sweeps: --tasks, --seeds and a comma-separated --method" in text
+
+
+def test_the_readme_flag_table_lists_every_flag_with_its_default():
+    readme = open(os.path.join(os.path.dirname(office31.__file__), "README.md"), encoding="utf-8").read()
+    shown = {}
+    for names, values in re.findall(r"^\| (`\w+`(?:, `\w+`)*) \| (`[^|]*`) \|", readme, re.M):
+        for name, value in zip(re.findall(r"`(\w+)`", names), re.findall(r"`([^`]*)`", values)):
+            shown[name] = value
+    assert set(shown) == set(office31.FLAGS)
+    for name, default in office31.FLAGS.items():
+        text = "" if shown[name] == '""' else shown[name]
+        assert office31.parse_value(name, text, default) == default, (name, shown[name])

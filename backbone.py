@@ -1,0 +1,87 @@
+"""Any other torchvision classification network (ViT, Swin, ConvNeXt, EfficientNet, RegNet, DenseNet, MobileNet,
+VGG, ...) with its ImageNet weights and a new last layer where the family keeps its own classifier.
+
+    model = build("vit_b_16", num_classes=31, weights="IMAGENET1K_V1", bottleneck=256)
+    new_layer(model)    # Flatten + the new classifier (behind the bottleneck), where heads.head was: lr_mult x lr
+    layers(model)       # {"features": ...} or {"bottleneck": ...}: what the adaptation methods read
+    blocks(model)       # the top-level stages --freeze counts, named by stage_names(model)
+
+The family's classifier is found in one place, classifier_name: the network's last Linear layer (fc, classifier[-1],
+heads.head, head). AlexNet, the five ResNets and the Caffe AlexNet keep their own files.
+"""
+from torch import nn
+from torchvision import models
+
+from adaptation import new_head
+from data_loader import UserError
+
+# torchvision's two Inception-style networks add auxiliary classifiers in training unless told not to
+NO_AUXILIARY = {"googlenet": {"aux_logits": False}, "inception_v3": {"aux_logits": False}}
+
+
+def weight_names(name):
+    """The weight choices torchvision has for this network, plus "none" for random initialisation."""
+    return tuple(w.name for w in models.get_model_weights(name)) + ("none",)
+
+
+def classifier_name(model):
+    """Where the family keeps its ImageNet classifier: the path of its last Linear layer."""
+    names = [name for name, module in model.named_modules() if isinstance(module, nn.Linear)]
+    if not names:
+        raise UserError(f"{type(model).__name__} has no linear classifier to replace (it classifies with a "
+                        "convolution); choose another --model.")
+    return names[-1]
+
+
+def build(name, num_classes, weights="IMAGENET1K_V1", bottleneck=0):
+    enum = None if weights == "none" else models.get_model_weights(name)[weights]
+    model = models.get_model(name, weights=enum, **NO_AUXILIARY.get(name, {}))  # with the 1000-class classifier...
+    model.classifier_name = classifier_name(model)
+    in_features = model.get_submodule(model.classifier_name).in_features
+    # ...replaced here; Flatten hands the classifier's input to the adaptation methods as it is (see layers)
+    model.set_submodule(model.classifier_name, nn.Sequential(nn.Flatten(), new_head(in_features, num_classes,
+                                                                                      bottleneck)))
+    return model
+
+
+def new_layer(model):
+    return model.get_submodule(model.classifier_name)
+
+
+def layers(model):
+    """The features adaptation reads: the bottleneck's output when there is one, else what the classifier receives
+    (a ViT's class token, a ConvNeXt's normalised pooled features, ...), flattened."""
+    flatten, head = new_layer(model)
+    if isinstance(head, nn.Linear):
+        return {"features": flatten}
+    return {"bottleneck": head[2]}
+
+
+def stages(model):
+    """{name: module} of the network's top-level stages in order, or None where they cannot be named: a ViT's patch
+    embedding (with the class token and position embeddings) and encoder layers; a ResNet-like's stem and layers
+    (ResNeXt, Wide ResNet); a RegNet's stem and blocks; else each part of `features` that has weights (Swin,
+    ConvNeXt, EfficientNet, DenseNet, MobileNet, VGG)."""
+    if isinstance(model, models.VisionTransformer):
+        embedding = nn.ModuleList([model.conv_proj, nn.ParameterList([model.class_token, model.encoder.pos_embedding])])
+        return {"embedding": embedding, **dict(model.encoder.layers.named_children())}
+    if isinstance(model, models.ResNet):
+        return {"stem": nn.ModuleList([model.conv1, model.bn1]), "layer1": model.layer1, "layer2": model.layer2,
+                "layer3": model.layer3, "layer4": model.layer4}
+    if isinstance(model, models.RegNet):
+        return {"stem": model.stem, **dict(model.trunk_output.named_children())}
+    features = getattr(model, "features", None)
+    if isinstance(features, nn.Sequential):
+        return {f"features.{name}": module for name, module in features.named_children()
+                if any(True for _ in module.parameters())}
+    return None
+
+
+def blocks(model):
+    return list(stages(model).values())
+
+
+def stage_names(model):
+    """The names of the model's stages (what --freeze counts), or None where they cannot be named."""
+    found = stages(model)
+    return None if found is None else tuple(found)

@@ -1,0 +1,91 @@
+"""The learning-curve figure: written for one run and for a sweep, its lines equal to the run files' numbers (read
+through matplotlib's objects), a run without evaluated epochs said so, and no matplotlib for a run that draws none."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+import curves
+from conftest import ROOT, make_tree
+from results import latest_per_seed
+from test_sweep import rows_of, sweep
+
+
+def figure_of(out, methods):
+    """curves.draw again on the rows of the results file, for its matplotlib objects: {gid: (x, y)} of the lines."""
+    rows = rows_of(out)
+    by_method = {m: [r for r in rows if r["config"]["method"] == m] for m in methods}
+    fig = curves.draw(str(out), by_method, lambda s, t: f"{s[0].upper()}→{t[0].upper()}", "title",
+                      str(out / "again.png"))
+    return fig, rows
+
+
+def lines_of(axis):
+    return {line.get_gid(): (list(line.get_xdata()), list(line.get_ydata())) for line in axis.get_lines()}
+
+
+def epochs_of(out, row):
+    with open(os.path.join(out, row["run_file"]), encoding="utf-8") as f:
+        return json.load(f)["epochs"]
+
+
+def test_one_run_draws_its_accuracy_and_loss_per_epoch(tmp_path):
+    root = make_tree(tmp_path / "office31", {"amazon": 2, "webcam": 2}, size=(20, 20))
+    out = tmp_path / "out"
+    sweep(root, out, "--tasks=A-W", "--epochs=3", "--eval_every=1")
+    assert (out / "curves.png").stat().st_size > 0
+    fig, [row] = figure_of(out, ["source_only"])
+    epochs = epochs_of(out, row)
+    top, bottom = fig.axes[0], fig.axes[1]
+    assert top.get_title() == "A→W"
+    assert lines_of(top)["source_only:target"] == ([1, 2, 3], [100 * e["target_acc"] for e in epochs])
+    assert lines_of(bottom)["source_only:loss"] == ([1, 2, 3], [e["loss"] for e in epochs])
+    assert "source_only:adaptation" not in lines_of(bottom)
+    assert top.get_legend().get_texts()[0].get_text() == "source_only (1 seeds)"
+
+
+def test_a_sweep_draws_each_method_as_the_mean_of_its_seeds_in_each_task(tmp_path):
+    root = make_tree(tmp_path / "office31", {"amazon": 2, "webcam": 2}, size=(20, 20))
+    out = tmp_path / "out"
+    sweep(root, out, "--tasks=A-W,W-A", "--seeds=2", "--epochs=2", "--eval_every=1", "--method=source_only,coral")
+    assert (out / "curves.png").exists()
+    fig, rows = figure_of(out, ["source_only", "coral"])
+    assert [ax.get_title() for ax in fig.axes] == ["A→W", "W→A", "", ""]  # a column per task: accuracy, losses
+    for column, task in enumerate([("amazon", "webcam"), ("webcam", "amazon")]):
+        top, bottom = fig.axes[column], fig.axes[2 + column]
+        for method in ("source_only", "coral"):
+            runs = [epochs_of(out, r) for r in latest_per_seed([r for r in rows if r["config"]["method"] == method])
+                    [task].values()]
+            assert len(runs) == 2
+            mean = [sum(100 * run[k]["target_acc"] for run in runs) / 2 for k in range(2)]
+            x, y = lines_of(top)[f"{method}:target"]
+            assert x == [1, 2] and y == [pytest.approx(v, rel=1e-6) for v in mean]
+            loss = [sum(run[k]["loss"] for run in runs) / 2 for k in range(2)]
+            assert lines_of(bottom)[f"{method}:loss"][1] == [pytest.approx(v, rel=1e-6) for v in loss]
+        assert "coral:adaptation" in lines_of(bottom) and "source_only:adaptation" not in lines_of(bottom)
+        assert len(top.collections) == 2  # a band for each method's spread over seeds
+        assert sorted(t.get_text() for t in top.get_legend().get_texts()) == ["coral (2 seeds)",
+                                                                               "source_only (2 seeds)"]
+
+
+def test_a_run_that_evaluated_only_its_final_model_gets_no_curve_but_a_note(tmp_path):
+    root = make_tree(tmp_path / "office31", {"amazon": 2, "webcam": 2}, size=(20, 20))
+    out = tmp_path / "out"
+    sweep(root, out, "--tasks=A-W", "--epochs=2", "--eval_every=0")
+    fig, _ = figure_of(out, ["source_only"])
+    top, bottom = fig.axes
+    assert "source_only:target" not in lines_of(top) and "source_only:loss" in lines_of(bottom)
+    [note] = [t for t in top.texts if t.get_gid() == "no curve"]
+    assert "source_only" in note.get_text() and "eval_every=0" in note.get_text()
+
+
+def test_a_run_that_draws_no_figure_never_imports_matplotlib(tree, tmp_path):
+    code = ("import sys, office31; office31.main(['--data_root=' + sys.argv[1], '--model=resnet18', '--weights=none',"
+            " '--resize_size=36', '--crop_size=32', '--epochs=1', '--iters_per_epoch=1', '--batch_size=4',"
+            " '--num_workers=0', '--device=cpu', '--out_dir=' + sys.argv[2]]); print('matplotlib' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code, tree, str(tmp_path / "out")], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300, env=dict(os.environ, TORCH_HOME=str(tmp_path / "torch")))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "False"
