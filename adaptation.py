@@ -267,11 +267,11 @@ class Adaptation(nn.Module):
         if self.method == "afn":  # both domains' feature norms; the target's predictions
             return self.trade_off * (AFN_WEIGHT * feature_norm_step(feature[:half], feature[half:]) +
                                      AFN_ENTROPY_WEIGHT * mean_entropy(logits[half:]))
+        reversal = self.trade_off * ramp(progress) * (MDD_REVERSAL if self.method == "mdd" else 1)
+        f = ReverseGradient.apply(feature.float(), reversal)
         if self.method == "mdd":
-            f = ReverseGradient.apply(feature.float(), self.trade_off * MDD_REVERSAL * ramp(progress))
             adversary = self.adversary(f)
             return margin_disparity(logits[:half], adversary[:half], logits[half:], adversary[half:])
-        f = ReverseGradient.apply(feature.float(), self.trade_off * ramp(progress))
         if self.method == "dann":
             return domain_loss(self.discriminator(f))
         g = F.softmax(logits.float(), dim=1).detach()  # CDAN conditions on the predictions, not through them

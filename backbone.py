@@ -12,6 +12,7 @@ heads.head, head). AlexNet, the five ResNets and the Caffe AlexNet keep their ow
 from torch import nn
 from torchvision import models
 
+import resnet
 from adaptation import new_head
 from data_loader import UserError
 
@@ -66,8 +67,7 @@ def stages(model):
         embedding = nn.ModuleList([model.conv_proj, nn.ParameterList([model.class_token, model.encoder.pos_embedding])])
         return {"embedding": embedding, **dict(model.encoder.layers.named_children())}
     if isinstance(model, models.ResNet):
-        return {"stem": nn.ModuleList([model.conv1, model.bn1]), "layer1": model.layer1, "layer2": model.layer2,
-                "layer3": model.layer3, "layer4": model.layer4}
+        return dict(zip(resnet.BLOCKS, resnet.blocks(model)))
     if isinstance(model, models.RegNet):
         return {"stem": model.stem, **dict(model.trunk_output.named_children())}
     features = getattr(model, "features", None)

@@ -3,6 +3,7 @@
     checkpoint = Checkpoint(run_config, data, task="A→W")   # out_dir/<task>_<model>_<method>_seed<s>_<key>.ckpt
     state = checkpoint.load()           # None (no file, or one that is ignored, with a line saying why) or the state
     checkpoint.save(state)              # whole or not at all: written to a temporary name, then renamed
+    history = resume(checkpoint, parts, generators, epochs)  # restore network, layers, optimizer and RNGs from it
     with StopOnSignal() as stop: ...    # SIGTERM or Ctrl-C: stop.requested is set; a second Ctrl-C stops at once
 
 A checkpoint holds everything the rest of a run reads: the network and the method's layers, the optimizer's
@@ -148,3 +149,33 @@ class StopOnSignal:
     def __exit__(self, *error):
         for number, handler in self.previous.items():
             signal.signal(number, handler)
+
+
+def resume(checkpoint, parts, generators, epochs):
+    """The history of the epochs done, [] for a fresh run: a usable checkpoint's, after restoring the network, the
+    method's layers, the optimizer (parts: {name: module or optimizer}) and every random-number state from it."""
+    state = checkpoint.load() if checkpoint else None
+    if state is None:
+        return []
+    why = layout_mismatch(state, {name: part.state_dict() for name, part in parts.items()})
+    if why:  # checked before anything is loaded: a fresh start needs the fresh network
+        print(f"ignoring the checkpoint {checkpoint.path} of {checkpoint.name}: {why}. Starting it from the beginning.")
+        return []
+    for name, part in parts.items():
+        part.load_state_dict(state[name])
+    set_random_states(state["rng"], generators)
+    print(f"resuming {checkpoint.name} from epoch {state['epoch'] + 1}/{epochs} ({checkpoint.path})")
+    return state["history"]
+
+
+def layout_mismatch(state, fresh):
+    """Why a checkpoint's network, method layers or optimizer do not fit this run's (names and shapes), or None."""
+    for name, expected in fresh.items():
+        saved = state[name]
+        if name == "optimizer":
+            if [g["params"] for g in saved.get("param_groups", [])] != [g["params"] for g in expected["param_groups"]]:
+                return "its optimizer holds other parameters"
+        elif not isinstance(saved, dict) or {k: tuple(v.shape) for k, v in saved.items()} != \
+                {k: tuple(v.shape) for k, v in expected.items()}:
+            return f"its {name} has other layers or shapes"
+    return None

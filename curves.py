@@ -13,19 +13,18 @@ import os
 import statistics
 import textwrap
 
-from tables import tasks_in_order
+from results import latest_per_seed, tasks_in_order
 
 
 def histories(folder, rows):
-    """{(source, target): {seed: the run's per-epoch records}} of these rows, from their run files (a later row of
-    the same seed replacing an earlier one); rows whose file is gone are left out."""
-    found = {}
-    for row in rows:
-        path = os.path.join(folder, row.get("run_file") or "")
-        if row.get("run_file") and os.path.exists(path):
-            with open(path, encoding="utf-8") as f:
-                found.setdefault((row["source"], row["target"]), {})[row["seed"]] = json.load(f)["epochs"]
-    return found
+    """{(source, target): {seed: the run's per-epoch records}} of these rows (the latest row of each seed), from
+    their run files; rows whose file is gone are left out."""
+    def epochs(row):
+        with open(os.path.join(folder, row["run_file"]), encoding="utf-8") as f:
+            return json.load(f)["epochs"]
+    return {task: {seed: epochs(row) for seed, row in by_seed.items()
+                   if row.get("run_file") and os.path.exists(os.path.join(folder, row["run_file"]))}
+            for task, by_seed in latest_per_seed(rows).items()}
 
 
 def mean_curve(runs, key, scale=1.0):

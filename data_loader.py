@@ -32,7 +32,6 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 CAFFE_MEAN_BGR = (104.0, 116.7, 122.7)  # Caffe's networks take BGR, 0-255, minus this mean
 # What a network takes as pixels: "imagenet" (torchvision: RGB in [0, 1], minus mean, over std), "caffe", or the
 # (mean, std) of a network trained with others.
-PIXELS = ("imagenet", "caffe")
 
 EXPECTED_TREE = """Expected either layout (the official archive, or the flattened one many repos use):
     <data_root>/amazon/images/back_pack/frame_0001.jpg      <data_root>/amazon/back_pack/frame_0001.jpg

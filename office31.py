@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 import resnet
 from adaptation import METHODS, Adaptation, tap
-from checkpoint import Checkpoint, StopOnSignal, random_states, set_random_states
+from checkpoint import Checkpoint, StopOnSignal, random_states, resume
 from data_loader import (UserError, check_cache_fits, check_same_classes, class_counts, class_difference, dataset_root,
                          find_domains, fingerprint, load_domain)
 from download import DATASETS, prepare_data_root
@@ -42,7 +42,7 @@ from models import (MODELS, architecture, block_names, build_model, check_networ
                     network_pixels, weight_names)
 from precision import choose_amp, pick_device
 from results import (append_row, machine, method_label, plan_runs, print_table, read_rows, result_row, run_label,
-                     run_stem, same_experiment, select_rows, short_names, task_name)
+                     run_stem, same_experiment, select_rows, short_names, task_name, title)
 from tables import write_tables
 
 # -----------------------------------------------------------------------------------------------------------
@@ -467,36 +467,6 @@ def fine_tune(c, source, target, device, task, checkpoint=None, stop=None):
     return result
 
 
-def resume(checkpoint, parts, generators, epochs):
-    """The history of the epochs done, [] for a fresh run: a usable checkpoint's, after restoring the network, the
-    method's layers, the optimizer (parts: {name: module or optimizer}) and every random-number state from it."""
-    state = checkpoint.load() if checkpoint else None
-    if state is None:
-        return []
-    why = layout_mismatch(state, {name: part.state_dict() for name, part in parts.items()})
-    if why:  # checked before anything is loaded: a fresh start needs the fresh network
-        print(f"ignoring the checkpoint {checkpoint.path} of {checkpoint.name}: {why}. Starting it from the beginning.")
-        return []
-    for name, part in parts.items():
-        part.load_state_dict(state[name])
-    set_random_states(state["rng"], generators)
-    print(f"resuming {checkpoint.name} from epoch {state['epoch'] + 1}/{epochs} ({checkpoint.path})")
-    return state["history"]
-
-
-def layout_mismatch(state, fresh):
-    """Why a checkpoint's network, method layers or optimizer do not fit this run's (names and shapes), or None."""
-    for name, expected in fresh.items():
-        saved = state[name]
-        if name == "optimizer":
-            if [g["params"] for g in saved.get("param_groups", [])] != [g["params"] for g in expected["param_groups"]]:
-                return "its optimizer holds other parameters"
-        elif not isinstance(saved, dict) or {k: tuple(v.shape) for k, v in saved.items()} != \
-                {k: tuple(v.shape) for k, v in expected.items()}:
-            return f"its {name} has other layers or shapes"
-    return None
-
-
 def run_sweep(c, data_root, device, results_path):
     """Every run of this process's shard not yet in the results file (unless rerun); returns their results.
     Several methods: each runs the whole plan. A run that diverges writes nothing; the sweep goes on and fails
@@ -656,16 +626,15 @@ def report_tables(c, rows, tables, data, labels, runs, results_path):
     the results file as table.md, table.csv and table.tex (tables.py) and the learning curves as curves.png
     (curves.py; curves_bf16.png and curves_fp32.png where there are two)."""
     import curves  # (matplotlib: only where a figure is drawn)
-    folder, printed, found = os.path.dirname(results_path), [], []
+    folder, printed, found, plain = os.path.dirname(results_path), [], [], defaults(c)
     for configs in tables:
-        text, by_label, name_of_task = print_table(rows, configs, data, labels, runs, results_path, defaults(c))
+        text, by_label, name_of_task = print_table(rows, configs, data, labels, runs, results_path, plain)
         printed.append(text)
         precision = next(iter(configs.values()))["precision"]
         found.append((precision, by_label, name_of_task))
-        title = text.strip().splitlines()[0].rsplit(" (from ", 1)[0].replace(
-            "mean ± std over seeds", "mean over seeds (lines), lowest to highest seed (bands)")
+        shows = title(configs, plain, "mean over seeds (lines), lowest to highest seed (bands)")
         name = "curves.png" if len(tables) == 1 else f"curves_{precision}.png"
-        curves.draw(folder, by_label, name_of_task, title, os.path.join(folder, name))
+        curves.draw(folder, by_label, name_of_task, shows, os.path.join(folder, name))
     write_tables(folder, found, "\n".join(printed).strip() + "\n", c["bold_best"])
 
 

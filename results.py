@@ -123,14 +123,19 @@ PAPER_ORDER = [("amazon", "webcam"), ("dslr", "webcam"), ("webcam", "dslr"), ("a
                ("webcam", "amazon")]
 
 
+def tasks_in_order(rows_by_method, order=PAPER_ORDER):
+    """Every task of these rows ({label: rows}), in `order` where it lists them, the others after, as they come."""
+    tasks = list(dict.fromkeys(task for rows in rows_by_method.values() for task in latest_per_seed(rows)))
+    return sorted(tasks, key=lambda task: order.index(task) if task in order else len(order))
+
+
 def methods_table(rows_by_method, name_of_task, order=PAPER_ORDER):
     """The papers' layout: one row per method ({label: rows}), one column per task (in `order` where it lists
     them, the others after, as they come), then the average (see average; "-" unless the method has every task).
     Each cell is the mean ± sample std over seeds, "-" where a method has no run; where the cells stand for
     different numbers of runs, every cell shows its count, "41.67 ± 14.43 (3)"."""
     methods = {method: latest_per_seed(rows) for method, rows in rows_by_method.items()}
-    tasks = list(dict.fromkeys(task for tasks in methods.values() for task in tasks))
-    tasks.sort(key=lambda task: order.index(task) if task in order else len(order))
+    tasks = tasks_in_order(rows_by_method, order)
     count = len({len(by_seed) for by_task in methods.values() for by_seed in by_task.values()}) > 1
     lines = ["| method | " + " | ".join(name_of_task(*task) for task in tasks) + " | average |",
              "|---" * (len(tasks) + 2) + "|"]
@@ -249,6 +254,15 @@ def changed_flags(configs, defaults):
     return list(changed)
 
 
+def title(configs, defaults, what):
+    """What a table or figure of these configs ({method: config}) shows: "office31, resnet50 (IMAGENET1K_V1),
+    fp32, final model, <what>; not the defaults: epochs=1" (see changed_flags)."""
+    c = next(iter(configs.values()))
+    changed = changed_flags(configs, defaults)
+    return (f"{experiment(c)[0]}, {c['model']} ({c['weights']}), {c['precision']}, final model, {what}"
+            f"{'; not the defaults: ' + ', '.join(changed) if changed else ''}")
+
+
 def print_table(rows, configs, data, labels, runs, results_path, defaults):
     """Print the table of one sweep (see select_rows) on this data: tasks as rows for one method, the papers' layout
     (methods as rows, tasks as columns) for several. Its title names the dataset, network, precision and every
@@ -262,9 +276,7 @@ def print_table(rows, configs, data, labels, runs, results_path, defaults):
                         f"these flags on {dataset} for the planned tasks and seeds; {', '.join(EXPERIMENT_KEYS)}, "
                         "--tasks, --seed, --seeds, the data_root folder name and the data in it must match the "
                         "sweep's.")
-    changed = changed_flags(configs, defaults)
-    lines = [f"\n{dataset}, {c['model']} ({c['weights']}), {c['precision']}, final model, mean ± std over seeds"
-             f"{'; not the defaults: ' + ', '.join(changed) if changed else ''} (from {results_path}):\n"]
+    lines = [f"\n{title(configs, defaults, 'mean ± std over seeds')} (from {results_path}):\n"]
     name = lambda source, target: task_name(source, target, labels)  # noqa: E731
     order = {(s, t): k for k, (s, t, _) in enumerate(runs)}
     by_label = {method_label(configs[m]): rows for m, rows in mine.items()}

@@ -14,13 +14,7 @@ import io
 import os
 import statistics
 
-from results import PAPER_ORDER, latest_per_seed
-
-
-def tasks_in_order(by_method):
-    """Every task of these rows in the papers' column order (A→W, D→W, W→D, A→D, D→A, W→A), the others after."""
-    tasks = list(dict.fromkeys(task for rows in by_method.values() for task in latest_per_seed(rows)))
-    return sorted(tasks, key=lambda task: PAPER_ORDER.index(task) if task in PAPER_ORDER else len(PAPER_ORDER))
+from results import latest_per_seed, tasks_in_order
 
 
 def accuracies(by_seed):
