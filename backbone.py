@@ -16,8 +16,8 @@ import resnet
 from adaptation import new_head
 from data_loader import UserError
 
-# torchvision's two Inception-style networks add auxiliary classifiers in training unless told not to
-NO_AUXILIARY = {"googlenet": {"aux_logits": False}, "inception_v3": {"aux_logits": False}}
+# torchvision's two Inception-style networks carry auxiliary classifiers, which their ImageNet weights include
+AUXILIARY = {"googlenet": ("aux1", "aux2"), "inception_v3": ("AuxLogits",)}
 
 
 def weight_names(name):
@@ -34,9 +34,23 @@ def classifier_name(model):
     return names[-1]
 
 
-def build(name, num_classes, weights="IMAGENET1K_V1", bottleneck=0):
+def network(name, weights):
+    """torchvision's network `name` with these weights ("none": random), without auxiliary classifiers: GoogLeNet
+    and Inception-V3 must be built with them to load their weights (torchvision refuses aux_logits=False there),
+    so they are dropped after loading. Training then uses the main logits only, not torchvision's recipe of 0.3 x
+    (GoogLeNet) or 0.4 x (Inception-V3) the auxiliary losses added: the adaptation methods read one classifier."""
     enum = None if weights == "none" else models.get_model_weights(name)[weights]
-    model = models.get_model(name, weights=enum, **NO_AUXILIARY.get(name, {}))  # with the 1000-class classifier...
+    quiet = {"init_weights": True} if name in AUXILIARY and enum is None else {}  # their default, minus a warning
+    model = models.get_model(name, weights=enum, **quiet)
+    if name in AUXILIARY:
+        for part in AUXILIARY[name]:
+            setattr(model, part, None)
+        model.aux_logits = False  # forward returns the main logits alone, in training too
+    return model
+
+
+def build(name, num_classes, weights="IMAGENET1K_V1", bottleneck=0):
+    model = network(name, weights)  # with the 1000-class classifier...
     model.classifier_name = classifier_name(model)
     in_features = model.get_submodule(model.classifier_name).in_features
     # ...replaced here; Flatten hands the classifier's input to the adaptation methods as it is (see layers)
@@ -61,8 +75,8 @@ def layers(model):
 def stages(model):
     """{name: module} of the network's top-level stages in order, or None where they cannot be named: a ViT's patch
     embedding (with the class token and position embeddings) and encoder layers; a ResNet-like's stem and layers
-    (ResNeXt, Wide ResNet); a RegNet's stem and blocks; else each part of `features` that has weights (Swin,
-    ConvNeXt, EfficientNet, DenseNet, MobileNet, VGG)."""
+    (ResNeXt, Wide ResNet); a RegNet's stem and blocks; else the parts of `features` (Swin, ConvNeXt, EfficientNet,
+    DenseNet, MobileNet, VGG; see feature_stages)."""
     if isinstance(model, models.VisionTransformer):
         embedding = nn.ModuleList([model.conv_proj, nn.ParameterList([model.class_token, model.encoder.pos_embedding])])
         return {"embedding": embedding, **dict(model.encoder.layers.named_children())}
@@ -72,13 +86,29 @@ def stages(model):
         return {"stem": model.stem, **dict(model.trunk_output.named_children())}
     features = getattr(model, "features", None)
     if isinstance(features, nn.Sequential):
-        return {f"features.{name}": module for name, module in features.named_children()
-                if any(True for _ in module.parameters())}
+        return feature_stages(features)
     return None
 
 
+def feature_stages(features):
+    """The parts of `features` that have weights, each BatchNorm joined to the part before it: a stage is a
+    convolution with its BatchNorm (VGG-BN's features.0 and .1; DenseNet's conv0 and norm0, its last block and
+    norm5), so that freezing a convolution also freezes its normalisation and statistics."""
+    found = {}
+    for name, module in features.named_children():
+        if not any(True for _ in module.parameters()):
+            continue  # ReLU, pooling: nothing to freeze
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and found:
+            last = next(reversed(found))
+            found[last] = nn.ModuleList([*found[last], module])
+        else:
+            found[f"features.{name}"] = nn.ModuleList([module])
+    return {name: parts[0] if len(parts) == 1 else parts for name, parts in found.items()}
+
+
 def blocks(model):
-    return list(stages(model).values())
+    """The modules of the stages, in order; [] where none are named (--freeze is refused there)."""
+    return list((stages(model) or {}).values())
 
 
 def stage_names(model):

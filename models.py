@@ -8,9 +8,11 @@ alexnet.py, caffe_alexnet.py and resnet.py each build their family, backbone.py 
 classification network; this file picks one by name, says what it takes, and turns a checkpoint that cannot be
 fetched into a message saying what to do.
 """
+import contextlib
 import functools
 import os
 import pickle
+from unittest import mock
 
 import torch
 import torchvision
@@ -49,16 +51,30 @@ def block_names(name):
     return backbone.stage_names(skeleton(name))
 
 
+@contextlib.contextmanager
+def on_meta():
+    """Build networks on PyTorch's meta device: shapes without values, no memory, no time (a RegNet-Y-128GF takes
+    24 s to build on a CPU). RegNet computes its stage widths with tensors whose values it reads, which the meta
+    device has not: those few are computed on the CPU."""
+    regnet = torchvision.models.regnet.BlockParams
+    widths = regnet.from_init_params.__func__
+
+    def on_cpu(cls, *args, **kwargs):
+        with torch.device("cpu"):
+            return widths(cls, *args, **kwargs)
+    with mock.patch.object(regnet, "from_init_params", classmethod(on_cpu)), torch.device("meta"):
+        yield
+
+
 @functools.lru_cache(maxsize=None)
 def skeleton(name):
-    """Model `name` without weights, on the meta device where the family allows it (no memory, no time): for
-    asking what it is made of and which inputs it takes."""
-    extra = backbone.NO_AUXILIARY.get(name, {})
-    try:
-        with torch.device("meta"):
-            return torchvision.models.get_model(name, weights=None, **extra).eval()
-    except NotImplementedError:  # RegNet computes its widths with tensors, which the meta device cannot read
-        return torchvision.models.get_model(name, weights=None, **extra).eval()
+    """Model `name` without weights, on the meta device: for asking what it is made of and which inputs it takes."""
+    with on_meta():
+        if name == "alexnet":
+            return alexnet.build_alexnet(2, "none").eval()
+        if name == "caffe_alexnet":
+            return caffe_alexnet.build_caffe_alexnet(2, "none").eval()
+        return backbone.network(name, "none").eval()
 
 
 def has_batchnorm(name):
@@ -76,11 +92,11 @@ def weights_transforms(name, weights):
 def input_size(name, weights):
     """(resize_size, crop_size, interpolation) the network takes: the Office-31 protocol's 256 -> 224 where it takes
     224 crops, else the sizes of its weights' own transforms, with their interpolation either way; caffe_alexnet:
-    256 -> 227."""
+    256 -> 227. A ViT without weights takes what torchvision builds it for (224), whatever its weights take."""
     if name == "caffe_alexnet":
         return 256, caffe_alexnet.CROP_SIZE, "bilinear"
     transforms = weights_transforms(name, weights)
-    crop = transforms.crop_size[0]
+    crop = fixed_size(name, weights) or transforms.crop_size[0]
     return (256 if crop == 224 else transforms.resize_size[0]), crop, transforms.interpolation.value
 
 
@@ -94,18 +110,28 @@ def network_pixels(name, weights):
     return "imagenet" if (mean, std) == (IMAGENET_MEAN, IMAGENET_STD) else (mean, std)
 
 
+def fixed_size(name, weights):
+    """The one input size a ViT takes (its position embeddings are made for it): its weights' (224, or 384 and 518
+    for the SWAG ones), or torchvision's 224 without weights; None for other networks."""
+    if not name.startswith("vit_"):
+        return None
+    if weights == "none":
+        return skeleton(name).image_size
+    return torchvision.models.get_model_weights(name)[weights].meta["min_size"][0]
+
+
 def check_network(name, weights, crop_size):
     """A network that cannot be built as asked stops the run before any work: one without a linear classifier to
     replace, or a crop it cannot take (a ViT takes exactly the size its position embeddings were made for), tried
     on the network without weights, on the meta device, where it costs nothing."""
-    if name in OWN_FILES:
-        return
-    backbone.classifier_name(skeleton(name))
-    if name.startswith("vit_") and weights != "none":  # its builder sizes the position embeddings to the weights'
-        fixed = torchvision.models.get_model_weights(name)[weights].meta["min_size"][0]
+    if name not in OWN_FILES:
+        backbone.classifier_name(skeleton(name))
+    fixed = fixed_size(name, weights)
+    if fixed:
         if crop_size != fixed:
-            raise UserError(f"--crop_size={crop_size}: {name} with {weights} takes exactly {fixed}x{fixed} inputs "
-                            f"(its position embeddings are fixed); use --crop_size=0 or {fixed}.")
+            weighted = "without weights" if weights == "none" else f"with {weights}"
+            raise UserError(f"--crop_size={crop_size}: {name} {weighted} takes exactly {fixed}x{fixed} inputs (its "
+                            f"position embeddings are fixed); use --crop_size=0 or {fixed}.")
         return
     model = skeleton(name)
     try:
@@ -122,8 +148,9 @@ def build_model(name, num_classes, weights, bottleneck=0, freeze=0):
     """The network with a new last layer (behind a bottleneck of that width, if any) and its first `freeze`
     blocks fixed; a checkpoint that cannot be fetched is a UserError saying what to do."""
     model = load_network(name, num_classes, weights, bottleneck)
-    for block in architecture(name).blocks(model)[:freeze]:
-        block.requires_grad_(False)  # fixed: make_optimizer leaves them out of every group
+    if freeze:  # (a family whose stages are not named has none: check_config refuses --freeze>0 there)
+        for block in architecture(name).blocks(model)[:freeze]:
+            block.requires_grad_(False)  # fixed: make_optimizer leaves them out of every group
     return model, architecture(name).new_layer
 
 

@@ -36,7 +36,7 @@ def write_stand_in(name, weights):
     """A random 1000-class network of this architecture saved under the file name torchvision fetches for these
     weights: it loads from the hub cache with no download."""
     torch.manual_seed(1)
-    stand_in = models.get_model(name, weights=None, **backbone.NO_AUXILIARY.get(name, {}))
+    stand_in = models.get_model(name, weights=None)  # (GoogLeNet's and Inception's with their auxiliary heads)
     folder = os.path.join(torch.hub.get_dir(), "checkpoints")
     os.makedirs(folder, exist_ok=True)
     torch.save(stand_in.state_dict(), os.path.join(folder, os.path.basename(
@@ -66,6 +66,19 @@ def test_pretrained_weights_load_offline_and_only_the_new_layers_are_new(monkeyp
     x = torch.randn(2, 3, crop, crop)
     assert torch.equal(classifier_input(model, classifier, x), classifier_input(stand_in, classifier, x))
     assert model.eval()(x).shape == (2, 5)
+
+
+@pytest.mark.parametrize("name, crop", [("googlenet", 32), ("inception_v3", 75)])
+def test_inception_networks_load_their_weights_and_train_on_the_main_logits(monkeypatch, name, crop):
+    monkeypatch.setattr(torch.hub, "download_url_to_file", lambda *a, **k: pytest.fail("tried to download"))
+    theirs = write_stand_in(name, "IMAGENET1K_V1").state_dict()
+    model, _ = build_model(name, 5, "IMAGENET1K_V1")
+    ours = model.state_dict()
+    auxiliary = {k for k in theirs if k.startswith(("aux1.", "aux2.", "AuxLogits."))}
+    assert auxiliary and sorted(set(theirs) - set(ours) - auxiliary) == ["fc.bias", "fc.weight"]
+    assert all(torch.equal(ours[k], theirs[k]) for k in theirs if k in ours)
+    logits = model.train()(torch.randn(2, 3, crop, crop))  # in training: the main logits alone, no auxiliary
+    assert isinstance(logits, torch.Tensor) and logits.shape == (2, 5)
 
 
 @pytest.mark.parametrize("name, crop, classifier", FAMILIES, ids=[f[0] for f in FAMILIES])
@@ -167,6 +180,12 @@ def test_interpolation_reaches_both_data_paths(tree):
     (["--model=maxvit_t", "--crop_size=64", "--resize_size=70"], "--crop_size=64: maxvit_t cannot take 64x64 inputs"),
     (["--model=squeezenet1_0"], "has no linear classifier to replace"),
     (["--model=googlenet", "--freeze=2"], "--freeze=2: googlenet's stages are not named here"),
+    (["--model=alexnet", "--crop_size=32", "--resize_size=40"], "--crop_size=32: alexnet cannot take 32x32 inputs"),
+    (["--model=caffe_alexnet", "--crop_size=64", "--resize_size=256"], "caffe_alexnet cannot take 64x64 inputs"),
+    (["--model=vit_h_14", "--weights=none"], None),  # torchvision builds it for 224 without weights: the default
+    (["--model=vit_h_14", "--weights=none", "--crop_size=518", "--resize_size=518"],
+     "--crop_size=518: vit_h_14 without weights takes exactly 224x224 inputs (its position embeddings are fixed); "
+     "use --crop_size=0 or 224."),
     (["--model=convnext_tiny", "--freeze=9"], "--freeze=9: convnext_tiny has 8 blocks to freeze (features.0, "),
     (["--model=vit_b_16", "--weights=IMAGENET1K_V2"],
      "--weights=IMAGENET1K_V2: vit_b_16 has IMAGENET1K_V1, IMAGENET1K_SWAG_E2E_V1, IMAGENET1K_SWAG_LINEAR_V1, none"),
@@ -181,11 +200,12 @@ def test_what_a_network_cannot_take_stops_before_any_work(tmp_path, argv, phrase
     assert phrase in str(error.value)
 
 
-def test_offline_without_cached_weights_says_where_to_put_them():
+@pytest.mark.parametrize("name", ["vit_b_16", "inception_v3", "googlenet"])
+def test_offline_without_cached_weights_says_where_to_put_them(name):
     with pytest.raises(office31.UserError) as error:
-        build_model("vit_b_16", 5, "IMAGENET1K_V1")
-    url = "https://download.pytorch.org/models/vit_b_16-c867db91.pth"
-    path = os.path.join(torch.hub.get_dir(), "checkpoints", "vit_b_16-c867db91.pth")
+        build_model(name, 5, "IMAGENET1K_V1")
+    url = models.get_model_weights(name)["IMAGENET1K_V1"].url
+    path = os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(url))
     assert f"Download {url} on a machine with internet and place it at {path}" in str(error.value)
 
 

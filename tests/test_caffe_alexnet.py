@@ -185,8 +185,8 @@ def test_offline_says_where_to_place_the_file(tree, tmp_path, monkeypatch):
 
     monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
     with pytest.raises(SystemExit) as stop:
-        office31.main([f"--data_root={tree}", *TINY, "--model=caffe_alexnet", "--weights=auto",
-                       f"--out_dir={tmp_path / 'out'}"])
+        office31.main([f"--data_root={tree}", *TINY, "--model=caffe_alexnet", "--weights=auto", "--resize_size=256",
+                       "--crop_size=227", f"--out_dir={tmp_path / 'out'}"])
     message = str(stop.value.code)
     assert "http://dl.caffe.berkeleyvision.org/bvlc_reference_caffenet.caffemodel" in message
     assert os.path.join(hub_checkpoints(), "bvlc_reference_caffenet.caffemodel") in message
