@@ -12,6 +12,7 @@ MDD's second classifier), whose gradient reaches the network reversed and scaled
 exp(-10 p)) - 1), the DANN ramp over training progress p (MDD: 0.1 x that). BSP is CDAN's term plus a penalty on
 the features' largest singular values.
 """
+import contextlib
 import functools
 import math
 
@@ -36,9 +37,16 @@ def in_fp32(loss):
     are made of (Deep CORAL on a nearly aligned pair: 6-9% off in value, 19% in gradient)."""
     @functools.wraps(loss)
     def fp32_loss(*tensors, **kwargs):
-        with torch.autocast(tensors[0].device.type, enabled=False):
+        with without_autocast(tensors[0]):
             return loss(*(x.float() for x in tensors), **kwargs)
     return fp32_loss
+
+
+def without_autocast(x):
+    """Autocast off on x's device (where autocast exists: not on the meta device that shape checks use)."""
+    if torch.amp.is_autocast_available(x.device.type):
+        return torch.autocast(x.device.type, enabled=False)
+    return contextlib.nullcontext()
 
 
 @in_fp32
@@ -55,9 +63,10 @@ def squared_distances(x):
 
 
 def gaussian_kernels(x, scales=(0.25, 0.5, 1.0, 2.0, 4.0)):
-    """DAN's multi-kernel on the rows of x: sum_u exp(-||a - b||^2 / (scale_u * sigma^2)), where sigma^2 is the mean
-    squared distance between distinct rows and the scales run 2^-2 ... 2^2 (as DAN's code and the
-    Transfer-Learning-Library set them)."""
+    """DAN's multi-kernel on the rows of x: sum_u exp(-||a - b||^2 / (scale_u * sigma^2)), the scales 2^-2 ... 2^2,
+    where sigma^2 is the mean squared distance between distinct rows: the sum over all pairs divided by N^2 - N, as
+    the PyTorch MK-MMD most DAN and JAN code uses computes it (its `guassian_kernel`). The Transfer-Learning-Library
+    divides by N^2, the zero diagonal counted, so its sigma^2 is (N - 1)/N of this one; its scales are the same."""
     squared = squared_distances(x)
     n = len(x)
     sigma2 = squared.sum().detach() / (n * n - n)  # a bandwidth, not something to learn through
@@ -135,10 +144,11 @@ def margin_disparity(source_logits, source_adversary, target_logits, target_adve
     adversarial classifier f', -D_gamma = gamma E_s CE(f'(x), h_f(x)) - E_t log(1 - softmax(f'(x))[h_f(x)]), where
     h_f is the main classifier's predicted class (an argmax: no gradient reaches the main classifier). f' learns to
     agree with h_f on the source and to disagree on the target; the features, behind gradient reversal, make
-    that disagreement impossible. (1 - p is clamped at 1e-6, as the library does, so that a certain f' stays finite.)"""
+    that disagreement impossible. The log is shifted as the Transfer-Learning-Library's shift_log does,
+    log(min(1 - p + 1e-6, 1)), so that a certain f' (p = 1) stays finite."""
     source = F.cross_entropy(source_adversary, source_logits.argmax(1))
     agreement = F.softmax(target_adversary, dim=1).gather(1, target_logits.argmax(1, keepdim=True)).squeeze(1)
-    return margin * source - torch.log((1 - agreement).clamp(min=1e-6)).mean()
+    return margin * source - torch.log((1 - agreement + 1e-6).clamp(max=1)).mean()
 
 
 @in_fp32
@@ -235,8 +245,10 @@ class Adaptation(nn.Module):
     """The adaptation term of one method, as a module: DANN, CDAN and BSP hold their discriminator, MDD its
     adversarial classifier (new layers, trained at lr_mult x with the rest). features: the tapped layers {name: rows
     of [source; target]} in network order, the last one feeding the classifier, filled by the network's forward
-    pass (see tap). Called with the logits of the same joint batch and the training progress p; returns the term to
-    add to the source loss."""
+    pass (see tap and network). Called with the logits of the same joint batch and the training progress p; returns
+    the term to add to the source loss. It runs in fp32 under bf16 autocast, as the losses do: the discriminators,
+    CDAN's map and MDD's classifier are new layers small next to the backbone, and the term is made of their
+    outputs' small differences."""
 
     def __init__(self, method, feature_size, num_classes, trade_off, entropy_conditioning, features):
         super().__init__()
@@ -249,9 +261,27 @@ class Adaptation(nn.Module):
             self.discriminator = discriminator(self.map.out_features)
         if method == "mdd":  # f' is of the main classifier's kind, as the theory asks: here one linear layer
             self.adversary = nn.Linear(feature_size, num_classes)
+        # AFN's code passes each domain through the network on its own (the others, one joint batch): BatchNorm
+        # then normalises each domain with its own statistics, which is what AFN's feature norms are measured on
+        self.separate_domains = method == "afn"
+
+    def network(self, model, source, target, memory_format=torch.contiguous_format):
+        """The network's logits for [source; target], with the tapped features of both in that order: one forward
+        pass of the joint batch, or for AFN one per domain (its BatchNorm running statistics then take the source
+        batch's, then the target batch's)."""
+        if not self.separate_domains:
+            return model(torch.cat([source, target]).contiguous(memory_format=memory_format))
+        source_logits = model(source.contiguous(memory_format=memory_format))
+        source_features = dict(self.features)
+        target_logits = model(target.contiguous(memory_format=memory_format))
+        self.features.update({name: torch.cat([source_features[name], x]) for name, x in self.features.items()})
+        return torch.cat([source_logits, target_logits])
 
     def forward(self, logits, progress):
-        features = self.features
+        with without_autocast(logits):
+            return self.term({name: x.float() for name, x in self.features.items()}, logits.float(), progress)
+
+    def term(self, features, logits, progress):
         half, feature = len(logits) // 2, list(features.values())[-1]
         if self.method == "ddc":  # the layer that feeds the classifier: the bottleneck, or AlexNet's fc7
             return self.trade_off * linear_mmd(feature[:half], feature[half:])
@@ -260,7 +290,7 @@ class Adaptation(nn.Module):
         if self.method == "coral":  # Deep CORAL aligns the last layer (fc8 in the paper): the logits
             return self.trade_off * coral(logits[:half], logits[half:])
         if self.method == "jan":  # the features that feed the classifier, jointly with the predictions
-            predictions = F.softmax(logits.float(), dim=1)
+            predictions = F.softmax(logits, dim=1)
             return self.trade_off * joint_mmd(feature[:half], feature[half:], predictions[:half], predictions[half:])
         if self.method == "mcc":  # the target's predictions only
             return self.trade_off * class_confusion(logits[half:])
@@ -268,13 +298,13 @@ class Adaptation(nn.Module):
             return self.trade_off * (AFN_WEIGHT * feature_norm_step(feature[:half], feature[half:]) +
                                      AFN_ENTROPY_WEIGHT * mean_entropy(logits[half:]))
         reversal = self.trade_off * ramp(progress) * (MDD_REVERSAL if self.method == "mdd" else 1)
-        f = ReverseGradient.apply(feature.float(), reversal)
+        f = ReverseGradient.apply(feature, reversal)
         if self.method == "mdd":
             adversary = self.adversary(f)
             return margin_disparity(logits[:half], adversary[:half], logits[half:], adversary[half:])
         if self.method == "dann":
             return domain_loss(self.discriminator(f))
-        g = F.softmax(logits.float(), dim=1).detach()  # CDAN conditions on the predictions, not through them
+        g = F.softmax(logits, dim=1).detach()  # CDAN conditions on the predictions, not through them
         weights = 1 + torch.exp(-entropy(g)) if self.entropy_conditioning else None  # CDAN+E: confident ones count more
         term = domain_loss(self.discriminator(self.map(f, g)), weights)
         if self.method == "bsp":  # the penalty acts on the features themselves, not through the reversal

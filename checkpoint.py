@@ -2,7 +2,7 @@
 
     checkpoint = Checkpoint(run_config, data, task="A→W")   # out_dir/<task>_<model>_<method>_seed<s>_<key>.ckpt
     state = checkpoint.load()           # None (no file, or one that is ignored, with a line saying why) or the state
-    checkpoint.save(state)              # whole or not at all: written to a temporary name, then renamed
+    checkpoint.save(state)              # whole or not at all (a full disk: a warning, and the run goes on)
     history = resume(checkpoint, parts, generators, epochs)  # restore network, layers, optimizer and RNGs from it
     with StopOnSignal() as stop: ...    # SIGTERM or Ctrl-C: stop.requested is set; a second Ctrl-C stops at once
 
@@ -13,6 +13,7 @@ resumed from it makes the same steps as one never stopped. Its name belongs to o
 hash of the experiment's keys; inside, the identity (experiment, data fingerprints, format) is checked again.
 """
 import contextlib
+import glob
 import hashlib
 import json
 import os
@@ -42,6 +43,7 @@ class Checkpoint:
         digest = hashlib.sha1(json.dumps([dataset, key], sort_keys=True).encode()).hexdigest()[:10]
         self.path = os.path.join(c["out_dir"], f"{run_stem(c)}_{digest}.ckpt")
         self.name = f"{task} {run_label(c)}"
+        self.warned = False  # a checkpoint that could not be written is said once per run
 
     def load(self):
         """The saved state, or None: no checkpoint, or one that cannot be used (another experiment, other data,
@@ -76,12 +78,22 @@ class Checkpoint:
 
     def save(self, state):
         """Write state with this run's identity: to a temporary file, then renamed over the last checkpoint, so a
-        reader or a resume never sees half a file."""
+        reader or a resume never sees half a file. A checkpoint that cannot be written (a full disk, a quota) does
+        not stop the run: it says so once, with the size it needed, and returns False; the run goes on."""
         os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
         tmp = f"{self.path}.{os.getpid()}.tmp"
         try:
             torch.save(dict(state, identity=self.identity), tmp)
             os.replace(tmp, self.path)
+            return True
+        except (OSError, RuntimeError) as e:  # torch.save reports a full disk as a RuntimeError of its zip writer
+            if not self.warned:
+                why = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+                print(f"warning: could not write the checkpoint {self.path} of {self.name} ({why}); it needs about "
+                      f"{state_bytes(state) / 2 ** 20:.0f} MB. The run goes on without checkpoints: stopped now, it "
+                      "would start again from its last checkpoint, if any, or the beginning.", flush=True)
+                self.warned = True
+            return False
         finally:
             if os.path.exists(tmp):
                 os.remove(tmp)
@@ -90,23 +102,59 @@ class Checkpoint:
         if os.path.exists(self.path):
             os.remove(self.path)
 
+    def remove_temporaries(self):
+        """Delete what a process killed while writing this run's checkpoint left (<name>.ckpt.<pid>.tmp: up to the
+        checkpoint's size). Called under the run's lock, when no other process can be writing one."""
+        for path in glob.glob(glob.escape(self.path) + ".*.tmp"):
+            print(f"removing {path}, left by a process stopped while writing a checkpoint of {self.name}")
+            os.remove(path)
+
     @contextlib.contextmanager
     def lock(self):
         """Held while the run trains: yields False (and holds nothing) when another process holds it, so that two
-        processes never train, checkpoint or resume the same run at once."""
-        os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
-        with open(self.path + ".lock", "a") as f:
-            if fcntl:
-                try:
-                    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    yield False
-                    return
+        processes never train, checkpoint or resume the same run at once. The lock file is removed by its holder
+        while still held; a process that opened it just before, and so locked a file no longer in place, sees that
+        and opens the one in place now (or finds none and makes it): never two holders."""
+        path = self.path + ".lock"
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        while True:
+            f = open(path, "a")
+            if not fcntl:
+                break
             try:
-                yield True
-            finally:
-                if os.path.exists(self.path + ".lock"):
-                    os.remove(self.path + ".lock")
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                f.close()
+                yield False
+                return
+            if same_file(path, f):
+                break
+            f.close()  # locked a file that its last holder removed meanwhile: try the one in place
+        try:
+            yield True
+        finally:
+            if os.path.exists(path):
+                os.remove(path)  # before the lock is released: see above
+            f.close()
+
+
+def same_file(path, f):
+    """Whether path still names the open file f."""
+    try:
+        return os.stat(path).st_ino == os.fstat(f.fileno()).st_ino
+    except FileNotFoundError:
+        return False
+
+
+def state_bytes(state):
+    """The bytes of the tensors in a (nested) state: about what a checkpoint of it takes on disk."""
+    if isinstance(state, torch.Tensor):
+        return state.numel() * state.element_size()
+    if isinstance(state, dict):
+        return sum(state_bytes(v) for v in state.values())
+    if isinstance(state, (list, tuple)):
+        return sum(state_bytes(v) for v in state)
+    return 0
 
 
 def random_states(generators):

@@ -13,7 +13,7 @@ import os
 import statistics
 import textwrap
 
-from results import latest_per_seed, tasks_in_order
+from results import latest_per_seed, tasks_in_order, write_file
 
 
 def histories(folder, rows):
@@ -74,7 +74,8 @@ def draw(folder, by_method, name_of_task, title, path):
             top.legend(fontsize=7)
     axes[0][0].set_ylabel("target accuracy (%)")
     axes[1][0].set_ylabel("source loss (solid), adaptation term (dashed)", fontsize=8)
-    fig.savefig(path + ".tmp.png", dpi=100)
-    os.replace(path + ".tmp.png", path)
-    plt.close(fig)
+    try:
+        write_file(path, lambda f: fig.savefig(f, format="png", dpi=100))
+    finally:
+        plt.close(fig)
     return fig

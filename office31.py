@@ -18,6 +18,7 @@ evaluation only. Sweeps: --tasks, --seeds and a comma-separated --method run eve
 command; each finished run adds a row to out_dir/results.jsonl, a stopped sweep resumes with the same command,
 and the end prints the table papers show (methods as rows, mean ± std over seeds); --report=True prints it again.
 """
+import collections
 import contextlib
 import datetime
 import itertools
@@ -41,8 +42,8 @@ from download import DATASETS, prepare_data_root
 from models import (MODELS, architecture, block_names, build_model, check_network, has_batchnorm, input_size,
                     network_pixels, weight_names)
 from precision import choose_amp, pick_device
-from results import (append_row, machine, method_label, plan_runs, print_table, read_rows, result_row, run_label,
-                     run_stem, same_experiment, select_rows, short_names, task_name, title)
+from results import (append_row, count_rows, machine, method_label, plan_runs, print_table, read_rows, result_row,
+                     run_label, run_stem, same_experiment, select_rows, short_names, task_name, title)
 from tables import write_tables
 
 # -----------------------------------------------------------------------------------------------------------
@@ -190,6 +191,12 @@ def check_config(c):
     for name in ("num_workers", "eval_every", "weight_decay", "checkpoint_every"):
         if c[name] < 0:
             raise UserError(f"--{name}={c[name]}: must not be negative.")
+    if not 0 <= c["seed"] <= MAX_SEED - c["seeds"]:  # the target stream takes seed + 1, the sweep seed + seeds - 1
+        raise UserError(f"--seed={c['seed']}: must be from 0 to {MAX_SEED - c['seeds']} (torch seeds are 64-bit; the "
+                        "runs of --seeds count up from it, and each takes the next seed for its target batches).")
+    if not c["out_dir"].strip():
+        raise UserError("--out_dir is empty: give the folder the results and checkpoints go to (--out_dir=. for "
+                        "this one).")
     if not (0 < c["lr"] < math.inf and 0 < c["lr_mult"] < math.inf):
         raise UserError(f"--lr={c['lr']} and --lr_mult={c['lr_mult']} must both be positive.")
     if not 0 <= c["momentum"] < 1:
@@ -215,6 +222,9 @@ def check_config(c):
         raise UserError(f"--crop_size={c['crop_size']} is larger than --resize_size={c['resize_size']}: "
                         "the crop is cut from the resized image, so it must fit inside it.")
     check_network(c["model"], c["weights"], c["crop_size"])
+
+
+MAX_SEED = 2 ** 64 - 1  # the largest seed torch.manual_seed takes
 
 
 def methods(c):
@@ -293,7 +303,7 @@ def train_one_epoch(model, optimizer, batches, first_step, total_steps, amp, mem
                     stop=None):
     """One epoch of SGD; returns the mean of each loss term and the accuracy on the (augmented) source batches.
     batches: (x, y) source batches; with an adaptation method, ((x, y), x_target) pairs, pushed through the network
-    as one batch. Stops with Diverged at the first step whose loss is not finite, and with Stopped(step) at the end
+    as one batch (AFN: one per domain; Adaptation.network). Stops with Diverged at the first step whose loss is not finite, and with Stopped(step) at the end
     of the step during which stop.requested was set (a StopOnSignal)."""
     model.train()
     for module in model.modules():  # a frozen block's BatchNorm keeps its statistics too: eval mode
@@ -313,7 +323,7 @@ def train_one_epoch(model, optimizer, batches, first_step, total_steps, amp, mem
                 logits = model(x.contiguous(memory_format=memory_format))
                 terms = {"classification": F.cross_entropy(logits, y)}
             else:
-                joint = model(torch.cat([x, x_target]).contiguous(memory_format=memory_format))
+                joint = adaptation.network(model, x, x_target, memory_format)
                 logits = joint[:len(x)]
                 terms = {"classification": F.cross_entropy(logits, y), "adaptation": adaptation(joint, progress)}
         optimizer.zero_grad(set_to_none=True)
@@ -457,14 +467,32 @@ def fine_tune(c, source, target, device, task, checkpoint=None, stop=None):
               f"{task} {shown}  {row['seconds']:.1f}s")
         due = time.time() - saved_at >= 60 * c["checkpoint_every"]  # (a fast GPU's epochs take seconds)
         if checkpoint and due and epoch < c["epochs"]:  # the last epoch's state is the result itself
-            checkpoint.save({"epoch": epoch, "history": history, "rng": random_states(generators),
-                             **{name: part.state_dict() for name, part in parts.items()}})
-            saved, saved_at = epoch, time.time()
+            if checkpoint.save({"epoch": epoch, "history": history, "rng": random_states(generators),
+                                **{name: part.state_dict() for name, part in parts.items()}}):
+                saved = epoch
+            saved_at = time.time()  # (a failed save is tried again checkpoint_every minutes later)
     result = {"task": task, "correct": correct, "total": total, "accuracy": correct / total, "config": c,
               "precision": {"dtype": "bf16" if amp else "fp32", "why": why}, "machine": machine(device),
               "epochs": history, "date": datetime.datetime.now().isoformat(timespec="seconds")}
-    save_run(c, result, net.state_dict() if c["save_model"] else None)
+    try:
+        save_run(c, result, net.state_dict() if c["save_model"] else None)
+    except (OSError, RuntimeError) as e:  # a full disk, a quota (torch.save: a RuntimeError)
+        raise not_written(result, c["out_dir"], e) from None
     return result
+
+
+def not_written(result, where, error):
+    """A finished run whose result cannot be written: its numbers printed here, and the UserError saying so."""
+    c = result["config"]
+    print(f"{result['task']} accuracy: {100 * result['accuracy']:.2f}% ({result['correct']}/{result['total']})  "
+          f"{run_label(c)} (not saved)")
+    print("result (not saved): " + json.dumps({k: result[k] for k in ("task", "accuracy", "correct", "total",
+                                                                     "epochs")}, ensure_ascii=False))
+    why = getattr(error, "strerror", None) or str(error).strip().splitlines()[-1]
+    return UserError(f"{result['task']} {run_label(c)} finished, but its result could not be written to {where} "
+                     f"({why}). Its numbers are the two lines above (the accuracy, and every epoch as JSON); nothing "
+                     "of this run is in the results file. Free some space or pick another --out_dir, and run the "
+                     "same command again.")
 
 
 def run_sweep(c, data_root, device, results_path):
@@ -478,8 +506,9 @@ def run_sweep(c, data_root, device, results_path):
     labels, data = names_and_fingerprints(data_root)
     index, count = map(int, c["shard"].split("/"))
     rows = read_rows(results_path)
-    done = {(method, r["source"], r["target"], r["seed"]) for method, config in configs.items()
-            for r in rows if same_experiment(r, config, data)}
+    before = collections.Counter((method, r["source"], r["target"], r["seed"]) for method, config in configs.items()
+                                 for r in rows if same_experiment(r, config, data))
+    done = set(before)
     sweep = c["tasks"] != "" or c["seeds"] > 1 or len(configs) > 1  # a single run always trains, as before
     mine = plan[index::count]
     todo = mine if c["rerun"] or not sweep else [run for run in mine if run not in done]
@@ -507,7 +536,8 @@ def run_sweep(c, data_root, device, results_path):
                 print(f"run: {task} {label}: " + "  ".join(f"{k}={run[k]}" for k in ("bottleneck", "trade_off",
                                                                                      "entropy")))
             try:
-                result = train_and_record(run, domains, device, task, data, results_path, stop)
+                result = train_and_record(run, domains, device, task, data, results_path, stop,
+                                          before[(method, source, target, seed)])
             except Diverged as e:
                 if not sweep:
                     raise
@@ -530,22 +560,38 @@ def run_sweep(c, data_root, device, results_path):
     return finished
 
 
-def train_and_record(run, domains, device, task, data, results_path, stop):
-    """One run, with its checkpoint: locked against a second process on the same run (None then: skipped),
-    resumed if it was stopped, its row appended to the results file, and then its checkpoint removed."""
-    checkpoint = Checkpoint(run, data, task) if run["checkpoint"] else None
-    with checkpoint.lock() if checkpoint else contextlib.nullcontext(True) as free:
+def train_and_record(run, domains, device, task, data, results_path, stop, rows_before=0):
+    """One run, with its checkpoint: locked against a second process on the same run, resumed if it was stopped,
+    its row appended to the results file, and then its checkpoint removed. None (skipped) when another process
+    holds the run, or finished it since this one read the results file (which then held rows_before of its rows).
+    A run already in the results file (a rerun) starts from the beginning, whatever checkpoint it kept."""
+    checkpoint = Checkpoint(run, data, task)  # its lock serves every run, with checkpoints or without
+    with checkpoint.lock() as free:
         if not free:
             print(f"skipping {checkpoint.name}: another process is training it now ({checkpoint.path}.lock)")
             return None
+        if count_rows(read_rows(results_path), run, data) > rows_before:
+            print(f"skipping {checkpoint.name}: another process finished it meanwhile (its row is in {results_path})")
+            return None
+        checkpoint.remove_temporaries()
+        if rows_before and os.path.exists(checkpoint.path):  # kept when it finished, or left by a stopped rerun
+            print(f"{checkpoint.name} is in {results_path} already, so it trains again from the beginning: its "
+                  f"checkpoint {checkpoint.path} is removed, not resumed.")
+            checkpoint.remove()
+        kept = checkpoint if run["checkpoint"] else None
         try:
-            result = fine_tune(run, domains[run["source"]], domains[run["target"]], device, task, checkpoint, stop)
+            result = fine_tune(run, domains[run["source"]], domains[run["target"]], device, task, kept, stop)
         except Diverged:
-            if checkpoint:  # resuming would diverge again: a diverged run leaves nothing
-                checkpoint.remove()
+            checkpoint.remove()  # resuming would diverge again: a diverged run leaves nothing
             raise
-        append_row(results_path, result_row(run, result, data))
-        if checkpoint and not run["keep_checkpoint"]:
+        try:
+            append_row(results_path, result_row(run, result, data))
+        except OSError as e:  # the run's own files go too: a run is in the results file, or it left nothing
+            for name in (result["run_file"], result["run_file"][:-len(".json")] + ".pt"):
+                with contextlib.suppress(OSError):
+                    os.remove(os.path.join(run["out_dir"], name))
+            raise not_written(result, results_path, e) from None
+        if not run["keep_checkpoint"]:
             checkpoint.remove()
         return result
 
@@ -625,17 +671,21 @@ def report_tables(c, rows, tables, data, labels, runs, results_path):
     """Print the table of each group of configs ({method: config}, one group per precision) and write them next to
     the results file as table.md, table.csv and table.tex (tables.py) and the learning curves as curves.png
     (curves.py; curves_bf16.png and curves_fp32.png where there are two)."""
-    import curves  # (matplotlib: only where a figure is drawn)
     folder, printed, found, plain = os.path.dirname(results_path), [], [], defaults(c)
     for configs in tables:
         text, by_label, name_of_task = print_table(rows, configs, data, labels, runs, results_path, plain)
         printed.append(text)
-        precision = next(iter(configs.values()))["precision"]
-        found.append((precision, by_label, name_of_task))
-        shows = title(configs, plain, "mean over seeds (lines), lowest to highest seed (bands)")
-        name = "curves.png" if len(tables) == 1 else f"curves_{precision}.png"
-        curves.draw(folder, by_label, name_of_task, shows, os.path.join(folder, name))
-    write_tables(folder, found, "\n".join(printed).strip() + "\n", c["bold_best"])
+        found.append((next(iter(configs.values()))["precision"], by_label, name_of_task))
+    try:
+        write_tables(folder, found, "\n".join(printed).strip() + "\n", c["bold_best"])
+        import curves  # (matplotlib: only where a figure is drawn)
+        for configs, (precision, by_label, name_of_task) in zip(tables, found):
+            shows = title(configs, plain, "mean over seeds (lines), lowest to highest seed (bands)")
+            name = "curves.png" if len(tables) == 1 else f"curves_{precision}.png"
+            curves.draw(folder, by_label, name_of_task, shows, os.path.join(folder, name))
+    except OSError as e:  # a read-only or full results folder: the table is printed all the same
+        print(f"warning: could not write the table files and figure to {os.path.abspath(folder)} "
+              f"({e.strerror or e}); the table above is all this report gives.")
 
 
 def print_config(c, precision=None):

@@ -21,9 +21,17 @@ def pick_device(name):
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise UserError(f"--device={name}: expected auto, cpu, cuda or cuda:N.") from None
+        device = None
+    if device is None or device.type not in ("cpu", "cuda", "mps"):
+        raise UserError(f"--device={name}: expected auto, cpu, cuda, cuda:N or mps.")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"--device={name} but PyTorch sees no CUDA device here; use --device=cpu or auto.")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise UserError(f"--device={name}: this machine has {torch.cuda.device_count()} CUDA devices, "
+                        f"cuda:0 to cuda:{torch.cuda.device_count() - 1}.")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise UserError(f"--device={name} but PyTorch has no MPS device here (Apple silicon, with a PyTorch built "
+                        "for it); use --device=cpu or auto.")
     return device
 
 

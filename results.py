@@ -16,6 +16,7 @@ import os
 import platform
 import statistics
 import subprocess
+import tempfile
 
 try:
     import fcntl
@@ -40,6 +41,21 @@ def append_row(path, row):
         f.write(line)
         f.flush()
         os.fsync(f.fileno())
+
+
+def write_file(path, write):
+    """Replace the file at path by what write(f) writes to f (opened binary), whole or not at all: into a temporary
+    file of a name no other process uses, in the same folder, then renamed over path. Two processes writing the
+    same file at once both succeed; the last rename wins."""
+    with tempfile.NamedTemporaryFile("wb", dir=os.path.dirname(path) or ".", prefix=os.path.basename(path) + ".",
+                                     suffix=".tmp", delete=False) as f:
+        try:
+            write(f)
+        except BaseException:
+            f.close()
+            os.remove(f.name)
+            raise
+    os.replace(f.name, path)
 
 
 def read_rows(path):
@@ -226,6 +242,12 @@ def same_experiment(row, c, data):
     return (row["dataset"], row["config"]) == experiment(c) and row.get("data") == used
 
 
+def count_rows(rows, c, data):
+    """How many rows are of run c: its experiment, on this data, its task and seed."""
+    return sum(same_experiment(r, c, data) and (r["source"], r["target"], r["seed"]) == (c["source"], c["target"],
+                                                                                         c["seed"]) for r in rows)
+
+
 def select_rows(rows, configs, data, runs):
     """The rows of one sweep, {method: rows}: each method's experiment ({method: config}) on this data, for the
     planned (source, target, seed) runs only. The end of a sweep and --report both print these."""
@@ -256,10 +278,12 @@ def changed_flags(configs, defaults):
 
 def title(configs, defaults, what):
     """What a table or figure of these configs ({method: config}) shows: "office31, resnet50 (IMAGENET1K_V1),
-    fp32, final model, <what>; not the defaults: epochs=1" (see changed_flags)."""
+    dann, fp32, final model, <what>; not the defaults: epochs=1" (see changed_flags); several methods are named
+    "source_only / dann / cdan+e"."""
     c = next(iter(configs.values()))
     changed = changed_flags(configs, defaults)
-    return (f"{experiment(c)[0]}, {c['model']} ({c['weights']}), {c['precision']}, final model, {what}"
+    methods = " / ".join(method_label(config) for config in configs.values())
+    return (f"{experiment(c)[0]}, {c['model']} ({c['weights']}), {methods}, {c['precision']}, final model, {what}"
             f"{'; not the defaults: ' + ', '.join(changed) if changed else ''}")
 
 

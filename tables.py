@@ -14,7 +14,7 @@ import io
 import os
 import statistics
 
-from results import latest_per_seed, tasks_in_order
+from results import latest_per_seed, tasks_in_order, write_file
 
 
 def accuracies(by_seed):
@@ -41,9 +41,19 @@ def latex_cell(values, bold):
     return f"\\textbf{{{text}}}" if bold else text
 
 
+LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{",
+                 "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+
+
+def latex_text_cell(text):
+    """A method or task name as LaTeX prints it: every special character escaped, the task's arrow as $\\to$."""
+    return "".join(LATEX_SPECIAL.get(ch, ch) for ch in text).replace("→", r"$\to$")
+
+
 def latex_text(tables, bold_best=False):
     """One booktabs tabular per table: a method's cell is its mean ± sample std over seeds (one decimal, as the
-    papers print), "-" where it has no run; the average is the mean of its task means, where it has every task."""
+    papers print), "-" where it has no run; the average is the mean of its task means, where it has every task.
+    bold_best: the best mean of each column in bold, and every mean that prints the same (a tie at one decimal)."""
     parts = []
     for precision, by_method, name_of_task in tables:
         tasks = tasks_in_order(by_method)
@@ -53,15 +63,16 @@ def latex_text(tables, bold_best=False):
             if len(by_task) == len(tasks):
                 by_task["average"] = [statistics.mean(statistics.mean(v) for v in by_task.values())]
         columns = [*tasks, "average"]
-        best = {column: max((statistics.mean(c[column]) for c in cells.values() if column in c), default=None)
-                for column in columns}
-        header = " & ".join(["Method", *(name_of_task(*t).replace("→", r"$\to$") for t in tasks), "Avg"])
+        shown = {column: {m: f"{statistics.mean(c[column]):.1f}" for m, c in cells.items() if column in c}
+                 for column in columns}  # the means as printed: ties and the best are decided on these
+        best = {column: max(means.values(), key=float, default=None) for column, means in shown.items()}
+        header = " & ".join(["Method", *(latex_text_cell(name_of_task(*t)) for t in tasks), "Avg"])
         lines = [f"% {precision}", "\\begin{tabular}{l" + "c" * len(columns) + "}", "\\toprule", header + r" \\",
                  "\\midrule"]
         for method, by_task in cells.items():
-            row = [latex_cell(by_task[c], bold_best and statistics.mean(by_task[c]) == best[c]) if c in by_task
-                   else "-" for c in columns]
-            lines.append(" & ".join([method.replace("_", r"\_"), *row]) + r" \\")
+            row = [latex_cell(by_task[c], bold_best and shown[c][method] == best[c]) if c in by_task else "-"
+                   for c in columns]
+            lines.append(" & ".join([latex_text_cell(method), *row]) + r" \\")
         lines += ["\\bottomrule", "\\end{tabular}"]
         parts.append("\n".join(lines))
     return "\n\n".join(parts) + "\n"
@@ -71,7 +82,4 @@ def write_tables(folder, tables, printed, bold_best=False):
     """table.md (the printed text), table.csv and table.tex into folder, each written whole or not at all."""
     for name, text in (("table.md", printed), ("table.csv", csv_text(tables)),
                        ("table.tex", latex_text(tables, bold_best))):
-        path = os.path.join(folder, name)
-        with open(path + ".tmp", "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(path + ".tmp", path)
+        write_file(os.path.join(folder, name), lambda f: f.write(text.encode()))

@@ -1,6 +1,7 @@
 """Domain adaptation: each loss against a direct computation, target labels unread, every method end to end,
 and adaptation beating source only on a generated shift."""
 import math
+import os
 import statistics
 
 import pytest
@@ -11,7 +12,7 @@ import adaptation
 import office31
 from adaptation import (batch_spectral_penalty, class_confusion, coral, feature_norm_step, joint_mmd, linear_mmd,
                         margin_disparity, mean_entropy, multi_kernel_mmd)
-from conftest import make_tree
+from conftest import ROOT, make_tree
 from data_loader import CachedDomain
 from test_train import TINY
 
@@ -216,6 +217,61 @@ def test_margin_disparity_equals_its_formula_with_the_gradient_only_on_the_adver
     assert g_ys is None and g_yt is None  # no gradient path at all
     assert margin_disparity(ys, adv_s, yt, adv_t, margin=1.0).item() == pytest.approx(value - 3 * source_ce.item(),
                                                                                         rel=1e-5)
+
+
+def test_margin_disparity_shifts_the_log_as_the_library_does():
+    """log(min(1 - p + 1e-6, 1)), p the adversary's probability of h_f's class: finite for a certain adversary, and
+    near certainty the shift counts (1 - p = 2.3e-6 gives log 3.3e-6, where a clamp at 1e-6 would give log 2.3e-6)."""
+    for a in (13.0, 40.0, -40.0):  # 1 - p = 2.3e-6; p = 1 in fp32; p = 0 (then the log is exactly 0)
+        target_adversary = torch.tensor([[0.0, a]])
+        p = torch.tensor([[0.0, a]], dtype=torch.float64).softmax(1)[0, 1]
+        value = margin_disparity(torch.tensor([[1.0, 0.0]]), torch.tensor([[100.0, 0.0]]), torch.tensor([[0.0, 1.0]]),
+                                 target_adversary)
+        assert value.item() == pytest.approx(-torch.log(torch.clamp(1 - p + 1e-6, max=1)).item(), rel=1e-3, abs=1e-6)
+    assert value.item() == 0
+
+
+def test_the_adaptation_modules_run_in_fp32_under_bf16_autocast():
+    """The discriminators, CDAN's map (exact and randomized) and MDD's classifier see fp32 inputs and compute in
+    fp32, as the losses do, whatever the backbone's autocast."""
+    g = torch.Generator().manual_seed(13)
+    for method, size, classes in (("dann", 8, 3), ("cdan", 8, 3), ("cdan", 2048, 3), ("bsp", 8, 3), ("mdd", 8, 3)):
+        features = {"bottleneck": torch.randn(8, size, generator=g).bfloat16()}
+        module = adaptation.Adaptation(method, size, classes, 1.0, method == "cdan", features)
+        seen = []
+        for part in module.modules():
+            if isinstance(part, (nn.Linear, adaptation.MultilinearMap)):
+                part.register_forward_hook(lambda m, args, out: seen.append((type(m).__name__, args[0].dtype,
+                                                                             out.dtype)))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            term = module(torch.randn(8, classes, generator=g).bfloat16(), 0.5)
+        assert term.dtype == torch.float32 and seen, method
+        assert {(inputs, output) for _, inputs, output in seen} == {(torch.float32, torch.float32)}, (method, seen)
+
+
+def test_afn_passes_each_domain_through_the_network_alone_the_others_one_joint_batch():
+    """BatchNorm's running mean after one step (momentum 0.1, from 0): AFN's network saw the source batch, then the
+    target batch, 0.9 x 0.1 x mean_s + 0.1 x mean_t; the others saw the joint batch, 0.1 x mean_joint."""
+    g = torch.Generator().manual_seed(14)
+    x, x_target, y = torch.randn(4, 3, 32, 32, generator=g), 2 + torch.randn(4, 3, 32, 32, generator=g), \
+        torch.tensor([0, 1, 2, 0])
+    for method in ("afn", "dann", "mcc"):
+        c = office31.with_method(dict(office31.FLAGS, model="resnet18"), method)
+        net, new_layer = office31.build_model("resnet18", 3, "none", c["bottleneck"])
+        module, new = office31.make_adaptation(c, net, new_layer(net), 3, torch.device("cpu"))
+        batches = []
+        net.conv1.register_forward_hook(lambda m, args, out: batches.append(out.detach()))
+        optimizer = office31.make_optimizer(net, new, c)
+        office31.train_one_epoch(net, optimizer, [((x, y), x_target)], 0, 10, False, torch.contiguous_format, module)
+        if method == "afn":
+            source, target = batches
+            assert len(source) == len(target) == 4
+            expected = 0.9 * 0.1 * source.mean((0, 2, 3)) + 0.1 * target.mean((0, 2, 3))
+        else:
+            [joint] = batches
+            assert len(joint) == 8
+            expected = 0.1 * joint.mean((0, 2, 3))
+        assert torch.allclose(net.bn1.running_mean, expected, atol=1e-5), method
 
 
 def test_mdd_reverses_a_tenth_of_the_ramp_into_the_features():
@@ -552,3 +608,13 @@ def test_methods_table_cells():
         "| method | A→W | W→A | average |", "|---|---|---|---|",
         "| source_only | 60.00 ± 14.14 (2) | 40.00 (1) | 50.00 |",  # runs differ: counted; the cells' mean
         "| dann | - | 90.00 (1) | - |"]
+
+
+def test_the_readme_names_what_produced_each_published_bsp_number():
+    """The library's published BSP row is BSP+DANN after source-only epochs; this repo's bsp is BSP+CDAN."""
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+        readme = f.read()
+    [row] = [line for line in readme.splitlines() if line.startswith("| BSP") and "92.7 | 97.9" in line]
+    assert row.startswith("| BSP+DANN (the library's script: 3 source-only epochs first")
+    [method_row] = [line for line in readme.splitlines() if line.startswith("| `bsp` |")]
+    assert "BSP+CDAN" in method_row and "pairs the penalty with DANN instead, after 3 source-only epochs" in method_row

@@ -63,8 +63,8 @@ def test_report_reads_without_training(tmp_path, three, monkeypatch, capsys):
     monkeypatch.setattr(office31, "fine_tune", lambda *a: pytest.fail("trained"))
     sweep(three, tmp_path / "out", "--report=True")
     assert "| A→W |" in capsys.readouterr().out
-    with pytest.raises(SystemExit, match="has no results for alexnet"):
-        sweep(three, tmp_path / "out", "--report=True", "--model=alexnet")
+    with pytest.raises(SystemExit, match="has no results for resnet34"):
+        sweep(three, tmp_path / "out", "--report=True", "--model=resnet34")
 
 
 def test_failed_run_appends_nothing_and_rerun_resumes(tmp_path, three, monkeypatch):

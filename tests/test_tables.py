@@ -4,6 +4,8 @@ import re
 import statistics
 
 import office31
+import results
+import tables
 from conftest import make_tree
 from test_sweep import rows_of, sweep
 
@@ -23,7 +25,8 @@ def test_a_sweep_writes_its_table_as_markdown_csv_and_latex(tmp_path, capsys):
     printed = capsys.readouterr().out
     rows = rows_of(out)
     markdown = (out / "table.md").read_text(encoding="utf-8")
-    assert markdown.strip() in printed and markdown.startswith("office31, resnet18 (none), fp32, final model")
+    assert markdown.strip() in printed
+    assert markdown.startswith("office31, resnet18 (none), source_only / coral, fp32, final model")
     assert "| method | A→W | W→A | average |" in markdown
     lines = list(csv.DictReader((out / "table.csv").open(encoding="utf-8")))
     assert [(line["method"], line["task"]) for line in lines] == \
@@ -64,3 +67,72 @@ def test_report_rewrites_the_files_and_bolds_the_best_mean_of_each_column_when_a
             assert cell.startswith("\\textbf{") == (means[method] == best), (task, method, cell)
     assert len(re.findall(r"\\textbf", latex)) >= 3  # at least one per task column and the average's
     assert office31.FLAGS["bold_best"] is False
+
+
+def rows(method_accuracies):
+    """Result rows: {task: [accuracy of seed 0, seed 1, ...]} -> rows as the results file holds them."""
+    return [{"source": source, "target": target, "seed": seed, "accuracy": accuracy}
+            for (source, target), values in method_accuracies.items() for seed, accuracy in enumerate(values)]
+
+
+A_W, W_A = ("amazon", "webcam"), ("webcam", "amazon")
+LABELS = {"amazon": "A", "webcam": "W"}
+
+
+def name_of_task(source, target):
+    return f"{LABELS[source]}→{LABELS[target]}"
+
+
+def test_csv_and_every_table_show_the_sample_std_of_the_seeds():
+    by_method = {"dann": rows({A_W: [0.5, 0.7], W_A: [0.6, 0.6, 0.9]})}
+    [a_w, w_a] = list(csv.DictReader(tables.csv_text([("fp32", by_method, name_of_task)]).splitlines()))
+    assert (a_w["task"], a_w["mean"], a_w["std"], a_w["accuracies"]) == ("A→W", "60.0000", "14.1421", "50.0000 70.0000")
+    assert float(w_a["std"]) == round(statistics.stdev([60, 60, 90]), 4) == 17.3205 and w_a["seeds"] == "3"
+    printed = results.methods_table(by_method, name_of_task)
+    assert "| dann | 60.00 ± 14.14 (2) | 70.00 ± 17.32 (3) |" in printed
+    latex = tables.latex_text([("fp32", by_method, name_of_task)])
+    assert "dann & 60.0 $\\pm$ 14.1 & 70.0 $\\pm$ 17.3 & 65.0 \\\\" in latex
+
+
+def test_bold_best_bolds_the_strict_winner_and_every_tie_at_the_printed_precision_and_nothing_else():
+    by_method = {"source_only": rows({A_W: [0.60], W_A: [0.7564]}), "dann": rows({A_W: [0.80], W_A: [0.7556]}),
+                 "coral": rows({A_W: [0.10], W_A: [0.10]})}
+    latex = tables.latex_text([("fp32", by_method, name_of_task)], bold_best=True)
+    body = {line.split(" & ")[0]: line.rstrip(" \\").split(" & ")[1:] for line in latex.splitlines()
+            if line.startswith(("source\\_only &", "dann &", "coral &"))}
+    assert body == {"source\\_only": ["60.0", "\\textbf{75.6}", "67.8"],  # 75.64 and 75.56 print alike: a tie
+                    "dann": ["\\textbf{80.0}", "\\textbf{75.6}", "\\textbf{77.8}"],  # the strict winner of A→W, avg
+                    "coral": ["10.0", "10.0", "10.0"]}
+    assert "\\textbf" not in tables.latex_text([("fp32", by_method, name_of_task)], bold_best=False)
+
+
+def test_latex_escapes_every_text_cell():
+    labels = {"mnist": "Mnist", "mnist_m": "Mnist_", "site_a&b": "Site_a&b", "site_c%": "Site_c%"}
+    name = lambda s, t: f"{labels[s]}→{labels[t]}"  # noqa: E731
+    by_method = {"cdan+e": [{"source": "mnist", "target": "mnist_m", "seed": 0, "accuracy": 0.5},
+                            {"source": "site_a&b", "target": "site_c%", "seed": 0, "accuracy": 0.5}],
+                 "my_method#2": [{"source": "mnist", "target": "mnist_m", "seed": 0, "accuracy": 0.5}]}
+    latex = tables.latex_text([("fp32", by_method, name)])
+    assert "Method & Mnist$\\to$Mnist\\_ & Site\\_a\\&b$\\to$Site\\_c\\% & Avg \\\\" in latex
+    assert "\nmy\\_method\\#2 & 50.0 & - & - \\\\" in latex and "\ncdan+e & 50.0 & 50.0 & 50.0 \\\\" in latex
+    unescaped = re.sub(r"\\[&%_#$]", "", latex)
+    assert not re.search(r"[%#]", unescaped.replace("% fp32", "")) and unescaped.count("&") == 3 * 3
+
+
+def test_a_one_method_table_and_its_figure_name_the_method(tmp_path, capsys, monkeypatch):
+    root = make_tree(tmp_path / "office31", {"amazon": 2, "webcam": 2}, size=(20, 20))
+    out = tmp_path / "out"
+    sweep(root, out, "--tasks=A-W,W-A", "--method=coral", "--amp=off")
+    capsys.readouterr()
+    import curves
+    drawn = []
+    monkeypatch.setattr(curves, "draw", lambda *args: drawn.append(args[3]))
+    sweep(root, out, "--tasks=A-W,W-A", "--method=coral", "--amp=off", "--report=True")
+    printed = capsys.readouterr().out
+    [figure_title] = drawn
+    assert figure_title.startswith("office31, resnet18 (none), coral, fp32, final model")
+    markdown = (out / "table.md").read_text(encoding="utf-8")
+    assert markdown.startswith("office31, resnet18 (none), coral, fp32, final model") and markdown.strip() in printed
+    assert "| task | accuracy (%) | seeds |" in markdown
+    assert {line["method"] for line in csv.DictReader((out / "table.csv").open(encoding="utf-8"))} == {"coral"}
+    assert "\ncoral & " in (out / "table.tex").read_text(encoding="utf-8")
