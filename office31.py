@@ -303,8 +303,8 @@ def train_one_epoch(model, optimizer, batches, first_step, total_steps, amp, mem
                     stop=None):
     """One epoch of SGD; returns the mean of each loss term and the accuracy on the (augmented) source batches.
     batches: (x, y) source batches; with an adaptation method, ((x, y), x_target) pairs, pushed through the network
-    as one batch (AFN: one per domain; Adaptation.network). Stops with Diverged at the first step whose loss is not finite, and with Stopped(step) at the end
-    of the step during which stop.requested was set (a StopOnSignal)."""
+    as one batch (AFN: one per domain; Adaptation.network). Stops with Diverged at the first step whose loss is not
+    finite, and with Stopped(step) at the end of the step during which stop.requested was set (a StopOnSignal)."""
     model.train()
     for module in model.modules():  # a frozen block's BatchNorm keeps its statistics too: eval mode
         weights = list(module.parameters()) if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) else []

@@ -374,7 +374,8 @@ def test_new_layers_all_learn_at_lr_mult(tree, tmp_path, monkeypatch, method, ad
     assert new["lr"] == pytest.approx(10 * pretrained["lr"])
 
 
-@pytest.mark.parametrize("method", ADAPTING)
+@pytest.mark.parametrize("method", [m if m in ("dann", "mcc") else pytest.param(m, marks=pytest.mark.slow)
+                                    for m in ADAPTING])  # (the quick tier: one adversarial, one on target logits)
 def test_target_labels_are_never_read_in_training(tree, tmp_path, monkeypatch, method):
     runs = []
     for permute in (False, True):
@@ -499,6 +500,7 @@ def target_accuracy_after_training(method, seed, shift=SHIFT):
         return (model(xt).argmax(1) == yt).float().mean().item()
 
 
+@pytest.mark.slow
 def test_adaptation_beats_source_only_on_a_generated_shift():
     seeds = range(3)
     source_only = [target_accuracy_after_training("source_only", seed) for seed in seeds]
@@ -513,6 +515,7 @@ def test_adaptation_beats_source_only_on_a_generated_shift():
     assert sum(jan) / 3 > sum(source_only) / 3 + 0.15, (jan, source_only)  # aligns the classes the wrong way round
 
 
+@pytest.mark.slow
 def test_mdd_beats_source_only_on_most_seeds_of_a_milder_shift():
     """MDD aligns the target with the classifier's own predictions, so where the shift moves the whole target
     across the boundary (SHIFT) it keeps them (measured: 0.48-0.56 on seeds 0-4, like source only). On a milder
@@ -524,6 +527,7 @@ def test_mdd_beats_source_only_on_most_seeds_of_a_milder_shift():
     assert statistics.median(mdd) > statistics.median(source_only) + 0.05, (mdd, source_only)
 
 
+@pytest.mark.slow
 def test_afn_enlarges_the_feature_norms_and_sharpens_the_target_predictions():
     """AFN does not beat source only on the generated shifts (measured 0.50-0.56 on SHIFT, 0.75 against 0.85 on
     average on a milder one), whose two input dimensions leave nothing for larger norms to carry. What it does
@@ -549,6 +553,7 @@ def test_bottleneck_auto_follows_the_papers():
     assert office31.with_method(dict(office31.FLAGS, bottleneck="64"), "dann")["bottleneck"] == 64
 
 
+@pytest.mark.slow
 def test_a_sweep_of_methods_keys_each_and_prints_the_papers_layout(tmp_path, capsys):
     from test_sweep import rows_of, sweep
     root = make_tree(tmp_path / "office31", {"amazon": 2, "dslr": 2, "webcam": 2}, size=(20, 20))
@@ -577,6 +582,7 @@ def test_a_sweep_of_methods_keys_each_and_prints_the_papers_layout(tmp_path, cap
         assert line == f"| {method} | " + " | ".join(cells) + " |"
 
 
+@pytest.mark.slow
 def test_a_sweep_of_todays_baselines_prints_one_row_each_in_the_papers_layout(tmp_path, capsys):
     from test_sweep import rows_of, sweep
     root = make_tree(tmp_path / "office31", {"amazon": 2, "dslr": 2, "webcam": 2}, size=(20, 20))

@@ -19,12 +19,16 @@ FAMILIES = [("vit_b_16", 224, "heads.head"), ("swin_t", 32, "head"), ("convnext_
             ("mobilenet_v3_small", 32, "classifier.3")]
 
 
+# ViT-B/16 takes 224 crops only, a few seconds a test on a CPU: in the full suite, not the quick tier
+FAMILY_PARAMS = [pytest.param(*f, marks=pytest.mark.slow) if f[0] == "vit_b_16" else f for f in FAMILIES]
+
+
 def small_run(name, crop):
     return [f"--model={name}", "--weights=none", f"--resize_size={crop + 4}", f"--crop_size={crop}", "--epochs=1",
-            "--iters_per_epoch=2", "--batch_size=2", "--num_workers=0", "--device=cpu", "--eval_every=0"]
+            "--iters_per_epoch=2", "--batch_size=2", "--num_workers=0", "--device=cpu", "--eval_every=0", "--amp=off"]
 
 
-@pytest.mark.parametrize("name, crop, classifier", FAMILIES, ids=[f[0] for f in FAMILIES])
+@pytest.mark.parametrize("name, crop, classifier", FAMILY_PARAMS, ids=[f[0] for f in FAMILIES])
 def test_each_family_trains_end_to_end_at_its_smallest_input(tree, tmp_path, capsys, name, crop, classifier):
     [result] = office31.main([f"--data_root={tree}", *small_run(name, crop), f"--out_dir={tmp_path}"])
     assert capsys.readouterr().out.splitlines()[-1] == \
@@ -54,7 +58,7 @@ def classifier_input(model, classifier, x):
     return seen[0].flatten(1)
 
 
-@pytest.mark.parametrize("name, crop, classifier", FAMILIES, ids=[f[0] for f in FAMILIES])
+@pytest.mark.parametrize("name, crop, classifier", FAMILY_PARAMS, ids=[f[0] for f in FAMILIES])
 def test_pretrained_weights_load_offline_and_only_the_new_layers_are_new(monkeypatch, name, crop, classifier):
     monkeypatch.setattr(torch.hub, "download_url_to_file", lambda *a, **k: pytest.fail("tried to download"))
     stand_in = write_stand_in(name, "IMAGENET1K_V1")
@@ -81,7 +85,7 @@ def test_inception_networks_load_their_weights_and_train_on_the_main_logits(monk
     assert isinstance(logits, torch.Tensor) and logits.shape == (2, 5)
 
 
-@pytest.mark.parametrize("name, crop, classifier", FAMILIES, ids=[f[0] for f in FAMILIES])
+@pytest.mark.parametrize("name, crop, classifier", FAMILY_PARAMS, ids=[f[0] for f in FAMILIES])
 def test_the_new_layers_alone_learn_at_lr_mult(name, crop, classifier):
     model, new_layer = build_model(name, 5, "none", bottleneck=8)
     optimizer = office31.make_optimizer(model, new_layer(model), dict(office31.FLAGS, lr=0.01, lr_mult=10.0))
@@ -104,6 +108,7 @@ def test_adaptation_reads_what_the_new_layer_receives_or_the_bottleneck():
     assert backbone.layers(model) == {"bottleneck": new_layer(model)[1][2]}  # the bottleneck's ReLU
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name, crop", [("vit_b_16", 224), ("convnext_tiny", 32)])
 def test_every_adaptation_method_takes_a_step(name, crop):
     g = torch.Generator().manual_seed(0)
@@ -123,15 +128,21 @@ def test_every_adaptation_method_takes_a_step(name, crop):
         assert torch.isfinite(torch.tensor(losses["adaptation"])) and not torch.equal(before, after), method
 
 
-def test_freeze_fixes_the_leading_stages_and_their_batchnorm_statistics(tree, tmp_path, monkeypatch):
-    built = []
-    real = office31.build_model
+def weights_before_and_after(monkeypatch):
+    """[(model, its state when built)] of every network office31 builds from now on: after the run, the model's
+    state_dict() is its state after training."""
+    built, real = [], office31.build_model
 
     def spy(*args, **kwargs):
         model, new_layer = real(*args, **kwargs)
         built.append((model, {k: v.clone() for k, v in model.state_dict().items()}))
         return model, new_layer
     monkeypatch.setattr(office31, "build_model", spy)
+    return built
+
+
+def test_freeze_fixes_the_leading_stages_and_their_batchnorm_statistics(tree, tmp_path, monkeypatch):
+    built = weights_before_and_after(monkeypatch)
     office31.main([f"--data_root={tree}", *small_run("efficientnet_b0", 32), "--freeze=2", f"--out_dir={tmp_path}"])
     [(model, before)] = built
     after = model.state_dict()
@@ -139,6 +150,20 @@ def test_freeze_fixes_the_leading_stages_and_their_batchnorm_statistics(tree, tm
     assert all(torch.equal(before[k], after[k]) for k in before if k.startswith(frozen))
     assert not all(torch.equal(before[k], after[k]) for k in before if k.startswith("features.2."))
     assert office31.block_names("efficientnet_b0")[:3] == ("features.0", "features.1", "features.2")
+
+
+def test_freeze_keeps_a_vits_patch_projection_class_token_and_position_embeddings(tree, tmp_path, monkeypatch):
+    built = weights_before_and_after(monkeypatch)
+    office31.main([f"--data_root={tree}", *small_run("vit_b_32", 224), "--iters_per_epoch=1", "--freeze=2",
+                   f"--out_dir={tmp_path}"])
+    [(model, before)] = built
+    after = model.state_dict()
+    frozen = ["class_token", "encoder.pos_embedding", "conv_proj.weight", "conv_proj.bias",
+              *(k for k in before if k.startswith("encoder.layers.encoder_layer_0."))]
+    assert all(torch.equal(before[k], after[k]) for k in frozen)
+    assert not torch.equal(before["encoder.layers.encoder_layer_1.mlp.0.weight"],
+                           after["encoder.layers.encoder_layer_1.mlp.0.weight"])
+    assert office31.block_names("vit_b_32")[:3] == ("embedding", "encoder_layer_0", "encoder_layer_1")
 
 
 def test_auto_weights_and_input_sizes_come_from_each_network():

@@ -81,6 +81,7 @@ def test_a_run_that_evaluated_only_its_final_model_gets_no_curve_but_a_note(tmp_
     assert "source_only" in note.get_text() and "eval_every=0" in note.get_text()
 
 
+@pytest.mark.slow
 def test_a_run_that_draws_no_figure_never_imports_matplotlib(tree, tmp_path):
     code = ("import sys, office31; office31.main(['--data_root=' + sys.argv[1], '--model=resnet18', '--weights=none',"
             " '--resize_size=36', '--crop_size=32', '--epochs=1', '--iters_per_epoch=1', '--batch_size=4',"

@@ -94,3 +94,19 @@ def test_cached_batches_match_shapes_labels_and_counts(tree):
     assert sorted(labels[:15].tolist()) == sorted(domain.labels.tolist())
     test = list(domain.test_batches(4, 32))
     assert sum(len(y) for _, y in test) == 15 and torch.equal(torch.cat([y for _, y in test]), domain.labels)
+
+
+def test_fine_tune_called_directly_refuses_domains_whose_classes_differ(tmp_path, monkeypatch):
+    """As tests/benchmark.py calls it: the check sits in fine_tune itself, before a network is built."""
+    import office31
+    root = make_tree(tmp_path / "d", {"amazon": 1, "webcam": 1}, classes=["bike", "mug"])
+    make_tree(tmp_path / "d", {"webcam": 1}, classes=["pen"], start_seed=50)  # webcam: bike, mug and pen
+    source, target = (load_domain(root, name, 20, True, 0, "cpu") for name in ("amazon", "webcam"))
+    monkeypatch.setattr(office31, "build_model", lambda *a, **k: pytest.fail("built a network"))
+    c = office31.resolve(dict(office31.FLAGS, model="resnet18", weights="none", out_dir=str(tmp_path / "out")))
+    with pytest.raises(UserError) as error:
+        office31.fine_tune(dict(c, precision="fp32"), source, target, torch.device("cpu"), "A→W")
+    assert str(error.value).startswith("source and target have different classes: only in ")
+    assert str(error.value).endswith("only in " + os.path.join(root, "webcam", "images") + ": pen. Classes are matched "
+                                     "by folder name; rename or remove folders so both domains have the same set.")
+    assert not (tmp_path / "out").exists()

@@ -170,6 +170,7 @@ def test_an_incomplete_mirror_is_refused(tmp_path, monkeypatch, mirror_archives,
     assert written(tmp_path / "data") == []
 
 
+@pytest.mark.slow
 def test_office_home_by_name(tmp_path, monkeypatch, capsys):
     sizes = {"Art": 6, "Clipart": 7, "Product": 5, "Real_World": 8}  # the real counts, scaled down for speed
     monkeypatch.setitem(download.DATASETS["office_home"], "domains", sizes)

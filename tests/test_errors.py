@@ -79,6 +79,7 @@ def test_damaged_checkpoint_says_delete_it(tree, capsys):
     fails_with([f"--data_root={tree}", *TINY, "--weights=IMAGENET1K_V1"], capsys, "delete it")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args, phrase", [
     (["--epochs=0"], "--epochs=0: must be at least 1"),
     (["--source=X"], "domain 'X' was not found"),
@@ -94,6 +95,7 @@ def test_script_exits_nonzero_without_traceback(tree, tmp_path, args, phrase):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_compile_without_a_compiler_says_turn_it_off(tree, tmp_path):
     env = dict(os.environ, CXX=str(tmp_path / "no-such-g++"), TORCHINDUCTOR_CACHE_DIR=str(tmp_path / "inductor"))
     result = subprocess.run([sys.executable, os.path.join(ROOT, "office31.py"), f"--data_root={tree}", *TINY,

@@ -26,12 +26,10 @@ def test_out_dir_that_cannot_be_written_stops_before_any_work(tree, tmp_path, mo
     out_dir = {"a file": blocker, "under a file": blocker / "out", "under /proc": "/proc/office31-out"}[where]
     no_decoding(monkeypatch)
     monkeypatch.setattr(office31, "build_model", lambda *a: pytest.fail("fetched weights"))
-    started = time.time()
-    with pytest.raises(SystemExit) as stop:
+    with pytest.raises(SystemExit) as stop:  # (no images decoded, no weights fetched: before any work)
         office31.main([f"--data_root={tree}", *TINY, "--weights=IMAGENET1K_V1", f"--out_dir={out_dir}"])
     message = str(stop.value.code)
     assert message.startswith("error: --out_dir=") and str(out_dir) in message and "Nothing was run" in message
-    assert time.time() - started < 10
     assert blocker.read_text() == "someone's file" and not os.path.isdir(out_dir)
 
 
@@ -74,6 +72,7 @@ def test_check_finite_names_every_term():
     assert error.value.args == (3, {"classification": 0.5, "adaptation": float("inf")})
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cache", [True, False])
 def test_evaluating_does_not_change_training(tmp_path, cache):
     root = make_tree(tmp_path / "d", {"amazon": 4, "webcam": 3})
@@ -169,6 +168,7 @@ def test_cache_that_would_not_fit_stops_before_decoding(tree, tmp_path, monkeypa
     assert data_loader.cache_bytes(tree, ["amazon", "webcam"], 40) == needed
 
 
+@pytest.mark.slow
 def test_logs_get_lines_not_progress_bars(tree, tmp_path):
     result = run_script(f"--data_root={tree}", *TINY, "--num_workers=0", f"--out_dir={tmp_path}")
     assert result.returncode == 0, result.stderr

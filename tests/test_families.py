@@ -11,6 +11,7 @@ import torchvision
 import caffe_alexnet
 import office31
 from models import MODELS, architecture, block_names, build_model, on_meta
+from test_backbones import FAMILIES, weights_before_and_after
 
 pytestmark = pytest.mark.slow
 
@@ -30,8 +31,7 @@ def family(name):
 
 
 def test_every_family_torchvision_lists_has_a_network_trained_here():
-    import test_backbones
-    covered = {family(n) for n in [*TRAINED, *(f[0] for f in test_backbones.FAMILIES), "resnet18", "caffe_alexnet",
+    covered = {family(n) for n in [*TRAINED, *(f[0] for f in FAMILIES), "resnet18", "caffe_alexnet",
                                    *REFUSED]}
     listed = {family(n) for n in torchvision.models.list_models(module=torchvision.models)}
     assert listed <= covered, f"no trained test for {sorted(listed - covered)}: add one network of each to TRAINED"
@@ -125,14 +125,7 @@ def test_freeze_is_counted_in_stages_or_refused_with_the_reason(name):
 
 
 def test_vgg_bn_freezes_a_convolution_with_its_batchnorm_statistics(tree, tmp_path, monkeypatch):
-    built = []
-    real = office31.build_model
-
-    def spy(*args, **kwargs):
-        model, new_layer = real(*args, **kwargs)
-        built.append((model, {k: v.clone() for k, v in model.state_dict().items()}))
-        return model, new_layer
-    monkeypatch.setattr(office31, "build_model", spy)
+    built = weights_before_and_after(monkeypatch)
     office31.main([f"--data_root={tree}", "--model=vgg11_bn", "--weights=none", "--resize_size=36", "--crop_size=32",
                    "--epochs=1", "--iters_per_epoch=2", "--batch_size=2", "--num_workers=0", "--device=cpu",
                    "--amp=off", "--eval_every=0", "--freeze=1", f"--out_dir={tmp_path}"])

@@ -106,6 +106,7 @@ def test_amp_auto_on_cpu_follows_the_measurement(monkeypatch):
         office31.choose_amp("bf16", cpu)
 
 
+@pytest.mark.slow
 def test_cpu_bf16_speedup_is_measured_once_per_process():
     precision.cpu_bf16_speedup.cache_clear()
     first = precision.cpu_bf16_speedup()
@@ -138,11 +139,10 @@ def first_conv_dtypes(monkeypatch):
     return dtypes
 
 
-@pytest.mark.parametrize("speedup, dtype", [(2.5, torch.bfloat16), (0.6, torch.float32)])
-def test_amp_auto_trains_in_the_chosen_precision_and_says_so(tree, tmp_path, monkeypatch, capsys, speedup, dtype):
+def test_amp_auto_trains_in_the_chosen_precision_and_says_so(tree, tmp_path, monkeypatch, capsys, cpu_bf16_speedup):
     from test_train import TINY
-    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
-    monkeypatch.setattr(precision, "cpu_bf16_speedup", lambda: speedup)
+    speedup = cpu_bf16_speedup
+    dtype = torch.bfloat16 if speedup >= precision.BF16_MARGIN else torch.float32
     dtypes = first_conv_dtypes(monkeypatch)
     [result] = office31.main([f"--data_root={tree}", *TINY, "--amp=auto", f"--out_dir={tmp_path}"])
     assert dtypes and set(dtypes) == {dtype}

@@ -43,6 +43,7 @@ def assert_same_run(a, b, out_a, out_b):
     assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method, cache, how, extra", [
     ("source_only", "True", "SIGKILL", []), ("dann", "False", "SIGKILL", ["--tasks=A-W"]),  # a sweep of one run
     ("dann", "True", "SIGTERM", []), ("source_only", "False", "SIGTERM", [])])

@@ -15,7 +15,7 @@ import results
 from conftest import ROOT, make_tree
 
 FAST = ["--model=resnet18", "--weights=none", "--resize_size=16", "--crop_size=16", "--epochs=1",
-        "--iters_per_epoch=1", "--batch_size=4", "--num_workers=0", "--device=cpu", "--eval_every=0"]
+        "--iters_per_epoch=1", "--batch_size=4", "--num_workers=0", "--device=cpu", "--eval_every=0", "--amp=off"]
 
 
 def sweep(root, out, *extra):
@@ -31,6 +31,7 @@ def three(tmp_path):
     return make_tree(tmp_path / "office31", {"amazon": 2, "dslr": 1, "webcam": 1}, size=(20, 20))
 
 
+@pytest.mark.slow
 def test_all_covers_every_ordered_pair(tmp_path, three):
     done = sweep(three, tmp_path / "out", "--tasks=all")
     assert [r["task"] for r in done] == ["A→D", "A→W", "D→A", "D→W", "W→A", "W→D"]
@@ -46,7 +47,8 @@ def test_rows_and_table_agree(tmp_path, three, capsys):
     assert len(rows) == 6 and sorted((r["source"], r["target"], r["seed"]) for r in rows) == sorted(
         (s, t, k) for s, t in [("amazon", "webcam"), ("webcam", "amazon")] for k in range(3))
     row = rows[0]
-    assert row["model"] == "resnet18" and row["config"]["epochs"] == 1 and row["accuracy"] == row["correct"] / row["total"]
+    assert row["model"] == "resnet18" and row["config"]["epochs"] == 1
+    assert row["accuracy"] == row["correct"] / row["total"]
     table = capsys.readouterr().out.split("| task |", 1)[1]
     shown = {m[0]: (float(m[1]), float(m[2]), int(m[3]))
              for m in re.findall(r"^\| (\S+) \| ([\d.]+) ± ([\d.]+) \| (\d+) \|$", table, re.M)}
@@ -67,6 +69,7 @@ def test_report_reads_without_training(tmp_path, three, monkeypatch, capsys):
         sweep(three, tmp_path / "out", "--report=True", "--model=resnet34")
 
 
+@pytest.mark.slow
 def test_failed_run_appends_nothing_and_rerun_resumes(tmp_path, three, monkeypatch):
     real, calls = office31.fine_tune, []
 
@@ -94,6 +97,7 @@ def script(root, out, *extra):
     return [sys.executable, os.path.join(ROOT, "office31.py"), f"--data_root={root}", f"--out_dir={out}", *FAST, *extra]
 
 
+@pytest.mark.slow
 def test_killed_sweep_leaves_valid_file_and_resumes(tmp_path, three):
     out = tmp_path / "out"
     process = subprocess.Popen(script(three, out, "--tasks=all", "--seeds=3"), stdout=subprocess.DEVNULL,
@@ -109,6 +113,7 @@ def test_killed_sweep_leaves_valid_file_and_resumes(tmp_path, three):
     assert len(done) == 18 - kept and len(rows_of(out)) == 18
 
 
+@pytest.mark.slow
 def test_two_shards_at_once_cover_the_sweep_once(tmp_path, three):
     out = tmp_path / "out"
     shards = [subprocess.Popen(script(three, out, "--tasks=all", "--seeds=2", f"--shard={i}/2"),

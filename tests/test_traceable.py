@@ -33,6 +33,7 @@ def expected_cell(values, count):
     return text + (f" ({len(values)})" if count else "")
 
 
+@pytest.mark.slow
 def test_every_cell_is_recomputed_from_the_rows_it_averages(tmp_path, three, capsys):
     """The issue's case: two tasks with one seed, then three seeds of one task. Report what the flags name."""
     out = tmp_path / "out"

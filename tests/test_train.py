@@ -13,7 +13,7 @@ from conftest import ROOT, make_tree
 from data_loader import load_domain
 
 TINY = ["--model=resnet18", "--weights=none", "--resize_size=40", "--crop_size=32", "--epochs=2",
-        "--iters_per_epoch=4", "--batch_size=8", "--num_workers=0", "--device=cpu"]
+        "--iters_per_epoch=4", "--batch_size=8", "--num_workers=0", "--device=cpu", "--amp=off"]  # (auto: tested apart)
 FINAL_LINE = re.compile(r"^([A-Z])→([A-Z]) accuracy: (\d+\.\d\d)% \((\d+)/(\d+)\)$")
 
 
@@ -63,6 +63,7 @@ def test_every_target_image_counted_once(tree):
     assert seen == [4, 4, 4, 3] and total == 15 and 0 <= correct <= 15
 
 
+@pytest.mark.slow
 def test_end_to_end_prints_final_line_and_writes_json(tree, tmp_path):
     out = tmp_path / "out"
     result = run_script(f"--data_root={tree}", f"--out_dir={out}", "--source=A", "--target=D", *TINY)
@@ -80,6 +81,7 @@ def test_end_to_end_prints_final_line_and_writes_json(tree, tmp_path):
     assert (data["correct"], data["total"]) == (int(match.group(4)), 9)
 
 
+@pytest.mark.slow
 def test_seeded_runs_repeat_and_learn_the_easy_pair(tmp_path):
     tree = make_tree(tmp_path / "easy", {"amazon": 12, "webcam": 8})
     args = [f"--data_root={tree}", *TINY, "--epochs=3", "--iters_per_epoch=6", "--eval_every=0", "--seed=3"]
@@ -99,6 +101,7 @@ def test_save_model_writes_plain_state_dict(tree, tmp_path):
     assert state["fc.weight"].shape == (3, 512)
 
 
+@pytest.mark.slow
 def test_compiled_runs_repeat_learn_and_save_plain_state_dict(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))  # not the user's cache
     tree = make_tree(tmp_path / "easy", {"amazon": 12, "webcam": 8})
@@ -114,6 +117,7 @@ def test_compiled_runs_repeat_learn_and_save_plain_state_dict(tmp_path, monkeypa
     assert "fc.weight" in torch.load(path, weights_only=True)  # no "_orig_mod." prefix from the compiled wrapper
 
 
+@pytest.mark.slow
 def test_benchmark_epoch_runs_on_both_pipelines(tree):
     """tests/benchmark.py is no test, but it must keep working: its one-epoch child, on a generated tree."""
     for kind in ("classic", "defaults"):
