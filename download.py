@@ -33,24 +33,31 @@ DATASETS = {
         "name": "Office-31", "classes": 31, "size": "about 80 MB", "task": ("amazon", "webcam"),
         "domains": OFFICE31_SIZES,
         "mirror": {"amazon": "ec12dfcddade43ab8101", "dslr": "a41d818ae2f34da7bb32", "webcam": "8a41009a166e4131adcd"},
-        "tree": "<data_root>/amazon/images/back_pack/frame_0001.jpg (or <data_root>/amazon/back_pack/...), and "
-                "dslr, webcam alike",
-        "by_hand": f"{OFFICE31_ARCHIVE} is linked from people.eecs.berkeley.edu/~jhoffman/domainadapt/ (Google "
-                   f"Drive id {OFFICE31_DRIVE_ID}); unpack it into <data_root>. Or fetch amazon.tgz, dslr.tgz and "
-                   "webcam.tgz from the mirror (" + MIRROR.format("ec12dfcddade43ab8101") + " and the others in "
-                   "download.py) and unpack them there.",
+        "tree": ["amazon/images/back_pack/frame_0001.jpg   (or amazon/back_pack/frame_0001.jpg)",
+                 "dslr/images/...", "webcam/images/..."],
+        "official": [f"{OFFICE31_ARCHIVE}  https://drive.google.com/uc?id={OFFICE31_DRIVE_ID}",
+                     "(linked from https://people.eecs.berkeley.edu/~jhoffman/domainadapt/)"],
     },
     "office_home": {
         "name": "Office-Home", "classes": 65, "size": "15,588 images, four archives", "task": ("Art", "Clipart"),
         "domains": OFFICE_HOME_SIZES,
         "mirror": {"Art": "4691878067d04755beab", "Clipart": "0d41e7da4558408ea5aa",
                    "Product": "76186deacd7c4fa0a679", "Real_World": "dee961894cc64b1da1d7"},
-        "tree": "<data_root>/Art/Alarm_Clock/00001.jpg, and Clipart, Product, Real_World alike",
-        "by_hand": "Office-Home is at hemanthdv.org/officeHomeDataset.html; or fetch Art.tgz, Clipart.tgz, "
-                   "Product.tgz and Real_World.tgz from the mirror (" + MIRROR.format("4691878067d04755beab") +
-                   " and the others in download.py); unpack them into <data_root>.",
+        "tree": ["Art/Alarm_Clock/00001.jpg", "Clipart/...", "Product/...", "Real_World/..."],
+        "official": ["its page: https://www.hemanthdv.org/officeHomeDataset.html"],
     },
 }
+
+
+def by_hand(dataset, data_root):
+    """How to put the dataset in place without this script, as lines: every source's URL, the folder, the tree."""
+    spec, folder = DATASETS[dataset], os.path.abspath(data_root)
+    mirror = [f"    {domain}.tgz  {MIRROR.format(key)}" for domain, key in spec["mirror"].items()]
+    tree = [f"    {os.path.join(folder, line)}" for line in spec["tree"]]
+    official = [f"    {line}" for line in spec["official"]]
+    return "\n".join([f"Download it by hand and unpack it into {folder}:", "  the official archive:", *official,
+                       "  or the Transfer-Learning-Library mirror, one archive per domain:", *mirror,
+                       "Expected tree:", *tree])
 
 
 def problems(root, dataset):
@@ -146,8 +153,9 @@ def download_dataset(data_root, dataset):
                 continue
             install(tree, data_root, in_place)
             return
-    raise UserError(f"could not download {spec['name']}: " + "; ".join(failures) + f". Nothing was written to "
-                    f"'{data_root}'. Download it by hand: {spec['by_hand']} Expected tree: {spec['tree']}.")
+    raise UserError(f"could not download {spec['name']} into {os.path.abspath(data_root)}:\n" +
+                    "".join(f"  {failure}\n" for failure in failures) +
+                    "Nothing was written there.\n" + by_hand(dataset, data_root))
 
 
 def install(tree, data_root, in_place):
@@ -196,12 +204,11 @@ def prepare_data_root(data_root, download, dataset="office31"):
     root = dataset_root(data_root)
     if find_domains(root):
         return root
-    spec = DATASETS[dataset]
-    how = f"Expected tree: {spec['tree']}. {spec['by_hand']}"
+    spec, how = DATASETS[dataset], by_hand(dataset, data_root)
     if os.path.isdir(data_root) and visible_entries(data_root):
-        raise UserError(f"'{data_root}' holds no domain folders with class folders inside. {how}")
+        raise UserError(f"'{data_root}' holds no domain folders with class folders inside.\n{how}")
     if not download:
-        raise UserError(f"'{data_root}' does not exist or is empty, and --download=False. {how}")
+        raise UserError(f"'{data_root}' does not exist or is empty, and --download=False.\n{how}")
     with download_lock(data_root):
         if not find_domains(dataset_root(data_root)):  # else another process downloaded it while we waited
             print(f"{spec['name']} not found in '{data_root}': downloading it ({spec['size']}).")

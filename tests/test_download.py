@@ -147,9 +147,18 @@ def test_every_source_failing_lists_each_and_writes_nothing(tmp_path, monkeypatc
     with pytest.raises(UserError) as error:
         download.prepare_data_root(str(tmp_path / "data" / "office31"), download=True)
     message = str(error.value)
-    assert message.startswith("could not download Office-31: the official archive (Google Drive) failed: URLError")
-    assert "; the Transfer-Learning-Library mirror (cloud.tsinghua.edu.cn) failed: HTTPError" in message
-    assert "Nothing was written" in message and "Download it by hand" in message and "Expected tree" in message
+    lines, folder = message.splitlines(), os.path.abspath(tmp_path / "data" / "office31")
+    assert lines[0] == f"could not download Office-31 into {folder}:", lines
+    assert lines[1].startswith("  the official archive (Google Drive) failed: URLError")
+    assert lines[2].startswith("  the Transfer-Learning-Library mirror (cloud.tsinghua.edu.cn) failed: HTTPError")
+    assert lines[3] == "Nothing was written there."
+    assert lines[4] == f"Download it by hand and unpack it into {folder}:"
+    assert "    domain_adaptation_images.tar.gz  https://drive.google.com/uc?id=0B4IapRTv9pJ1WGZVd1VDMmhwdlE" in lines
+    assert "    webcam.tgz  https://cloud.tsinghua.edu.cn/f/8a41009a166e4131adcd/?dl=1" in lines
+    assert lines[-4:] == ["Expected tree:", *(f"    {os.path.join(folder, tail)}" for tail in (
+        "amazon/images/back_pack/frame_0001.jpg   (or amazon/back_pack/frame_0001.jpg)", "dslr/images/...",
+        "webcam/images/..."))]
+    assert max(len(line) for line in lines[3:] if folder not in line) < 100  # short lines, every URL on its own
     assert written(tmp_path / "data") == []
 
 
@@ -207,7 +216,7 @@ def test_failed_fetch_explains_manual_steps_and_leaves_nothing(tmp_path, monkeyp
 
     monkeypatch.setattr(download, "fetch_drive_archive", offline)
     (tmp_path / "data").mkdir()
-    with pytest.raises(UserError, match="could not download Office-31: .*by hand.*domain_adaptation_images.tar.gz"):
+    with pytest.raises(UserError, match=r"(?s)could not download Office-31 into .*by hand.*images.tar.gz"):
         download.prepare_data_root(str(tmp_path / "data" / "office31"), download=True)
     assert written(tmp_path / "data") == []
 

@@ -39,9 +39,10 @@ def test_bad_flags(argv, phrases, capsys):
 
 
 def test_missing_data_root_explains_the_tree(tmp_path, capsys):
-    fails_with([f"--data_root={tmp_path / 'nowhere'}", "--download=False"], capsys,
-               "does not exist or is empty", "<data_root>/amazon/images/back_pack/frame_0001.jpg",
-               "<data_root>/amazon/back_pack/", "domain_adaptation_images.tar.gz")
+    folder = tmp_path / "nowhere"
+    fails_with([f"--data_root={folder}", "--download=False"], capsys, "does not exist or is empty",
+               f"{folder / 'amazon/images/back_pack/frame_0001.jpg'}   (or amazon/back_pack/frame_0001.jpg)",
+               "domain_adaptation_images.tar.gz", f"Download it by hand and unpack it into {folder}:")
     assert not (tmp_path / "nowhere").exists()
 
 
