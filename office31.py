@@ -21,6 +21,7 @@ and the end prints the table papers show (methods as rows, mean ± std over seed
 import collections
 import contextlib
 import datetime
+import difflib
 import itertools
 import json
 import math
@@ -104,7 +105,7 @@ def parse_value(name, text, default):
     """text as the type of the flag's default; a wrong type is a UserError naming the flag."""
     try:
         if isinstance(default, bool):
-            if text.lower() not in ("true", "false", "1", "0"):
+            if text.lower() not in BOOLEAN_WORDS:
                 raise ValueError
             return text.lower() in ("true", "1")
         return type(default)(text)
@@ -133,26 +134,45 @@ def flag_help():
 
 
 def parse_flags(argv, defaults=FLAGS):
-    """nanoGPT-style overrides: each --name=value replaces one flag and is echoed; anything else is an error."""
-    config = dict(defaults)
-    for arg in argv:
+    """nanoGPT-style overrides: each --name=value (or --name value) replaces one flag and is echoed; a bare --name
+    sets a boolean flag to True; anything else is an error, which names the flag meant where it looks like a typo."""
+    config, args = dict(defaults), list(argv)
+    while args:
+        arg = args.pop(0)
         if arg in ("-h", "--help"):
             print(__doc__ + "\nflags (--name=value; each shown with its default):" + flag_help())
             sys.exit(0)
         name, eq, text = arg[2:].partition("=")
-        if not arg.startswith("--") or not eq or name not in defaults:
-            raise UserError(f"unknown argument '{arg}'. Use --name=value with a name among: "
-                            f"{', '.join(defaults)}.")
+        if not arg.startswith("--") or name not in defaults:
+            raise UserError(unknown_argument(arg, name if arg.startswith("--") else None, defaults))
+        boolean = isinstance(defaults[name], bool)
+        if not eq and args and not args[0].startswith("--") and (not boolean or args[0].lower() in BOOLEAN_WORDS):
+            text = args.pop(0)  # --name value
+        elif not eq and boolean:
+            text = "true"  # a bare --report
+        elif not eq:
+            raise UserError(f"--{name} needs a value: --{name}=VALUE or --{name} VALUE (default: {defaults[name]!r}).")
         config[name] = parse_value(name, text, defaults[name])
         print(f"overriding: {name} = {config[name]!r}")
     return config
+
+
+BOOLEAN_WORDS = ("true", "false", "1", "0")
+
+
+def unknown_argument(arg, name, defaults):
+    """The error for an argument that names no flag: the flag meant, where one is close, and the list."""
+    close = difflib.get_close_matches(name, defaults, n=1, cutoff=0.6) if name else []
+    meant = f" Did you mean --{close[0]}?" if close else ""
+    return (f"unknown argument '{arg}'.{meant} Flags are --name=value (or --name value) with a name among: "
+            f"{', '.join(defaults)}.")
 
 
 def resolve(c):
     """The flags whose default depends on another, made explicit: data_root, source and target "" (the
     dataset's folder and first task), weights=auto, resize_size=0 and crop_size=0 (the network's). An unknown
     model or weights name is left for check_config to explain."""
-    weights = c["weights"]
+    weights = c["weights"].lower() if c["weights"].lower() in ("auto", "none") else c["weights"]  # None, AUTO
     if c["model"] in MODELS and weights == "auto":
         weights = weight_names(c["model"])[0]
     known = c["model"] in MODELS and weights in weight_names(c["model"])

@@ -28,14 +28,30 @@ def fails_with(argv, capsys, *phrases):
     (["--model=resnet51"], ["--model=resnet51", "alexnet, caffe_alexnet, resnet18"]),
     (["--crop_size=300"], ["--crop_size=300", "larger than --resize_size=256"]),
     (["--weights=IMAGENET1K_V2", "--model=resnet18"], ["resnet18 has IMAGENET1K_V1, none."]),
-    (["--epoch=3"], ["unknown argument '--epoch=3'", "epochs, iters_per_epoch"]),
-    (["epochs=3"], ["unknown argument 'epochs=3'"]),
+    (["--epoch=3"], ["unknown argument '--epoch=3'. Did you mean --epochs?", "epochs, iters_per_epoch"]),
+    (["--lr_multi=3"], ["Did you mean --lr_mult?"]),
+    (["epochs=3"], ["unknown argument 'epochs=3'. Flags are --name=value"]),
+    (["--epochs", "3", "stray"], ["unknown argument 'stray'"]),
+    (["--lr"], ["--lr needs a value: --lr=VALUE or --lr VALUE (default: 0.001)."]),
+    (["--epochs", "--lr=1"], ["--epochs needs a value"]),
     (["--batch_size=3.5"], ["--batch_size=3.5: expected int"]),
     (["--cache=maybe"], ["--cache=maybe: expected bool"]),
     (["--momentum=1.5"], ["--momentum=1.5"]),
 ])
 def test_bad_flags(argv, phrases, capsys):
     fails_with(argv, capsys, *phrases)
+
+
+def test_flags_as_people_type_them(capsys):
+    c = office31.parse_flags(["--epochs", "3", "--report", "--lr", "0.01", "--cache", "false", "--seed", "-1",
+                              "--save_model", "--eval_every=2", "--weights", "None"])
+    assert (c["epochs"], c["report"], c["lr"], c["cache"], c["seed"], c["save_model"], c["eval_every"]) == \
+        (3, True, 0.01, False, -1, True, 2)
+    assert "overriding: report = True" in capsys.readouterr().out
+    assert office31.resolve(c)["weights"] == "none"  # None, NONE and none alike
+    assert office31.resolve(office31.parse_flags(["--weights=AUTO"]))["weights"] == "IMAGENET1K_V1"
+    assert office31.parse_flags(["--report", "--epochs=2"])["report"] is True  # a bare boolean before a flag
+    assert office31.parse_flags(["--out_dir="])["out_dir"] == ""  # an empty value needs the = form
 
 
 def test_missing_data_root_explains_the_tree(tmp_path, capsys):
