@@ -22,6 +22,11 @@ def figure_of(out, methods):
     return fig, rows
 
 
+def panels(fig):
+    """{gid: axes}: each task's "<task>:accuracy" and "<task>:loss" panels."""
+    return {ax.get_gid(): ax for ax in fig.axes if ax.get_gid()}
+
+
 def lines_of(axis):
     return {line.get_gid(): (list(line.get_xdata()), list(line.get_ydata())) for line in axis.get_lines()}
 
@@ -38,7 +43,7 @@ def test_one_run_draws_its_accuracy_and_loss_per_epoch(tmp_path):
     assert (out / "curves.png").stat().st_size > 0
     fig, [row] = figure_of(out, ["source_only"])
     epochs = epochs_of(out, row)
-    top, bottom = fig.axes[0], fig.axes[1]
+    top, bottom = panels(fig)["A→W:accuracy"], panels(fig)["A→W:loss"]
     assert top.get_title() == "A→W"
     assert lines_of(top)["source_only:target"] == ([1, 2, 3], [100 * e["target_acc"] for e in epochs])
     assert lines_of(bottom)["source_only:loss"] == ([1, 2, 3], [e["loss"] for e in epochs])
@@ -52,9 +57,9 @@ def test_a_sweep_draws_each_method_as_the_mean_of_its_seeds_in_each_task(tmp_pat
     sweep(root, out, "--tasks=A-W,W-A", "--seeds=2", "--epochs=2", "--eval_every=1", "--method=source_only,coral")
     assert (out / "curves.png").exists()
     fig, rows = figure_of(out, ["source_only", "coral"])
-    assert [ax.get_title() for ax in fig.axes] == ["A→W", "W→A", "", ""]  # a column per task: accuracy, losses
-    for column, task in enumerate([("amazon", "webcam"), ("webcam", "amazon")]):
-        top, bottom = fig.axes[column], fig.axes[2 + column]
+    assert sorted(panels(fig)) == ["A→W:accuracy", "A→W:loss", "W→A:accuracy", "W→A:loss"]
+    for name, task in {"A→W": ("amazon", "webcam"), "W→A": ("webcam", "amazon")}.items():
+        top, bottom = panels(fig)[f"{name}:accuracy"], panels(fig)[f"{name}:loss"]
         for method in ("source_only", "coral"):
             runs = [epochs_of(out, r) for r in latest_per_seed([r for r in rows if r["config"]["method"] == method])
                     [task].values()]
@@ -75,7 +80,7 @@ def test_a_run_that_evaluated_only_its_final_model_gets_no_curve_but_a_note(tmp_
     out = tmp_path / "out"
     sweep(root, out, "--tasks=A-W", "--epochs=2", "--eval_every=0")
     fig, _ = figure_of(out, ["source_only"])
-    top, bottom = fig.axes
+    top, bottom = panels(fig)["A→W:accuracy"], panels(fig)["A→W:loss"]
     assert "source_only:target" not in lines_of(top) and "source_only:loss" in lines_of(bottom)
     [note] = [t for t in top.texts if t.get_gid() == "no curve"]
     assert "source_only" in note.get_text() and "eval_every=0" in note.get_text()
@@ -90,3 +95,30 @@ def test_a_run_that_draws_no_figure_never_imports_matplotlib(tree, tmp_path):
                           text=True, timeout=300, env=dict(os.environ, TORCH_HOME=str(tmp_path / "torch")))
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[-1] == "False"
+
+
+def test_whole_epochs_a_legend_for_the_dashed_line_one_colour_per_method_and_rows_of_tasks(tmp_path):
+    """Twelve tasks wrap into three rows of four; the epoch axis is marked in whole numbers; the line styles are
+    in a legend; a method's colour depends on its name alone, the same in a figure of other methods."""
+    domains = {"Art": 1, "Clipart": 1, "Product": 1, "Real_World": 1}
+    root = make_tree(tmp_path / "home", domains, size=(20, 20))
+    out = tmp_path / "out"
+    sweep(root, out, "--tasks=all", "--epochs=3", "--eval_every=1", "--method=coral,dann")
+    fig, _ = figure_of(out, ["coral", "dann"])
+    tops = [ax for gid, ax in panels(fig).items() if gid.endswith(":accuracy")]
+    assert len(tops) == 12 and len({round(ax.get_position().x0, 3) for ax in tops}) == 4  # four columns
+    assert len({round(ax.get_position().y0, 3) for ax in tops}) == 3  # three rows of accuracy panels
+    for ax in panels(fig).values():
+        ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+        assert ticks and all(float(t).is_integer() for t in ticks), ticks
+    [kinds] = [ax.get_legend() for ax in fig.axes if ax.get_legend() and ax.get_gid().endswith(":loss")]
+    assert [(line.get_linestyle(), text.get_text()) for line, text in zip(kinds.get_lines(), kinds.get_texts())] == \
+        [("-", "source classification loss"), ("--", "adaptation term")]
+    top = tops[0]
+    colours = {line.get_gid(): line.get_color() for line in top.get_lines()}
+    assert colours["dann:target"] == curves.colour("dann") != curves.colour("coral") == colours["coral:target"]
+    rows = rows_of(out)
+    alone = curves.draw(str(out), {"dann": [r for r in rows if r["config"]["method"] == "dann"]},
+                        lambda s, t: f"{s}→{t}", "title", str(out / "dann.png"))
+    [line] = [line for ax in alone.axes for line in ax.get_lines() if line.get_gid() == "dann:target"][:1]
+    assert line.get_color() == colours["dann:target"]  # the same colour without coral beside it
