@@ -310,3 +310,26 @@ class Adaptation(nn.Module):
         if self.method == "bsp":  # the penalty acts on the features themselves, not through the reversal
             term = term + BSP_WEIGHT * batch_spectral_penalty(feature[:half], feature[half:])
         return term
+
+
+# The papers' setups: a 256-wide bottleneck before the classifier for DDC (its "adaptation layer"), DANN, CDAN,
+# BSP, JAN and DAN on ResNet-50; DAN on AlexNet adapts fc6-fc8 directly, Deep CORAL aligns fc8, and source only has
+# none. MCC and MDD use 1,024 and AFN 1,000 (the Transfer-Learning-Library's Office-31 scripts).
+BOTTLENECK = {"source_only": 0, "ddc": 256, "dan": 256, "coral": 0, "dann": 256, "cdan": 256, "bsp": 256, "jan": 256,
+              "mcc": 1024, "mdd": 1024, "afn": 1000}
+
+
+def methods(c):
+    """The methods a --method value names: one, or several separated by commas (a sweep)."""
+    return [m.strip() for m in c["method"].split(",") if m.strip()]
+
+
+def with_method(c, method):
+    """The config of one method's runs: its name, the bottleneck width resolved from "auto", and the flags that
+    do not apply to it set to what it does (source only adds no loss; only CDAN conditions on entropy), so that
+    they do not split one experiment into several."""
+    width = c["bottleneck"]
+    if width == "auto":
+        width = 0 if method == "dan" and "alexnet" in c["model"] else BOTTLENECK[method]
+    return dict(c, method=method, bottleneck=int(width), trade_off=0.0 if method == "source_only" else c["trade_off"],
+                entropy=c["entropy"] and method == "cdan")

@@ -21,6 +21,7 @@ import signal
 
 import torch
 
+from data_loader import UserError
 from results import experiment, run_label, run_stem
 
 try:
@@ -29,6 +30,14 @@ except ImportError:  # Windows: no lock; two processes must not be started on th
     fcntl = None
 
 FORMAT = 1  # what a checkpoint holds and how; a file of another format is ignored
+
+
+class Diverged(UserError):
+    """A loss that is not finite: the run stops at that step and writes no result."""
+
+
+class Stopped(Exception):
+    """A signal (SIGTERM, Ctrl-C) stopped the run at the end of a step: its last epoch end's checkpoint resumes it."""
 
 
 class Checkpoint:

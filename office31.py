@@ -18,16 +18,11 @@ evaluation only. Sweeps: --tasks, --seeds and a comma-separated --method run eve
 command; each finished run adds a row to out_dir/results.jsonl, a stopped sweep resumes with the same command,
 and the end prints the table papers show (methods as rows, mean ± std over seeds); --report=True prints it again.
 """
-import collections
-import contextlib
 import datetime
 import difflib
-import itertools
-import json
 import math
 import os
 import sys
-import tempfile
 import time
 
 import torch
@@ -35,17 +30,15 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import resnet
-from adaptation import METHODS, Adaptation, tap
-from checkpoint import Checkpoint, StopOnSignal, random_states, resume
-from data_loader import (UserError, check_cache_fits, check_same_classes, class_counts, class_difference, dataset_root,
-                         find_domains, fingerprint, load_domain)
+import sweep
+from adaptation import METHODS, Adaptation, methods, tap, with_method
+from checkpoint import Diverged, Stopped, random_states, resume
+from data_loader import UserError, check_same_classes
 from download import DATASETS, prepare_data_root
 from models import (MODELS, architecture, block_names, build_model, check_network, has_batchnorm, input_size,
                     network_pixels, weight_names)
 from precision import choose_amp, pick_device
-from results import (append_row, count_rows, machine, method_label, plan_runs, print_table, read_rows, result_row,
-                     run_label, run_stem, same_experiment, select_rows, short_names, task_name, title)
-from tables import write_tables
+from results import machine, not_written, run_label, save_run
 
 # -----------------------------------------------------------------------------------------------------------
 # data
@@ -247,10 +240,6 @@ def check_config(c):
 MAX_SEED = 2 ** 64 - 1  # the largest seed torch.manual_seed takes
 
 
-def methods(c):
-    return [m.strip() for m in c["method"].split(",") if m.strip()]
-
-
 def check_batch_size(c):
     """A batch of one image is refused where training cannot use it: BatchNorm normalises over the batch (the
     ResNets' layers, a bottleneck), and Deep CORAL's covariance divides by n - 1."""
@@ -262,24 +251,6 @@ def check_batch_size(c):
     if c["batch_size"] < 2 and needs:
         raise UserError(f"--batch_size={c['batch_size']} with --model={c['model']} --method={c['method']}: "
                         f"{'; '.join(needs)}, so a batch needs at least 2 images. Use --batch_size=2 or more.")
-
-
-# The papers' setups: a 256-wide bottleneck before the classifier for DDC (its "adaptation layer"), DANN, CDAN,
-# BSP, JAN and DAN on ResNet-50; DAN on AlexNet adapts fc6-fc8 directly, Deep CORAL aligns fc8, and source only has
-# none. MCC and MDD use 1,024 and AFN 1,000 (the Transfer-Learning-Library's Office-31 scripts).
-BOTTLENECK = {"source_only": 0, "ddc": 256, "dan": 256, "coral": 0, "dann": 256, "cdan": 256, "bsp": 256, "jan": 256,
-              "mcc": 1024, "mdd": 1024, "afn": 1000}
-
-
-def with_method(c, method):
-    """The config of one method's runs: its name, the bottleneck width resolved from "auto", and the flags that
-    do not apply to it set to what it does (source only adds no loss; only CDAN conditions on entropy), so that
-    they do not split one experiment into several."""
-    width = c["bottleneck"]
-    if width == "auto":
-        width = 0 if method == "dan" and "alexnet" in c["model"] else BOTTLENECK[method]
-    return dict(c, method=method, bottleneck=int(width), trade_off=0.0 if method == "source_only" else c["trade_off"],
-                entropy=c["entropy"] and method == "cdan")
 
 
 def make_optimizer(model, new_layer, c, fused=True):
@@ -302,14 +273,6 @@ def annealed(initial_lr, progress):
 def set_progress(optimizer, progress):
     for group in optimizer.param_groups:  # the same factor for every group keeps the lr_mult ratio
         group["lr"] = annealed(group["initial_lr"], progress)
-
-
-class Diverged(UserError):
-    """A loss that is not finite: the run stops at that step and writes no result."""
-
-
-class Stopped(Exception):
-    """A signal (SIGTERM, Ctrl-C) stopped the run at the end of a step: its last epoch end's checkpoint resumes it."""
 
 
 def check_finite(step, terms):
@@ -376,41 +339,6 @@ def evaluate(model, batches, amp, memory_format):
 
 def model_device(model):
     return next(model.parameters()).device
-
-
-def write_new(path, write):
-    """Create path by write(file) into a temporary file that is then linked into place: a reader never sees half a
-    file, and an existing file is never replaced (FileExistsError: another run took the name first)."""
-    tmp = f"{path}.{os.getpid()}.tmp"
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-        os.link(tmp, path)  # fails if path exists, where a rename would replace it
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def save_run(c, result, weights=None):
-    """Write the run's JSON (and its state_dict, if given) as out_dir/<source>-<target>_<model>_<method>_
-    seed<seed>_<time>[-k].json (and .pt), k counting up from 1 while the name is taken: full domain names, so
-    that tasks never share a name, and never over another run's file. Sets result["run_file"]; returns the stem."""
-    os.makedirs(c["out_dir"], exist_ok=True)
-    base = os.path.join(c["out_dir"], f"{run_stem(c)}_{datetime.datetime.now():%Y%m%d-%H%M%S}")
-    for stem in (f"{base}-{k}" if k else base for k in itertools.count()):
-        result["run_file"] = os.path.basename(stem) + ".json"
-        try:
-            if weights is not None:
-                write_new(stem + ".pt", lambda f: torch.save(weights, f))
-        except FileExistsError:
-            continue
-        try:
-            write_new(stem + ".json", lambda f: f.write(json.dumps(result, indent=1, ensure_ascii=False).encode()))
-        except FileExistsError:  # the weights went in first: they are this name's no more
-            if weights is not None:
-                os.remove(stem + ".pt")
-            continue
-        return stem
 
 
 def make_adaptation(c, net, new_layer, num_classes, device):
@@ -501,211 +429,11 @@ def fine_tune(c, source, target, device, task, checkpoint=None, stop=None):
     return result
 
 
-def not_written(result, where, error):
-    """A finished run whose result cannot be written: its numbers printed here, and the UserError saying so."""
-    c = result["config"]
-    print(f"{result['task']} accuracy: {100 * result['accuracy']:.2f}% ({result['correct']}/{result['total']})  "
-          f"{run_label(c)} (not saved)")
-    print("result (not saved): " + json.dumps({k: result[k] for k in ("task", "accuracy", "correct", "total",
-                                                                     "epochs")}, ensure_ascii=False))
-    why = getattr(error, "strerror", None) or str(error).strip().splitlines()[-1]
-    return UserError(f"{result['task']} {run_label(c)} finished, but its result could not be written to {where} "
-                     f"({why}). Its numbers are the two lines above (the accuracy, and every epoch as JSON); nothing "
-                     "of this run is in the results file. Free some space or pick another --out_dir, and run the "
-                     "same command again.")
-
-
-def run_sweep(c, data_root, device, results_path):
-    """Every run of this process's shard not yet in the results file (unless rerun); returns their results.
-    Several methods: each runs the whole plan. A run that diverges writes nothing; the sweep goes on and fails
-    at the end, naming it."""
-    precision = "bf16" if choose_amp(c["amp"], device)[0] else "fp32"  # part of the experiment: rows record it
-    configs = {method: with_method(dict(c, precision=precision), method) for method in methods(c)}
-    runs = plan_runs(c, data_root)
-    plan = [(method, *run) for method in configs for run in runs]
-    labels, data = names_and_fingerprints(data_root)
-    index, count = map(int, c["shard"].split("/"))
-    rows = read_rows(results_path)
-    before = collections.Counter((method, r["source"], r["target"], r["seed"]) for method, config in configs.items()
-                                 for r in rows if same_experiment(r, config, data))
-    done = set(before)
-    sweep = c["tasks"] != "" or c["seeds"] > 1 or len(configs) > 1  # a single run always trains, as before
-    mine = plan[index::count]
-    todo = mine if c["rerun"] or not sweep else [run for run in mine if run not in done]
-    for method, source, target, seed in (run for run in mine if run not in todo):
-        print(f"skipping {method_label(configs[method])} {task_name(source, target, labels)} seed {seed}: already "
-              f"in {results_path} (--rerun=True to redo)")
-    check_tasks(data_root, dict.fromkeys((s, t) for _, s, t, _ in todo), labels)
-    if todo and c["cache"]:
-        check_cache_fits(data_root, sorted({name for _, s, t, _ in todo for name in (s, t)}), c["resize_size"], device)
-    if todo and c["weights"] != "none":
-        build_model(c["model"], 2, c["weights"])  # fetch the ImageNet weights (or fail) before decoding images
-    domains, finished, diverged = {}, [], []
-    with StopOnSignal() as stop:
-        for method, source, target, seed in todo:
-            run = dict(configs[method], source=source, target=target, seed=seed)
-            task, label = task_name(source, target, labels), run_label(run)
-            if stop.requested:
-                raise Stopped(f"{stop.requested} stopped the sweep before {task} {label}; run the same command again "
-                              "to go on. Finished runs are in the results file.")
-            for name in (source, target):
-                if name not in domains:  # decoded once per process, shared by every task that uses the domain
-                    domains[name] = load_domain(data_root, name, c["resize_size"], c["cache"], c["num_workers"],
-                                                device, input_size(c["model"], c["weights"])[2])
-            if len(configs) > 1:  # the main config line leaves these unresolved ("auto"): this run's values
-                print(f"run: {task} {label}: " + "  ".join(f"{k}={run[k]}" for k in ("bottleneck", "trade_off",
-                                                                                     "entropy")))
-            try:
-                result = train_and_record(run, domains, device, task, data, results_path, stop,
-                                          before[(method, source, target, seed)])
-            except Diverged as e:
-                if not sweep:
-                    raise
-                print(f"error: {e} Moving on to the next run.")
-                diverged.append(f"{task} {label}")
-                continue
-            if result:
-                named = f"  {label}" if sweep or method != "source_only" else ""  # a plain fine-tune: the bare line
-                print(f"{task} accuracy: {100 * result['accuracy']:.2f}% ({result['correct']}/{result['total']})"
-                      f"{named}")
-                finished.append(result)
-    if sweep:
-        rows = read_rows(results_path)
-        if any(select_rows(rows, configs, data, runs).values()):  # a shard with nothing to do may have nothing
-            report_tables(c, rows, [configs], data, labels, runs, results_path)
-    if diverged:
-        kept = "The other runs are in the results file." if finished else "No run of this process finished."
-        raise UserError(f"{len(diverged)} of {len(todo)} runs diverged and wrote no result: {', '.join(diverged)} "
-                        f"(their messages are above). {kept}")
-    return finished
-
-
-def train_and_record(run, domains, device, task, data, results_path, stop, rows_before=0):
-    """One run, with its checkpoint: locked against a second process on the same run, resumed if it was stopped,
-    its row appended to the results file, and then its checkpoint removed. None (skipped) when another process
-    holds the run, or finished it since this one read the results file (which then held rows_before of its rows).
-    A run already in the results file (a rerun) starts from the beginning, whatever checkpoint it kept."""
-    checkpoint = Checkpoint(run, data, task)  # its lock serves every run, with checkpoints or without
-    with checkpoint.lock() as free:
-        if not free:
-            print(f"skipping {checkpoint.name}: another process is training it now ({checkpoint.path}.lock)")
-            return None
-        if count_rows(read_rows(results_path), run, data) > rows_before:
-            print(f"skipping {checkpoint.name}: another process finished it meanwhile (its row is in {results_path})")
-            return None
-        checkpoint.remove_temporaries()
-        if rows_before and os.path.exists(checkpoint.path):  # kept when it finished, or left by a stopped rerun
-            print(f"{checkpoint.name} is in {results_path} already, so it trains again from the beginning: its "
-                  f"checkpoint {checkpoint.path} is removed, not resumed.")
-            checkpoint.remove()
-        kept = checkpoint if run["checkpoint"] else None
-        try:
-            result = fine_tune(run, domains[run["source"]], domains[run["target"]], device, task, kept, stop)
-        except Diverged:
-            checkpoint.remove()  # resuming would diverge again: a diverged run leaves nothing
-            raise
-        try:
-            append_row(results_path, result_row(run, result, data))
-        except OSError as e:  # the run's own files go too: a run is in the results file, or it left nothing
-            for name in (result["run_file"], result["run_file"][:-len(".json")] + ".pt"):
-                with contextlib.suppress(OSError):
-                    os.remove(os.path.join(run["out_dir"], name))
-            raise not_written(result, results_path, e) from None
-        if not run["keep_checkpoint"]:
-            checkpoint.remove()
-        return result
-
-
 def defaults(c):
     """{method: the config the default flags give that method on c's model and dataset}: what a table's title
     compares with, to name every flag that differs."""
     plain = resolve(dict(FLAGS, model=c["model"], dataset=c["dataset"]))
     return {method: with_method(plain, method) for method in methods(c)}
-
-
-def check_tasks(data_root, pairs, labels):
-    """Before the first run: every class folder of the domains in these (source, target) pairs holds images, and
-    each pair has the same classes, or the sweep stops here, naming every task and class at fault."""
-    counts = {name: class_counts(data_root, name) for name in dict.fromkeys(n for pair in pairs for n in pair)}
-    problems = [f"{name} has no images in {', '.join(c for c, n in by_class.items() if n == 0)}"
-                for name, by_class in counts.items() if 0 in by_class.values()]
-    for source, target in pairs:
-        differ = class_difference(source, counts[source], target, counts[target])
-        if differ:
-            problems.append(f"{task_name(source, target, labels)}: different classes, {differ}")
-    if problems:
-        raise UserError(f"nothing was run, since the planned tasks cannot all train: {'. '.join(problems)}. Classes "
-                        "are matched by folder name and every class folder needs an image: rename, fill or remove "
-                        "folders so the domains agree, or leave those tasks out of --tasks.")
-
-
-def check_out_dir(out_dir, results_path):
-    """Stop before any work when the results could not be written: out_dir (or the folder it would be made in)
-    must be a folder we can create entries in, and an existing results file must take appends. The probe is a
-    temporary folder, removed at once: nothing is left behind."""
-    probe = os.path.abspath(out_dir)
-    while not os.path.lexists(probe):
-        probe = os.path.dirname(probe)
-    problem = None
-    if not os.path.isdir(probe):
-        problem = f"'{probe}' exists and is not a folder"
-    else:
-        try:
-            tempfile.TemporaryDirectory(dir=probe).cleanup()
-        except OSError as e:
-            problem = f"no folder can be created in '{probe}' ({e.strerror or e})"
-    if problem is None and os.path.exists(results_path):
-        try:
-            open(results_path, "a", encoding="utf-8").close()
-        except OSError as e:
-            problem = f"'{results_path}' cannot be appended to ({e.strerror or e})"
-    if problem:
-        raise UserError(f"--out_dir={out_dir}: {problem}, and the run's results are written there. Nothing was "
-                        "run: pick a folder you can write to with --out_dir.")
-
-
-def names_and_fingerprints(data_root):
-    """The domains under data_root: {domain: its label in task names}, {domain: fingerprint of its data}."""
-    labels = short_names(find_domains(data_root))
-    return labels, {name: fingerprint(data_root, name) for name in labels}
-
-
-def print_report(c, results_path):
-    """--report=True: the table of the sweep these flags describe (tasks, seeds, methods, the data in data_root),
-    from the results file; no training. With --amp=auto, one table per precision found (bf16, fp32)."""
-    root = dataset_root(c["data_root"])
-    labels, data = names_and_fingerprints(root)
-    if not labels:
-        raise UserError(f"--report=True reads the data under '{c['data_root']}' to tell its rows from those of "
-                        "other copies of the dataset, and found no domains there. Point --data_root at the data "
-                        "the sweep used.")
-    rows, runs = read_rows(results_path), plan_runs(c, root)
-    found = sorted({r["config"].get("precision") for r in rows} - {None}) or ["fp32"]
-    precisions = {"bf16": ["bf16"], "off": ["fp32"]}.get(c["amp"], found)
-    tables = [{method: with_method(dict(c, precision=p), method) for method in methods(c)} for p in precisions]
-    shown = [configs for configs in tables if any(select_rows(rows, configs, data, runs).values())] or tables[:1]
-    report_tables(c, rows, shown, data, labels, runs, results_path)  # (none with rows: the first says what is missing)
-
-
-def report_tables(c, rows, tables, data, labels, runs, results_path):
-    """Print the table of each group of configs ({method: config}, one group per precision) and write them next to
-    the results file as table.md, table.csv and table.tex (tables.py) and the learning curves as curves.png
-    (curves.py; curves_bf16.png and curves_fp32.png where there are two)."""
-    folder, printed, found, plain = os.path.dirname(results_path), [], [], defaults(c)
-    for configs in tables:
-        text, by_label, name_of_task = print_table(rows, configs, data, labels, runs, results_path, plain)
-        printed.append(text)
-        found.append((next(iter(configs.values()))["precision"], by_label, name_of_task))
-    try:
-        write_tables(folder, found, "\n".join(printed).strip() + "\n", c["bold_best"])
-        import curves  # (matplotlib: only where a figure is drawn)
-        for configs, (precision, by_label, name_of_task) in zip(tables, found):
-            shows = title(configs, plain, "mean over seeds (lines), lowest to highest seed (bands)")
-            name = "curves.png" if len(tables) == 1 else f"curves_{precision}.png"
-            curves.draw(folder, by_label, name_of_task, shows, os.path.join(folder, name))
-    except OSError as e:  # a read-only or full results folder: the table is printed all the same
-        print(f"warning: could not write the table files and figure to {os.path.abspath(folder)} "
-              f"({e.strerror or e}); the table above is all this report gives.")
 
 
 def print_config(c, precision=None):
@@ -731,12 +459,14 @@ def main(argv=None):
         shown = with_method(c, methods(c)[0]) if len(methods(c)) == 1 else c  # one method: its resolved values
         if c["report"]:
             print_config(shown)
-            return print_report(c, results_path)
-        check_out_dir(c["out_dir"], results_path)
+            return sweep.print_report(c, results_path, defaults(c))
+        sweep.check_out_dir(c["out_dir"], results_path)
         device = pick_device(c["device"])
-        print_config(shown, choose_amp(c["amp"], device))
+        amp = choose_amp(c["amp"], device)
+        print_config(shown, amp)
         data_root = prepare_data_root(c["data_root"], c["download"], c["dataset"])
-        return run_sweep(c, data_root, device, results_path)
+        precision = "bf16" if amp[0] else "fp32"
+        return sweep.run_sweep(c, data_root, device, results_path, fine_tune, precision, defaults(c))
     except UserError as e:
         sys.exit(f"error: {user_message(e)}")
     except torch._dynamo.exc.BackendCompilerFailed as e:  # raised at the first step, before any result is written

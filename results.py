@@ -9,6 +9,7 @@ print.
     print(markdown_table(rows, tasks))        # mean ± std over seeds per task, and the average row
     print(methods_table({"dann": rows}, tasks))  # the papers' layout: methods as rows, tasks as columns
 """
+import datetime
 import functools
 import itertools
 import json
@@ -361,3 +362,56 @@ def code_revision():
     if head.returncode != 0:  # not a git checkout (an unpacked archive)
         return None
     return head.stdout.strip() + ("+changes" if changes.stdout.strip() else "")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# A run's own file: its config, per-epoch numbers and result as JSON (and its weights)
+
+
+def write_new(path, write):
+    """Create path by write(file) into a temporary file that is then linked into place: a reader never sees half a
+    file, and an existing file is never replaced (FileExistsError: another run took the name first)."""
+    tmp = f"{path}.{os.getpid()}.tmp"
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+        os.link(tmp, path)  # fails if path exists, where a rename would replace it
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def save_run(c, result, weights=None):
+    """Write the run's JSON (and its state_dict, if given) as out_dir/<source>-<target>_<model>_<method>_
+    seed<seed>_<time>[-k].json (and .pt), k counting up from 1 while the name is taken: full domain names, so
+    that tasks never share a name, and never over another run's file. Sets result["run_file"]; returns the stem."""
+    os.makedirs(c["out_dir"], exist_ok=True)
+    base = os.path.join(c["out_dir"], f"{run_stem(c)}_{datetime.datetime.now():%Y%m%d-%H%M%S}")
+    for stem in (f"{base}-{k}" if k else base for k in itertools.count()):
+        result["run_file"] = os.path.basename(stem) + ".json"
+        try:
+            if weights is not None:
+                write_new(stem + ".pt", lambda f: torch.save(weights, f))
+        except FileExistsError:
+            continue
+        try:
+            write_new(stem + ".json", lambda f: f.write(json.dumps(result, indent=1, ensure_ascii=False).encode()))
+        except FileExistsError:  # the weights went in first: they are this name's no more
+            if weights is not None:
+                os.remove(stem + ".pt")
+            continue
+        return stem
+
+
+def not_written(result, where, error):
+    """A finished run whose result cannot be written: its numbers printed here, and the UserError saying so."""
+    c = result["config"]
+    print(f"{result['task']} accuracy: {100 * result['accuracy']:.2f}% ({result['correct']}/{result['total']})  "
+          f"{run_label(c)} (not saved)")
+    print("result (not saved): " + json.dumps({k: result[k] for k in ("task", "accuracy", "correct", "total",
+                                                                     "epochs")}, ensure_ascii=False))
+    why = getattr(error, "strerror", None) or str(error).strip().splitlines()[-1]
+    return UserError(f"{result['task']} {run_label(c)} finished, but its result could not be written to {where} "
+                     f"({why}). Its numbers are the two lines above (the accuracy, and every epoch as JSON); nothing "
+                     "of this run is in the results file. Free some space or pick another --out_dir, and run the "
+                     "same command again.")

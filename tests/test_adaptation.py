@@ -13,7 +13,7 @@ import office31
 from adaptation import (batch_spectral_penalty, class_confusion, coral, feature_norm_step, joint_mmd, linear_mmd,
                         margin_disparity, mean_entropy, multi_kernel_mmd)
 from conftest import ROOT, make_tree
-from data_loader import CachedDomain
+from data_loader import CachedDomain, load_domain
 from test_train import TINY
 
 ADAPTING = ("ddc", "dan", "coral", "dann", "cdan", "bsp", "jan", "mcc", "mdd", "afn")
@@ -412,7 +412,7 @@ def test_every_method_runs_end_to_end(tree, tmp_path, capsys, method, model):
     assert f"  {method} " in [line for line in out.splitlines() if line.startswith("epoch 2/2")][0]
     assert all(math.isfinite(e["adaptation_loss"]) for e in result["epochs"])
     assert result["config"]["method"] == method
-    expected_bottleneck = 0 if (method, model) == ("dan", "alexnet") else office31.BOTTLENECK[method]
+    expected_bottleneck = 0 if (method, model) == ("dan", "alexnet") else adaptation.BOTTLENECK[method]
     assert result["config"]["bottleneck"] == expected_bottleneck
 
 
@@ -421,7 +421,7 @@ def test_source_only_is_the_plain_fine_tune_loop(tree, tmp_path):
     [result] = office31.main([f"--data_root={tree}", *TINY, "--epochs=1", "--eval_every=0",
                               "--channels_last=False", "--amp=off", f"--out_dir={tmp_path}"])
     assert result["config"]["method"] == "source_only" and result["config"]["bottleneck"] == 0
-    source = office31.load_domain(tree, "amazon", 40, True, 0, torch.device("cpu"))
+    source = load_domain(tree, "amazon", 40, True, 0, torch.device("cpu"))
     torch.manual_seed(0)
     generator = torch.Generator().manual_seed(0)
     model, new_layer = office31.build_model("resnet18", 3, "none")

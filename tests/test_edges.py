@@ -10,6 +10,7 @@ import torch
 import checkpoint
 import office31
 import results
+import sweep
 import tables
 from checkpoint import Checkpoint
 from conftest import make_tree
@@ -34,7 +35,7 @@ def run(root, out, *extra):
 
 
 def no_decoding(monkeypatch):
-    monkeypatch.setattr(office31, "load_domain", lambda *a, **k: pytest.fail("decoded images"))
+    monkeypatch.setattr(sweep, "load_domain", lambda *a, **k: pytest.fail("decoded images"))
 
 
 @pytest.mark.parametrize("flag, phrase", [
@@ -81,9 +82,9 @@ def test_a_result_that_cannot_be_written_prints_the_numbers_and_leaves_no_row(pa
                                                                                where):
     no_space = OSError(28, "No space left on device")
     if where == "run file":
-        monkeypatch.setattr(office31, "write_new", lambda *a: (_ for _ in ()).throw(no_space))
+        monkeypatch.setattr(results, "write_new", lambda *a: (_ for _ in ()).throw(no_space))
     else:
-        monkeypatch.setattr(office31, "append_row", lambda *a: (_ for _ in ()).throw(no_space))
+        monkeypatch.setattr(sweep, "append_row", lambda *a: (_ for _ in ()).throw(no_space))
     with pytest.raises(SystemExit) as stop:
         run(pair, tmp_path, "--save_model=True")
     message, out = str(stop.value.code), capsys.readouterr().out

@@ -16,7 +16,7 @@ from test_train import TINY, run_script
 
 
 def no_decoding(monkeypatch):
-    monkeypatch.setattr(office31, "load_domain", lambda *a, **k: pytest.fail("decoded images"))
+    monkeypatch.setattr("sweep.load_domain", lambda *a, **k: pytest.fail("decoded images"))
 
 
 @pytest.mark.parametrize("where", ["a file", "under a file", "under /proc"])
@@ -116,13 +116,13 @@ def test_rows_without_fingerprint_are_their_own_group(tmp_path, capsys):
 
 
 def test_task_names_stay_apart_when_initials_collide(tmp_path, capsys):
-    assert office31.short_names(["amazon", "dslr", "webcam"]) == {"amazon": "A", "dslr": "D", "webcam": "W"}
-    assert office31.short_names(["Art", "Clipart", "Product", "Real_World"]) == \
+    assert results.short_names(["amazon", "dslr", "webcam"]) == {"amazon": "A", "dslr": "D", "webcam": "W"}
+    assert results.short_names(["Art", "Clipart", "Product", "Real_World"]) == \
            {"Art": "A", "Clipart": "C", "Product": "P", "Real_World": "R"}
-    assert office31.short_names(["mnist", "mnistm", "svhn"]) == {"mnist": "Mnist", "mnistm": "Mnistm", "svhn": "Svhn"}
-    assert office31.short_names(["sketch", "real", "quickdraw", "painting"]) == \
+    assert results.short_names(["mnist", "mnistm", "svhn"]) == {"mnist": "Mnist", "mnistm": "Mnistm", "svhn": "Svhn"}
+    assert results.short_names(["sketch", "real", "quickdraw", "painting"]) == \
            {"sketch": "S", "real": "R", "quickdraw": "Q", "painting": "P"}
-    assert office31.short_names(["clip", "clipart"]) == {"clip": "Clip", "clipart": "Clipa"}
+    assert results.short_names(["clip", "clipart"]) == {"clip": "Clip", "clipart": "Clipa"}
     root = make_tree(tmp_path / "digits", {"mnist": 1, "mnistm": 1, "svhn": 1}, size=(20, 20))
     done = sweep(root, tmp_path / "out", "--tasks=all")
     tasks = [r["task"] for r in done]

@@ -11,6 +11,7 @@ import torch
 
 import office31
 import results
+import sweep
 from checkpoint import Checkpoint, StopOnSignal
 from conftest import ROOT, make_tree
 from test_sweep import rows_of
@@ -124,7 +125,7 @@ def test_checkpoint_names_never_collide_and_a_run_in_progress_is_not_taken(tmp_p
     assert len(set(paths)) == len(runs)
     flags = office31.resolve(office31.parse_flags([f"--data_root={pair}", f"--out_dir={tmp_path}", *RUN]))
     mine = office31.with_method(dict(flags, precision="fp32"), "source_only")
-    fingerprints = office31.names_and_fingerprints(pair)[1]
+    fingerprints = sweep.names_and_fingerprints(pair)[1]
     with Checkpoint(mine, fingerprints, "A→W").lock() as free:  # another process's run
         assert free
         assert office31.main([f"--data_root={pair}", f"--out_dir={tmp_path}", *RUN, "--seeds=2"])[0]["config"][

@@ -148,10 +148,10 @@ class OneSecond(datetime.datetime):
 def test_run_files_are_created_exclusively_and_saved_whole(tmp_path, monkeypatch):
     monkeypatch.setattr(datetime, "datetime", OneSecond)
     c = dict(office31.FLAGS, out_dir=str(tmp_path), source="amazon", target="webcam")
-    first = office31.save_run(c, {"run": 1})
+    first = results.save_run(c, {"run": 1})
     assert os.path.basename(first) == "amazon-webcam_resnet50_source_only_seed0_20260101-120000"
     (tmp_path / (os.path.basename(first) + "-1.json")).write_text("another process's run")  # taken meanwhile
-    second = office31.save_run(c, {"run": 2}, {"w": torch.ones(2)})
+    second = results.save_run(c, {"run": 2}, {"w": torch.ones(2)})
     assert second == first + "-2"  # never over another run's file
     assert json.loads(open(first + ".json").read())["run"] == 1
     assert (tmp_path / (os.path.basename(first) + "-1.json")).read_text() == "another process's run"
@@ -164,7 +164,7 @@ def test_run_files_are_created_exclusively_and_saved_whole(tmp_path, monkeypatch
     monkeypatch.setattr(torch, "save", killed)
     before = sorted(os.listdir(tmp_path))
     with pytest.raises(KeyboardInterrupt):
-        office31.save_run(c, {"run": 3}, {"w": torch.ones(2)})
+        results.save_run(c, {"run": 3}, {"w": torch.ones(2)})
     assert sorted(os.listdir(tmp_path)) == before  # no half .pt, no .tmp, no JSON
 
 

@@ -1,0 +1,210 @@
+"""The sweep: every task, seed and method of one command, its rows in the results file, and the table papers print.
+
+    finished = run_sweep(c, "data/office31", device, "out/results.jsonl", fine_tune, precision, plain)
+    print_report(c, "out/results.jsonl", plain)   # --report=True: the table again, from the results file alone
+
+Each run takes a lock first (two processes never train one run), reads the results file again (a run another
+process finished meanwhile is skipped), resumes its checkpoint if it was stopped, and appends its row when it ends.
+The end of a sweep and --report print the table (results.print_table), write it as files (tables.py) and draw the
+learning curves (curves.py). office31.py hands in what trains one run (fine_tune) and the defaults' configs
+(plain, which titles compare with): this file does not import it.
+"""
+import collections
+import contextlib
+import os
+import tempfile
+
+from adaptation import methods, with_method
+from checkpoint import Checkpoint, Diverged, StopOnSignal, Stopped
+from data_loader import (UserError, check_cache_fits, class_counts, class_difference, dataset_root, find_domains,
+                         fingerprint, load_domain)
+from models import build_model, input_size
+from results import (append_row, count_rows, method_label, not_written, plan_runs, print_table, read_rows, result_row,
+                     run_label, same_experiment, select_rows, short_names, task_name, title)
+from tables import write_tables
+
+
+def run_sweep(c, data_root, device, results_path, train, precision, plain):
+    """Every run of this process's shard not yet in the results file (unless rerun); returns their results.
+    Several methods: each runs the whole plan. A run that diverges writes nothing; the sweep goes on and fails
+    at the end, naming it. train: what trains one run (office31.fine_tune); precision: "bf16" or "fp32", what
+    --amp resolved to here (part of the experiment: rows record it); plain: the defaults' configs (titles)."""
+    configs = {method: with_method(dict(c, precision=precision), method) for method in methods(c)}
+    runs = plan_runs(c, data_root)
+    plan = [(method, *run) for method in configs for run in runs]
+    labels, data = names_and_fingerprints(data_root)
+    index, count = map(int, c["shard"].split("/"))
+    rows = read_rows(results_path)
+    before = collections.Counter((method, r["source"], r["target"], r["seed"]) for method, config in configs.items()
+                                 for r in rows if same_experiment(r, config, data))
+    done = set(before)
+    sweep = c["tasks"] != "" or c["seeds"] > 1 or len(configs) > 1  # a single run always trains, as before
+    mine = plan[index::count]
+    todo = mine if c["rerun"] or not sweep else [run for run in mine if run not in done]
+    for method, source, target, seed in (run for run in mine if run not in todo):
+        print(f"skipping {method_label(configs[method])} {task_name(source, target, labels)} seed {seed}: already "
+              f"in {results_path} (--rerun=True to redo)")
+    check_tasks(data_root, dict.fromkeys((s, t) for _, s, t, _ in todo), labels)
+    if todo and c["cache"]:
+        check_cache_fits(data_root, sorted({name for _, s, t, _ in todo for name in (s, t)}), c["resize_size"], device)
+    if todo and c["weights"] != "none":
+        build_model(c["model"], 2, c["weights"])  # fetch the ImageNet weights (or fail) before decoding images
+    domains, finished, diverged = {}, [], []
+    with StopOnSignal() as stop:
+        for method, source, target, seed in todo:
+            run = dict(configs[method], source=source, target=target, seed=seed)
+            task, label = task_name(source, target, labels), run_label(run)
+            if stop.requested:
+                raise Stopped(f"{stop.requested} stopped the sweep before {task} {label}; run the same command again "
+                              "to go on. Finished runs are in the results file.")
+            for name in (source, target):
+                if name not in domains:  # decoded once per process, shared by every task that uses the domain
+                    domains[name] = load_domain(data_root, name, c["resize_size"], c["cache"], c["num_workers"],
+                                                device, input_size(c["model"], c["weights"])[2])
+            if len(configs) > 1:  # the main config line leaves these unresolved ("auto"): this run's values
+                print(f"run: {task} {label}: " + "  ".join(f"{k}={run[k]}" for k in ("bottleneck", "trade_off",
+                                                                                     "entropy")))
+            try:
+                result = train_and_record(run, domains, device, task, data, results_path, stop,
+                                          before[(method, source, target, seed)], train)
+            except Diverged as e:
+                if not sweep:
+                    raise
+                print(f"error: {e} Moving on to the next run.")
+                diverged.append(f"{task} {label}")
+                continue
+            if result:
+                named = f"  {label}" if sweep or method != "source_only" else ""  # a plain fine-tune: the bare line
+                print(f"{task} accuracy: {100 * result['accuracy']:.2f}% ({result['correct']}/{result['total']})"
+                      f"{named}")
+                finished.append(result)
+    if sweep:
+        rows = read_rows(results_path)
+        if any(select_rows(rows, configs, data, runs).values()):  # a shard with nothing to do may have nothing
+            report_tables(c, rows, [configs], data, labels, runs, results_path, plain)
+    if diverged:
+        kept = "The other runs are in the results file." if finished else "No run of this process finished."
+        raise UserError(f"{len(diverged)} of {len(todo)} runs diverged and wrote no result: {', '.join(diverged)} "
+                        f"(their messages are above). {kept}")
+    return finished
+
+
+def train_and_record(run, domains, device, task, data, results_path, stop, rows_before, train):
+    """One run, with its checkpoint: locked against a second process on the same run, resumed if it was stopped,
+    its row appended to the results file, and then its checkpoint removed. None (skipped) when another process
+    holds the run, or finished it since this one read the results file (which then held rows_before of its rows).
+    A run already in the results file (a rerun) starts from the beginning, whatever checkpoint it kept."""
+    checkpoint = Checkpoint(run, data, task)  # its lock serves every run, with checkpoints or without
+    with checkpoint.lock() as free:
+        if not free:
+            print(f"skipping {checkpoint.name}: another process is training it now ({checkpoint.path}.lock)")
+            return None
+        if count_rows(read_rows(results_path), run, data) > rows_before:
+            print(f"skipping {checkpoint.name}: another process finished it meanwhile (its row is in {results_path})")
+            return None
+        checkpoint.remove_temporaries()
+        if rows_before and os.path.exists(checkpoint.path):  # kept when it finished, or left by a stopped rerun
+            print(f"{checkpoint.name} is in {results_path} already, so it trains again from the beginning: its "
+                  f"checkpoint {checkpoint.path} is removed, not resumed.")
+            checkpoint.remove()
+        kept = checkpoint if run["checkpoint"] else None
+        try:
+            result = train(run, domains[run["source"]], domains[run["target"]], device, task, kept, stop)
+        except Diverged:
+            checkpoint.remove()  # resuming would diverge again: a diverged run leaves nothing
+            raise
+        try:
+            append_row(results_path, result_row(run, result, data))
+        except OSError as e:  # the run's own files go too: a run is in the results file, or it left nothing
+            for name in (result["run_file"], result["run_file"][:-len(".json")] + ".pt"):
+                with contextlib.suppress(OSError):
+                    os.remove(os.path.join(run["out_dir"], name))
+            raise not_written(result, results_path, e) from None
+        if not run["keep_checkpoint"]:
+            checkpoint.remove()
+        return result
+
+
+def check_tasks(data_root, pairs, labels):
+    """Before the first run: every class folder of the domains in these (source, target) pairs holds images, and
+    each pair has the same classes, or the sweep stops here, naming every task and class at fault."""
+    counts = {name: class_counts(data_root, name) for name in dict.fromkeys(n for pair in pairs for n in pair)}
+    problems = [f"{name} has no images in {', '.join(c for c, n in by_class.items() if n == 0)}"
+                for name, by_class in counts.items() if 0 in by_class.values()]
+    for source, target in pairs:
+        differ = class_difference(source, counts[source], target, counts[target])
+        if differ:
+            problems.append(f"{task_name(source, target, labels)}: different classes, {differ}")
+    if problems:
+        raise UserError(f"nothing was run, since the planned tasks cannot all train: {'. '.join(problems)}. Classes "
+                        "are matched by folder name and every class folder needs an image: rename, fill or remove "
+                        "folders so the domains agree, or leave those tasks out of --tasks.")
+
+
+def check_out_dir(out_dir, results_path):
+    """Stop before any work when the results could not be written: out_dir (or the folder it would be made in)
+    must be a folder we can create entries in, and an existing results file must take appends. The probe is a
+    temporary folder, removed at once: nothing is left behind."""
+    probe = os.path.abspath(out_dir)
+    while not os.path.lexists(probe):
+        probe = os.path.dirname(probe)
+    problem = None
+    if not os.path.isdir(probe):
+        problem = f"'{probe}' exists and is not a folder"
+    else:
+        try:
+            tempfile.TemporaryDirectory(dir=probe).cleanup()
+        except OSError as e:
+            problem = f"no folder can be created in '{probe}' ({e.strerror or e})"
+    if problem is None and os.path.exists(results_path):
+        try:
+            open(results_path, "a", encoding="utf-8").close()
+        except OSError as e:
+            problem = f"'{results_path}' cannot be appended to ({e.strerror or e})"
+    if problem:
+        raise UserError(f"--out_dir={out_dir}: {problem}, and the run's results are written there. Nothing was "
+                        "run: pick a folder you can write to with --out_dir.")
+
+
+def names_and_fingerprints(data_root):
+    """The domains under data_root: {domain: its label in task names}, {domain: fingerprint of its data}."""
+    labels = short_names(find_domains(data_root))
+    return labels, {name: fingerprint(data_root, name) for name in labels}
+
+
+def print_report(c, results_path, plain):
+    """--report=True: the table of the sweep these flags describe (tasks, seeds, methods, the data in data_root),
+    from the results file; no training. With --amp=auto, one table per precision found (bf16, fp32)."""
+    root = dataset_root(c["data_root"])
+    labels, data = names_and_fingerprints(root)
+    if not labels:
+        raise UserError(f"--report=True reads the data under '{c['data_root']}' to tell its rows from those of "
+                        "other copies of the dataset, and found no domains there. Point --data_root at the data "
+                        "the sweep used.")
+    rows, runs = read_rows(results_path), plan_runs(c, root)
+    found = sorted({r["config"].get("precision") for r in rows} - {None}) or ["fp32"]
+    precisions = {"bf16": ["bf16"], "off": ["fp32"]}.get(c["amp"], found)
+    tables = [{method: with_method(dict(c, precision=p), method) for method in methods(c)} for p in precisions]
+    shown = [configs for configs in tables if any(select_rows(rows, configs, data, runs).values())] or tables[:1]
+    report_tables(c, rows, shown, data, labels, runs, results_path, plain)  # (none with rows: the first says why)
+
+
+def report_tables(c, rows, tables, data, labels, runs, results_path, plain):
+    """Print the table of each group of configs ({method: config}, one group per precision) and write them next to
+    the results file as table.md, table.csv and table.tex (tables.py) and the learning curves as curves.png
+    (curves.py; curves_bf16.png and curves_fp32.png where there are two)."""
+    folder, printed, found = os.path.dirname(results_path), [], []
+    for configs in tables:
+        text, by_label, name_of_task = print_table(rows, configs, data, labels, runs, results_path, plain)
+        printed.append(text)
+        found.append((next(iter(configs.values()))["precision"], by_label, name_of_task))
+    try:
+        write_tables(folder, found, "\n".join(printed).strip() + "\n", c["bold_best"])
+        import curves  # (matplotlib: only where a figure is drawn)
+        for configs, (precision, by_label, name_of_task) in zip(tables, found):
+            shows = title(configs, plain, "mean over seeds (lines), lowest to highest seed (bands)")
+            name = "curves.png" if len(tables) == 1 else f"curves_{precision}.png"
+            curves.draw(folder, by_label, name_of_task, shows, os.path.join(folder, name))
+    except OSError as e:  # a read-only or full results folder: the table is printed all the same
+        print(f"warning: could not write the table files and figure to {os.path.abspath(folder)} "
+              f"({e.strerror or e}); the table above is all this report gives.")
