@@ -21,6 +21,8 @@ from torchvision import datasets, transforms
 from torchvision.transforms.functional import pil_to_tensor
 from tqdm import tqdm
 
+from errors import UserError  # (its own file, so that office31.py checks flags before torch is imported)
+
 # The complete datasets download.py fetches: domain -> image count (Office-31: 31 classes; Office-Home: 65).
 OFFICE31_SIZES = {"amazon": 2817, "dslr": 498, "webcam": 795}
 OFFICE_HOME_SIZES = {"Art": 2427, "Clipart": 4365, "Product": 4439, "Real_World": 4357}
@@ -38,10 +40,6 @@ EXPECTED_TREE = """Expected either layout (the official archive, or the flattene
     <data_root>/dslr/images/...                             <data_root>/dslr/...
     <data_root>/webcam/images/...                           <data_root>/webcam/...
 Office-31 and Office-Home are downloaded when data_root is missing or empty (--dataset; README, Data)."""
-
-
-class UserError(Exception):
-    """A mistake the user can fix (bad path, bad flag, bad file): printed as one paragraph, no traceback."""
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -25,20 +25,7 @@ import os
 import sys
 import time
 
-import torch
-import torch.nn.functional as F
-from tqdm import tqdm
-
-import resnet
-import sweep
-from adaptation import METHODS, Adaptation, methods, tap, with_method
-from checkpoint import Diverged, Stopped, random_states, resume
-from data_loader import UserError, check_same_classes
-from download import DATASETS, prepare_data_root
-from models import (MODELS, architecture, block_names, build_model, check_network, has_batchnorm, input_size,
-                    network_pixels, weight_names)
-from precision import choose_amp, pick_device
-from results import machine, not_written, run_label, save_run
+from errors import UserError
 
 # -----------------------------------------------------------------------------------------------------------
 # data
@@ -126,7 +113,7 @@ def flag_help():
     return "\n".join(lines)
 
 
-def parse_flags(argv, defaults=FLAGS):
+def parse_flags(argv, defaults=FLAGS, echo=True):
     """nanoGPT-style overrides: each --name=value (or --name value) replaces one flag and is echoed; a bare --name
     sets a boolean flag to True; anything else is an error, which names the flag meant where it looks like a typo."""
     config, args = dict(defaults), list(argv)
@@ -146,7 +133,8 @@ def parse_flags(argv, defaults=FLAGS):
         elif not eq:
             raise UserError(f"--{name} needs a value: --{name}=VALUE or --{name} VALUE (default: {defaults[name]!r}).")
         config[name] = parse_value(name, text, defaults[name])
-        print(f"overriding: {name} = {config[name]!r}")
+        if echo:
+            print(f"overriding: {name} = {config[name]!r}")
     return config
 
 
@@ -159,6 +147,29 @@ def unknown_argument(arg, name, defaults):
     meant = f" Did you mean --{close[0]}?" if close else ""
     return (f"unknown argument '{arg}'.{meant} Flags are --name=value (or --name value) with a name among: "
             f"{', '.join(defaults)}.")
+
+
+if __name__ == "__main__":  # the flags are read before torch is imported: --help and a mistyped flag answer at once
+    try:
+        parse_flags(sys.argv[1:], echo=False)
+    except UserError as e:
+        sys.exit(f"error: {e}")
+
+# The rest needs torch (a few seconds to import), so it comes after the flags (hence the late imports).
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+import resnet  # noqa: E402
+import sweep  # noqa: E402
+from adaptation import METHODS, Adaptation, methods, tap, with_method  # noqa: E402
+from checkpoint import Diverged, Stopped, random_states, resume  # noqa: E402
+from data_loader import check_same_classes  # noqa: E402
+from download import DATASETS, prepare_data_root  # noqa: E402
+from models import (MODELS, architecture, block_names, build_model, check_network, has_batchnorm,  # noqa: E402
+                    input_size, network_pixels, weight_names)
+from precision import choose_amp, pick_device  # noqa: E402
+from results import machine, not_written, run_label, save_run  # noqa: E402
 
 
 def resolve(c):

@@ -4,12 +4,20 @@
     bf16, why = choose_amp("auto", device)    # bf16 autocast where it is the faster choice here, and why
 """
 import functools
+import json
+import os
 import time
 
 import torch
 import torch.nn.functional as F
 
 from data_loader import UserError
+from results import device_name
+
+try:
+    import fcntl
+except ImportError:  # Windows: no lock; processes starting together may each measure once
+    fcntl = None
 
 
 def pick_device(name):
@@ -43,7 +51,8 @@ def choose_amp(amp, device):
     statistics stay fp32 either way. "auto" picks bf16 where it is the faster choice: on CUDA GPUs of compute
     capability 8.0 and up (A100, H100, RTX 30xx and later), which run it natively, not on older ones that
     emulate it slowly; on a CPU, when bf16 measures at least BF16_MARGIN x faster than fp32 there (CPUs of one
-    kind differ: from 4x faster to 0.6x, README, Speed). The margin keeps a near-tie from flipping between runs."""
+    kind differ: from 4x faster to 0.6x, README, Speed). The margin keeps a near-tie from flipping between runs, and
+    the measurement is made once per machine (machine_bf16_speedup), so the processes of one sweep agree."""
     if device.type == "cuda":
         major, minor = torch.cuda.get_device_capability(device)
         supported, fast = torch.cuda.is_bf16_supported(), (major, minor) >= (8, 0)
@@ -51,7 +60,7 @@ def choose_amp(amp, device):
         why = f"{found}: bf16 {'runs natively' if fast else 'is emulated (slow)'}"
     else:
         supported = device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported()
-        speedup = cpu_bf16_speedup() if supported and amp == "auto" else None
+        speedup = machine_bf16_speedup() if supported and amp == "auto" else None
         fast = speedup is not None and speedup >= BF16_MARGIN
         why = (f"bf16 measured {speedup:.1f}x fp32 on this CPU, {BF16_MARGIN}x needed" if speedup is not None
                else f"{device.type} {'supports' if supported else 'has no'} bf16")
@@ -60,6 +69,31 @@ def choose_amp(amp, device):
     if amp != "auto":
         return amp == "bf16", f"--amp={amp}"
     return fast, why
+
+
+def machine_bf16_speedup():
+    """cpu_bf16_speedup, measured once per machine: the first process writes it to $TORCH_HOME/office31-bf16.json
+    with the CPU and the torch version it was measured with (and the decision it makes), later processes on the
+    same CPU and torch read it, so that two processes of one sweep never decide differently on a CPU near the
+    margin. Delete the file to measure again. A file that cannot be read or written: measured per process."""
+    path = os.path.join(os.path.dirname(torch.hub.get_dir()), "office31-bf16.json")
+    key = {"cpu": device_name(torch.device("cpu")), "torch": torch.__version__}
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "a+", encoding="utf-8") as f:
+            if fcntl:  # the first of processes starting together measures; the others wait and read
+                fcntl.flock(f, fcntl.LOCK_EX)
+            f.seek(0)
+            saved = json.loads(f.read() or "{}")
+            if {k: saved.get(k) for k in key} == key and isinstance(saved.get("speedup"), float):
+                return saved["speedup"]
+            speedup = cpu_bf16_speedup()
+            f.seek(0)
+            f.truncate()
+            json.dump(dict(key, speedup=speedup, bf16=speedup >= BF16_MARGIN, margin=BF16_MARGIN), f)
+            return speedup
+    except (OSError, ValueError):  # read-only home, a damaged file: this process's own measurement
+        return cpu_bf16_speedup()
 
 
 @functools.cache

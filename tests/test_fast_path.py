@@ -1,5 +1,6 @@
 """The cached path gives the per-sample path's tensors; bf16, channels_last and the fused SGD keep the protocol."""
 import json
+import os
 
 import pytest
 import torch
@@ -8,6 +9,7 @@ from torchvision import transforms
 import data_loader
 import office31
 import precision
+import results
 from conftest import make_tree
 from data_loader import load_domain
 
@@ -95,15 +97,37 @@ def test_amp_auto_on_cpu_follows_the_measurement(monkeypatch):
     cpu = torch.device("cpu")
     monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
     for speedup, chosen in ((4.2, True), (1.3, True), (1.2, False), (0.6, False)):
-        monkeypatch.setattr(precision, "cpu_bf16_speedup", lambda: speedup)
+        monkeypatch.setattr(precision, "machine_bf16_speedup", lambda: speedup)
         bf16, why = office31.choose_amp("auto", cpu)
         assert bf16 is chosen and f"{speedup:.1f}x fp32" in why
         assert office31.choose_amp("bf16", cpu)[0] is True and office31.choose_amp("off", cpu)[0] is False
-    monkeypatch.setattr(precision, "cpu_bf16_speedup", lambda: pytest.fail("measured without bf16 support"))
+    monkeypatch.setattr(precision, "machine_bf16_speedup", lambda: pytest.fail("measured without bf16 support"))
     monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
     assert office31.choose_amp("auto", cpu)[0] is False
     with pytest.raises(data_loader.UserError, match="does not support bf16"):
         office31.choose_amp("bf16", cpu)
+
+
+def test_amp_auto_measures_once_per_machine_so_the_processes_of_a_sweep_agree(monkeypatch):
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
+    monkeypatch.setattr(precision, "cpu_bf16_speedup", lambda: 1.34)  # near the margin: the next could say 1.26
+    assert office31.choose_amp("auto", cpu)[0] is True
+    path = os.path.join(os.environ["TORCH_HOME"], "office31-bf16.json")
+    with open(path, encoding="utf-8") as f:
+        assert json.load(f) == {"cpu": results.device_name(cpu), "torch": torch.__version__, "speedup": 1.34,
+                                "bf16": True, "margin": 1.3}
+    monkeypatch.setattr(precision, "cpu_bf16_speedup", lambda: pytest.fail("measured again"))
+    assert office31.choose_amp("auto", cpu) == (True, "bf16 measured 1.3x fp32 on this CPU, 1.3x needed")
+    assert office31.choose_amp("off", cpu)[0] is False  # forcing still forces
+    monkeypatch.setattr(torch, "__version__", "9.9.9")  # another torch: measured again, and written
+    monkeypatch.setattr(precision, "cpu_bf16_speedup", lambda: 1.26)
+    assert office31.choose_amp("auto", cpu)[0] is False
+    with open(path, encoding="utf-8") as f:
+        assert json.load(f)["torch"] == "9.9.9"
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("{not json")  # damaged: measured in this process, no error
+    assert office31.choose_amp("auto", cpu)[0] is False
 
 
 @pytest.mark.slow

@@ -142,6 +142,28 @@ def test_help_explains_every_flag_in_its_group(capsys):
     assert "Sweeps: --tasks, --seeds and a comma-separated --method" in text
 
 
+def test_help_and_a_mistyped_flag_answer_without_torch(tmp_path):
+    """The flags are read before torch is imported: here torch and torchvision cannot be imported at all."""
+    for package in ("torch", "torchvision"):
+        (tmp_path / package).mkdir()
+        (tmp_path / package / "__init__.py").write_text(f"raise ImportError('{package} was imported')\n")
+    env = dict(os.environ, PYTHONPATH=str(tmp_path))
+    script = os.path.join(ROOT, "office31.py")
+    shown = subprocess.run([sys.executable, script, "--help"], capture_output=True, text=True, env=env, timeout=60)
+    assert shown.returncode == 0, shown.stderr
+    assert "  --epochs=20: " in shown.stdout and "was imported" not in shown.stderr
+    refused = subprocess.run([sys.executable, script, "--epoch", "3"], capture_output=True, text=True, env=env,
+                             timeout=60)
+    assert refused.returncode == 1 and refused.stdout == ""
+    assert refused.stderr.startswith("error: unknown argument '--epoch'. Did you mean --epochs?"), refused.stderr
+    wrong_type = subprocess.run([sys.executable, script, "--epochs=three"], capture_output=True, text=True, env=env,
+                                timeout=60)
+    assert wrong_type.stderr.startswith("error: --epochs=three: expected int"), wrong_type.stderr
+    started = subprocess.run([sys.executable, script, "--epochs=3"], capture_output=True, text=True, env=env,
+                             timeout=60)
+    assert "torch was imported" in started.stderr  # a valid command goes on to import torch (here: fails)
+
+
 def test_the_readme_flag_table_lists_every_flag_with_its_default():
     readme = open(os.path.join(os.path.dirname(office31.__file__), "README.md"), encoding="utf-8").read()
     shown = {}
