@@ -15,6 +15,7 @@ import tempfile
 
 from torchvision.datasets.utils import download_file_from_google_drive, download_url, extract_archive
 
+import demo
 from data_loader import (OFFICE31_SIZES, OFFICE_HOME_SIZES, UserError, class_root, count_images, dataset_root,
                          find_domains, subdirs)
 
@@ -46,6 +47,8 @@ DATASETS = {
         "tree": ["Art/Alarm_Clock/00001.jpg", "Clipart/...", "Product/...", "Real_World/..."],
         "official": ["its page: https://www.hemanthdv.org/officeHomeDataset.html"],
     },
+    # drawn here (demo.py), never downloaded: to try the repo offline in a minute
+    "demo": {"name": "The demo dataset", "task": ("amazon", "webcam")},
 }
 
 
@@ -204,13 +207,18 @@ def prepare_data_root(data_root, download, dataset="office31"):
     root = dataset_root(data_root)
     if find_domains(root):
         return root
-    spec, how = DATASETS[dataset], by_hand(dataset, data_root)
+    spec = DATASETS[dataset]
+    how = by_hand(dataset, data_root) if "mirror" in spec else \
+        "The demo dataset is drawn into an empty or missing folder: point --data_root at one."
     if os.path.isdir(data_root) and visible_entries(data_root):
         raise UserError(f"'{data_root}' holds no domain folders with class folders inside.\n{how}")
     if not download:
         raise UserError(f"'{data_root}' does not exist or is empty, and --download=False.\n{how}")
     with download_lock(data_root):
-        if not find_domains(dataset_root(data_root)):  # else another process downloaded it while we waited
+        if dataset == "demo" and not find_domains(data_root):
+            print(f"drawing the demo dataset into '{data_root}' (a second; demo.py).")
+            demo.make_demo(data_root)
+        elif not find_domains(dataset_root(data_root)):  # else another process downloaded it while we waited
             print(f"{spec['name']} not found in '{data_root}': downloading it ({spec['size']}).")
             download_dataset(data_root, dataset)
             print(f"{spec['name']} is in '{data_root}'.")

@@ -29,7 +29,7 @@ from errors import UserError
 
 # -----------------------------------------------------------------------------------------------------------
 # data
-dataset = "office31"  # office31 or office_home: what to download when data_root is missing or empty
+dataset = "office31"  # office31, office_home (downloaded if missing), or demo: a small one drawn offline (demo.py)
 data_root = ""  # holds <domain>/[images/]<class>/*.jpg (data/README.md); "": data/<dataset>
 source = ""  # domain folder name or its initial: amazon/A, webcam/W, dslr/D; "": amazon (Office-Home: Art)
 target = ""  # the domain tested on, as source; "": webcam (Office-Home: Clipart)
@@ -165,6 +165,7 @@ import sweep  # noqa: E402
 from adaptation import METHODS, Adaptation, methods, tap, with_method  # noqa: E402
 from checkpoint import Diverged, Stopped, random_states, resume  # noqa: E402
 from data_loader import check_same_classes  # noqa: E402
+import demo  # noqa: E402
 from download import DATASETS, prepare_data_root  # noqa: E402
 from models import (MODELS, architecture, block_names, build_model, check_network, has_batchnorm,  # noqa: E402
                     input_size, network_pixels, weight_names)
@@ -443,7 +444,7 @@ def fine_tune(c, source, target, device, task, checkpoint=None, stop=None):
 def defaults(c):
     """{method: the config the default flags give that method on c's model and dataset}: what a table's title
     compares with, to name every flag that differs."""
-    plain = resolve(dict(FLAGS, model=c["model"], dataset=c["dataset"]))
+    plain = resolve(dict(dataset_defaults(c["dataset"]), model=c["model"], dataset=c["dataset"]))
     return {method: with_method(plain, method) for method in methods(c)}
 
 
@@ -462,9 +463,17 @@ def user_message(error):
     return text.rsplit("UserError: ", 1)[1].strip() if "Original Traceback" in text else text
 
 
+def dataset_defaults(name):
+    """The flags' defaults, with the demo's own (demo.FLAGS: a small network from scratch, small images, a short
+    run) for --dataset=demo."""
+    return dict(FLAGS, **demo.FLAGS) if name == "demo" else FLAGS
+
+
 def main(argv=None):
     try:
-        c = resolve(parse_flags(sys.argv[1:] if argv is None else argv))
+        argv = sys.argv[1:] if argv is None else argv
+        given = parse_flags(argv, echo=False)["dataset"]  # the dataset first: it may change other defaults
+        c = resolve(parse_flags(argv, dataset_defaults(given)))
         check_config(c)
         results_path = os.path.join(c["out_dir"], "results.jsonl")
         shown = with_method(c, methods(c)[0]) if len(methods(c)) == 1 else c  # one method: its resolved values

@@ -4,40 +4,19 @@ import sys
 
 import pytest
 import torch
-from PIL import Image
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+import demo  # noqa: E402  (from the repository root, just put on the path)
+from demo import draw  # noqa: E402,F401  (tests draw single images too)
 
 CLASSES = ["back_pack", "bike", "calculator"]
-# Colours far apart, so a small network separates the classes quickly ("easy" domains).
-COLOURS = [(220, 40, 40), (40, 200, 40), (40, 60, 220), (220, 220, 40), (200, 40, 220), (40, 220, 220)]
 
 
-def draw(class_index, size, shift, seed):
-    """A flat class colour (shifted per domain) with a little noise and a random grey square."""
-    g = torch.Generator().manual_seed(seed)
-    w, h = size
-    base = torch.tensor(COLOURS[class_index % len(COLOURS)], dtype=torch.float32) + shift
-    pixels = base.view(1, 1, 3) + 20 * torch.randn(h, w, 3, generator=g)
-    x, y = (int(v) for v in torch.randint(0, max(1, min(w, h) // 2), (2,), generator=g))
-    pixels[y:y + h // 4, x:x + w // 4] = 128
-    return Image.fromarray(pixels.clamp(0, 255).to(torch.uint8).numpy())
-
-
-def make_tree(root, domains, classes=CLASSES, layout="official", size=(48, 40), start_seed=0, shift=10):
-    """domains: {name: images per class}; layout 'official' (<d>/images/<c>/) or 'flat' (<d>/<c>/); each domain's
-    colours moved by `shift` more than the previous one's."""
-    seed = start_seed
-    for shift_index, (domain, per_class) in enumerate(domains.items()):
-        for k, name in enumerate(classes):
-            parts = (domain, "images", name) if layout == "official" else (domain, name)
-            folder = os.path.join(root, *parts)
-            os.makedirs(folder, exist_ok=True)
-            for i in range(per_class):
-                draw(k, size, shift * shift_index, seed).save(os.path.join(folder, f"frame_{i:04d}.jpg"))
-                seed += 1
-    return str(root)
+def make_tree(root, domains, classes=CLASSES, **kwargs):
+    """The product's tree generator (demo.py) with the tests' three classes: domains {name: images per class},
+    flat class colours shifted per domain (layout, size, start_seed, shift as demo.make_tree takes them)."""
+    return demo.make_tree(root, domains, classes, **kwargs)
 
 
 @pytest.fixture(params=[2.5, 0.6], ids=["bf16-faster", "bf16-slower"])

@@ -5,9 +5,11 @@ import re
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
+import demo
 import office31
 from conftest import ROOT, make_tree
 from data_loader import load_domain
@@ -174,3 +176,40 @@ def test_the_readme_flag_table_lists_every_flag_with_its_default():
     for name, default in office31.FLAGS.items():
         text = "" if shown[name] == '""' else shown[name]
         assert office31.parse_value(name, text, default) == default, (name, shown[name])
+
+
+def test_the_demo_draws_its_data_offline_and_runs_on_its_own_defaults(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # data/demo and out/demo land here
+    [result] = office31.main(["--dataset=demo", "--epochs=1", "--iters_per_epoch=2"])
+    out = capsys.readouterr().out
+    assert "drawing the demo dataset into 'data/demo'" in out and FINAL_LINE.match(out.splitlines()[-1])
+    c = result["config"]
+    assert (c["model"], c["weights"], c["crop_size"], c["batch_size"], c["epochs"]) == ("resnet18", "none", 56, 16, 1)
+    assert result["total"] == 5 * demo.DOMAINS["webcam"] and os.path.exists("out/demo/results.jsonl")
+    assert sorted(os.listdir("data/demo")) == ["amazon", "dslr", "webcam"]
+    assert sorted(os.listdir("data/demo/amazon/images")) == sorted(demo.CLASSES)
+    office31.main(["--dataset=demo", "--epochs=1", "--iters_per_epoch=1", "--model=resnet34"])  # a flag given wins
+    out = capsys.readouterr().out
+    assert "drawing" not in out and "model=resnet34" in out  # drawn once
+
+
+def test_the_demo_domains_differ_visibly_and_its_classes_by_shape():
+    """A corner is background: white on amazon, warm on dslr, dark on webcam; the classes' shapes cover different
+    fractions of their bounding box (a square all of it, a circle pi/4, a triangle half, a ring less)."""
+    from PIL import Image
+    corners = {}
+    for index, domain in enumerate(demo.DOMAINS):
+        image = demo.draw_object(0, demo.SIZE, index, seed=3)
+        assert isinstance(image, Image.Image) and image.size == demo.SIZE
+        corners[domain] = torch.tensor(image.getpixel((0, 0)), dtype=torch.float32)
+    assert corners["amazon"].min() > 200 and corners["webcam"].max() < 140
+    assert corners["dslr"][0] > corners["dslr"][2] + 20  # warm: more red than blue
+    filled = []
+    for k in range(5):  # on amazon's clean background: the share of the shape's box its colour covers
+        pixels = torch.from_numpy(np.array(demo.draw_object(k, demo.SIZE, 0, seed=11))).float()
+        shape = (pixels - 245).abs().sum(2) > 60
+        rows, columns = shape.any(1).nonzero(), shape.any(0).nonzero()
+        box = shape[rows.min():rows.max() + 1, columns.min():columns.max() + 1]
+        filled.append(box.float().mean().item())
+    circle, square, triangle, cross, ring = filled
+    assert square > 0.95 and 0.7 < circle < 0.85 and 0.4 < triangle < 0.6 and cross < 0.65 and ring < 0.7
