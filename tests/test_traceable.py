@@ -106,8 +106,8 @@ def test_rows_without_a_precision_are_left_out_and_counted(tmp_path, three, caps
     assert "note: 1 more rows with these flags were written before rows recorded their precision" in shown
 
 
-def test_the_readme_lists_the_real_experiment_keys():
-    readme = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+def test_the_sweep_notes_list_the_real_experiment_keys():
+    readme = open(os.path.join(ROOT, "docs", "sweeps.md"), encoding="utf-8").read()
     [listed] = re.findall(r"these keys of the row's `config`: (.*?)\.\n", readme, re.S)
     assert tuple(re.findall(r"`(\w+)`", listed)) == results.EXPERIMENT_KEYS
 
