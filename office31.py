@@ -75,8 +75,8 @@ tasks = ""  # "": just source -> target; "all": every ordered pair of domains in
 seeds = 1  # runs per task, with seeds seed, seed+1, ...
 shard = "0/1"  # i/n: this process takes runs i, i+n, i+2n, ... of the sweep (0 <= i < n)
 rerun = False  # a sweep skips runs already in results.jsonl with the same config; True runs them again
-report = False  # only print the table of results.jsonl for this config (and write it as files); train nothing
-bold_best = False  # table.tex: the best mean of each column in bold
+report = False  # list the experiments of results.jsonl and print each one's table (flags given narrow it); no training
+bold_best = False  # the .tex table: the best mean of each column in bold (every tie too)
 # -----------------------------------------------------------------------------------------------------------
 FLAGS = {k: v for k, v in globals().items() if not k.startswith("_") and isinstance(v, (bool, int, float, str))}
 
@@ -463,6 +463,11 @@ def user_message(error):
     return text.rsplit("UserError: ", 1)[1].strip() if "Original Traceback" in text else text
 
 
+def given_flags(argv):
+    """The names of the flags a command line gives (--name=value, --name value, a bare --name)."""
+    return {arg[2:].partition("=")[0] for arg in argv if arg.startswith("--") and arg[2:].partition("=")[0] in FLAGS}
+
+
 def dataset_defaults(name):
     """The flags' defaults, with the demo's own (demo.FLAGS: a small network from scratch, small images, a short
     run) for --dataset=demo."""
@@ -479,7 +484,7 @@ def main(argv=None):
         shown = with_method(c, methods(c)[0]) if len(methods(c)) == 1 else c  # one method: its resolved values
         if c["report"]:
             print_config(shown)
-            return sweep.print_report(c, results_path, defaults(c))
+            return sweep.print_report(c, results_path, given_flags(argv), defaults)
         sweep.check_out_dir(c["out_dir"], results_path)
         device = pick_device(c["device"])
         amp = choose_amp(c["amp"], device)

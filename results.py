@@ -306,7 +306,8 @@ def print_table(rows, configs, data, labels, runs, results_path, defaults):
     order = {(s, t): k for k, (s, t, _) in enumerate(runs)}
     by_label = {method_label(configs[m]): rows for m, rows in mine.items()}
     if len(configs) == 1:
-        lines.append(markdown_table(sorted(mine[c["method"]], key=lambda r: order[(r["source"], r["target"])]), name))
+        [only] = mine.values()
+        lines.append(markdown_table(sorted(only, key=lambda r: order[(r["source"], r["target"])]), name))
     else:
         lines.append(methods_table(by_label, name, PAPER_ORDER))
     lines.append("\n" + AVERAGE_NOTE)

@@ -11,16 +11,19 @@ learning curves (curves.py). office31.py hands in what trains one run (fine_tune
 """
 import collections
 import contextlib
+import hashlib
+import json
 import os
 import tempfile
 
 from adaptation import methods, with_method
 from checkpoint import Checkpoint, Diverged, StopOnSignal, Stopped
-from data_loader import (UserError, check_cache_fits, class_counts, class_difference, dataset_root, find_domains,
+from data_loader import (UserError, check_cache_fits, class_counts, class_difference, find_domains,
                          fingerprint, load_domain)
 from models import build_model, input_size
-from results import (append_row, count_rows, method_label, not_written, plan_runs, print_table, read_rows, result_row,
-                     run_label, same_experiment, select_rows, short_names, task_name, title)
+from results import (EXPERIMENT_KEYS, append_row, count_rows, experiment, method_label, not_written, plan_runs,
+                     print_table, read_rows, result_row, run_label, same_experiment, select_rows, short_names,
+                     task_name, title)
 from tables import write_tables
 
 
@@ -81,7 +84,7 @@ def run_sweep(c, data_root, device, results_path, train, precision, plain):
     if sweep:
         rows = read_rows(results_path)
         if any(select_rows(rows, configs, data, runs).values()):  # a shard with nothing to do may have nothing
-            report_tables(c, rows, [configs], data, labels, runs, results_path, plain)
+            report_tables(c, rows, [(configs, data, labels, runs, plain)], results_path)
     if diverged:
         kept = "The other runs are in the results file." if finished else "No run of this process finished."
         raise UserError(f"{len(diverged)} of {len(todo)} runs diverged and wrote no result: {', '.join(diverged)} "
@@ -172,39 +175,136 @@ def names_and_fingerprints(data_root):
     return labels, {name: fingerprint(data_root, name) for name in labels}
 
 
-def print_report(c, results_path, plain):
-    """--report=True: the table of the sweep these flags describe (tasks, seeds, methods, the data in data_root),
-    from the results file; no training. With --amp=auto, one table per precision found (bf16, fp32)."""
-    root = dataset_root(c["data_root"])
-    labels, data = names_and_fingerprints(root)
-    if not labels:
-        raise UserError(f"--report=True reads the data under '{c['data_root']}' to tell its rows from those of "
-                        "other copies of the dataset, and found no domains there. Point --data_root at the data "
-                        "the sweep used.")
-    rows, runs = read_rows(results_path), plan_runs(c, root)
-    found = sorted({r["config"].get("precision") for r in rows} - {None}) or ["fp32"]
-    precisions = {"bf16": ["bf16"], "off": ["fp32"]}.get(c["amp"], found)
-    tables = [{method: with_method(dict(c, precision=p), method) for method in methods(c)} for p in precisions]
-    shown = [configs for configs in tables if any(select_rows(rows, configs, data, runs).values())] or tables[:1]
-    report_tables(c, rows, shown, data, labels, runs, results_path, plain)  # (none with rows: the first says why)
+def print_report(c, results_path, given, defaults):
+    """--report=True: the experiments of the results file, listed (what differs between them, how many runs each),
+    and the table of each, from the rows alone: no data, no training. Flags given (`given`, their names) narrow it
+    down: the experiment's keys, --method, --amp, --dataset or --data_root (the dataset's folder name), --tasks
+    (or --source and --target), --seed and --seeds. defaults(c): the defaults' configs a title compares with."""
+    rows = read_rows(results_path)
+    if not rows:
+        raise UserError(f"{results_path} holds no results yet: a run or a sweep with --out_dir="
+                        f"{os.path.dirname(results_path) or '.'} writes them there.")
+    older = sum("precision" not in r["config"] for r in rows)
+    chosen = [r for r in rows if "precision" in r["config"] and wanted(r, c, given)]
+    if not chosen:
+        asked = " ".join(f"--{name}={c[name]}" for name in sorted(given) if name in c)
+        raise UserError(f"{results_path} has no results for {c['model']} ({c['weights']}, "
+                        f"{PRECISION.get(c['amp'], 'bf16 or fp32')}) with these flags ({asked}): their experiment's "
+                        "keys, tasks and seeds must match the sweep's. Run --report=True with --out_dir alone to "
+                        "list every experiment it holds.")
+    experiments = {}
+    for r in chosen:
+        experiments.setdefault(json.dumps([r["dataset"], r["config"]], sort_keys=True), []).append(r)
+    list_experiments(results_path, list(experiments.values()), len(chosen), older)
+    report_tables(c, rows, [table_of(group, defaults, c) for group in tables_of(list(experiments.values()))],
+                  results_path)  # (all rows: the notes under a table count those it leaves out)
 
 
-def report_tables(c, rows, tables, data, labels, runs, results_path, plain):
-    """Print the table of each group of configs ({method: config}, one group per precision) and write them next to
-    the results file as table.md, table.csv and table.tex (tables.py) and the learning curves as curves.png
-    (curves.py; curves_bf16.png and curves_fp32.png where there are two)."""
-    folder, printed, found = os.path.dirname(results_path), [], []
-    for configs in tables:
+PRECISION = {"bf16": "bf16", "off": "fp32"}  # what --amp=bf16 and --amp=off leave in a row (auto: either)
+
+
+def wanted(row, c, given):
+    """Whether a row is of the experiments, tasks and seeds the flags given (names in `given`) ask for."""
+    config = row["config"]
+    if given & {"dataset", "data_root"} and row["dataset"] != os.path.basename(os.path.normpath(c["data_root"])):
+        return False
+    if "method" in given and config["method"] not in methods(c):
+        return False
+    expected = with_method(dict(c, precision=PRECISION.get(c["amp"])), config["method"])
+    asked = [key for key in EXPERIMENT_KEYS if key in given or (key == "precision" and c["amp"] in PRECISION)]
+    if any(config[key] != expected[key] for key in asked):
+        return False
+    if given & {"seed", "seeds"} and not c["seed"] <= row["seed"] < c["seed"] + c["seeds"]:
+        return False
+    if given & {"tasks", "source", "target"} and c["tasks"] != "all":
+        pairs = [t.split("-") for t in c["tasks"].split(",")] if c["tasks"] else [(c["source"], c["target"])]
+        return any(names(row["source"], s) and names(row["target"], t) for s, t in pairs)
+    return True
+
+
+def names(domain, name):
+    """Whether a --tasks, --source or --target name (a domain's folder name or initial, any case) names domain."""
+    return name.strip().lower() in (domain.lower(), domain[:1].lower())
+
+
+def list_experiments(results_path, experiments, runs, older):
+    """Print the experiments of a report: what differs between them, and each one's runs, tasks and seeds."""
+    configs = [dict(group[0]["config"], dataset=group[0]["dataset"]) for group in experiments]
+    differ = [k for k in ("dataset", *EXPERIMENT_KEYS) if len({json.dumps(c[k]) for c in configs}) > 1]
+    print(f"{results_path}: {runs} runs of {len(experiments)} experiment{'s' * (len(experiments) > 1)}"
+          + (f", which differ in {', '.join(differ)}:" if differ else ":"))
+    for k, (config, group) in enumerate(zip(configs, experiments), 1):
+        labels = short_names(sorted({n for r in group for n in (r["source"], r["target"])}))
+        tasks = list(dict.fromkeys(task_name(r["source"], r["target"], labels) for r in group))
+        seeds = sorted({r["seed"] for r in group})
+        shown = "  ".join(f"{key}={config[key]}" for key in differ) or \
+            f"{config['dataset']} {config['model']} {method_label(config)}"
+        print(f"  {k}. {shown}: {len(group)} runs, {', '.join(tasks)}, seeds {', '.join(map(str, seeds))}")
+    if older:
+        print(f"  ({older} more rows were written before rows recorded their precision: in no table.)")
+
+
+def tables_of(experiments):
+    """The experiments grouped into tables: those that differ only in the method (and what the method sets: its
+    bottleneck, trade-off, entropy conditioning) share one, where each method appears once."""
+    tables = []
+    for group in experiments:
+        config = group[0]["config"]
+        common = json.dumps([group[0]["dataset"], {k: v for k, v in config.items() if k not in PER_METHOD}],
+                            sort_keys=True)
+        table = next((t for t in tables if t[0] == common and method_label(config) not in t[1]), None)
+        if table is None:
+            table = (common, {})
+            tables.append(table)
+        table[1][method_label(config)] = group
+    return [by_label for _, by_label in tables]
+
+
+PER_METHOD = ("method", "bottleneck", "trade_off", "entropy")
+
+
+def table_of(by_label, defaults, c):
+    """(configs, data, labels, runs, plain) of one table of rows ({method label: rows of its experiment})."""
+    rows = [r for group in by_label.values() for r in group]
+    dataset = rows[0]["dataset"]
+    configs = {label: dict(group[0]["config"], data_root=dataset) for label, group in by_label.items()}
+    data = {}
+    for r in sorted(rows, key=lambda r: r["date"]):  # the latest rows' data: a later copy of the data wins
+        data.update(r.get("data") or {})
+    labels = short_names(sorted({n for r in rows for n in (r["source"], r["target"])}))
+    runs = sorted({(r["source"], r["target"], r["seed"]) for r in rows})
+    flags = dict(c, model=configs[next(iter(configs))]["model"], dataset=dataset if dataset in ("office_home", "demo")
+                 else "office31", method=",".join(config["method"] for config in configs.values()))
+    plain = {label: defaults(flags)[config["method"]] for label, config in configs.items()}
+    return configs, data, labels, runs, plain
+
+
+def report_tables(c, rows, tables, results_path):
+    """Print each table ((configs, data, labels, runs, plain): results.print_table) and write it next to the results
+    file as table_<name>.md, .csv and .tex (tables.py) and its learning curves as curves_<name>.png (curves.py),
+    <name> telling the dataset, network and precision, and a hash of the experiments and runs it shows: another
+    report's files never take its place. Every file written is said."""
+    folder = os.path.dirname(results_path)
+    for configs, data, labels, runs, plain in tables:
         text, by_label, name_of_task = print_table(rows, configs, data, labels, runs, results_path, plain)
-        printed.append(text)
-        found.append((next(iter(configs.values()))["precision"], by_label, name_of_task))
-    try:
-        write_tables(folder, found, "\n".join(printed).strip() + "\n", c["bold_best"])
-        import curves  # (matplotlib: only where a figure is drawn)
-        for configs, (precision, by_label, name_of_task) in zip(tables, found):
+        config = next(iter(configs.values()))
+        stem = table_name(configs, runs)
+        try:
+            written = write_tables(folder, [(config["precision"], by_label, name_of_task)], text.strip() + "\n",
+                                   c["bold_best"], stem)
+            import curves  # (matplotlib: only where a figure is drawn)
             shows = title(configs, plain, "mean over seeds (lines), lowest to highest seed (bands)")
-            name = "curves.png" if len(tables) == 1 else f"curves_{precision}.png"
-            curves.draw(folder, by_label, name_of_task, shows, os.path.join(folder, name))
-    except OSError as e:  # a read-only or full results folder: the table is printed all the same
-        print(f"warning: could not write the table files and figure to {os.path.abspath(folder)} "
-              f"({e.strerror or e}); the table above is all this report gives.")
+            written.append(os.path.join(folder, f"curves_{stem}.png"))
+            curves.draw(folder, by_label, name_of_task, shows, written[-1])
+            print("wrote " + ", ".join(written))
+        except OSError as e:  # a read-only or full results folder: the table is printed all the same
+            print(f"warning: could not write the table files and figure to {os.path.abspath(folder)} "
+                  f"({e.strerror or e}); the table above is all this report gives.")
+
+
+def table_name(configs, runs):
+    """<dataset>_<model>_<precision>_<hash of the experiments and runs>: the name of one table's files."""
+    config = next(iter(configs.values()))
+    shown = [experiment(config) for config in configs.values()], sorted(runs)
+    digest = hashlib.sha1(json.dumps(shown, sort_keys=True, default=str).encode()).hexdigest()[:8]
+    return f"{experiment(config)[0]}_{config['model']}_{config['precision']}_{digest}"

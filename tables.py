@@ -78,8 +78,11 @@ def latex_text(tables, bold_best=False):
     return "\n\n".join(parts) + "\n"
 
 
-def write_tables(folder, tables, printed, bold_best=False):
-    """table.md (the printed text), table.csv and table.tex into folder, each written whole or not at all."""
-    for name, text in (("table.md", printed), ("table.csv", csv_text(tables)),
-                       ("table.tex", latex_text(tables, bold_best))):
-        write_file(os.path.join(folder, name), lambda f: f.write(text.encode()))
+def write_tables(folder, tables, printed, bold_best=False, name="table"):
+    """table_<name>.md (the printed text), .csv and .tex into folder, each written whole or not at all; returns
+    their paths."""
+    written = []
+    for kind, text in (("md", printed), ("csv", csv_text(tables)), ("tex", latex_text(tables, bold_best))):
+        written.append(os.path.join(folder, f"table_{name}.{kind}"))
+        write_file(written[-1], lambda f: f.write(text.encode()))
+    return written

@@ -19,6 +19,13 @@ def make_tree(root, domains, classes=CLASSES, **kwargs):
     return demo.make_tree(root, domains, classes, **kwargs)
 
 
+def table_file(out, kind):
+    """The one table file (kind md, csv or tex) or figure (png) a sweep or a report wrote into folder out."""
+    found = sorted(os.listdir(out))
+    [name] = [n for n in found if n.startswith("curves_" if kind == "png" else "table_") and n.endswith("." + kind)]
+    return os.path.join(out, name)
+
+
 @pytest.fixture(params=[2.5, 0.6], ids=["bf16-faster", "bf16-slower"])
 def cpu_bf16_speedup(request, monkeypatch):
     """What --amp=auto measures on a CPU, made to say that bf16 runs 2.5x or 0.6x as fast as fp32 on a CPU with

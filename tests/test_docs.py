@@ -1,5 +1,5 @@
 """The README and docs/ stay true: every command in them parses and passes the checks made before any work, every
-flag they name exists, every link leads to a file, and the README stays short, with contents and a link to every page."""
+flag they name exists, every link leads to a file, and the README stays short, with contents and every page linked."""
 import glob
 import os
 import re

@@ -1,12 +1,15 @@
-"""The table as files: table.md, table.csv and table.tex, read back and compared with the rows they come from."""
+"""The table as files: table_<name>.md, .csv and .tex, read back and compared with the rows they come from."""
 import csv
+import os
 import re
 import statistics
+
+import pytest
 
 import office31
 import results
 import tables
-from conftest import make_tree
+from conftest import make_tree, table_file
 from test_sweep import rows_of, sweep
 
 TASKS = {"A→W": ("amazon", "webcam"), "W→A": ("webcam", "amazon")}
@@ -24,11 +27,11 @@ def test_a_sweep_writes_its_table_as_markdown_csv_and_latex(tmp_path, capsys):
     sweep(root, out, "--tasks=A-W,W-A", "--seeds=2", "--method=source_only,coral")
     printed = capsys.readouterr().out
     rows = rows_of(out)
-    markdown = (out / "table.md").read_text(encoding="utf-8")
+    markdown = open(table_file(out, "md"), encoding="utf-8").read()
     assert markdown.strip() in printed
     assert markdown.startswith("office31, resnet18 (none), source_only / coral, fp32, final model")
     assert "| method | A→W | W→A | average |" in markdown
-    lines = list(csv.DictReader((out / "table.csv").open(encoding="utf-8")))
+    lines = list(csv.DictReader(open(table_file(out, "csv"), encoding="utf-8")))
     assert [(line["method"], line["task"]) for line in lines] == \
         [("source_only", "A→W"), ("source_only", "W→A"), ("coral", "A→W"), ("coral", "W→A")]
     for line in lines:
@@ -37,7 +40,7 @@ def test_a_sweep_writes_its_table_as_markdown_csv_and_latex(tmp_path, capsys):
         assert float(line["mean"]) == round(statistics.mean(values), 4)
         assert float(line["std"]) == round(statistics.stdev(values), 4)
         assert (line["seeds"], line["precision"]) == ("2", "fp32")
-    latex = (out / "table.tex").read_text(encoding="utf-8")
+    latex = open(table_file(out, "tex"), encoding="utf-8").read()
     assert "\\toprule" in latex and "Method & A$\\to$W & W$\\to$A & Avg \\\\" in latex and "\\textbf" not in latex
     for method, label in (("source_only", "source\\_only"), ("coral", "coral")):
         [line] = [line for line in latex.splitlines() if line.startswith(label + " & ")]
@@ -52,12 +55,12 @@ def test_report_rewrites_the_files_and_bolds_the_best_mean_of_each_column_when_a
     out = tmp_path / "out"
     flags = ("--tasks=A-W,W-A", "--seeds=2", "--method=source_only,coral")
     sweep(root, out, *flags)
-    for name in ("table.md", "table.csv", "table.tex"):
-        (out / name).unlink()
+    for kind in ("md", "csv", "tex"):
+        os.remove(table_file(out, kind))
     sweep(root, out, *flags, "--report=True", "--bold_best=True")
     rows = rows_of(out)
-    latex = (out / "table.tex").read_text(encoding="utf-8")
-    assert (out / "table.md").exists() and (out / "table.csv").exists()
+    latex = open(table_file(out, "tex"), encoding="utf-8").read()
+    assert os.path.exists(table_file(out, "md")) and os.path.exists(table_file(out, "csv"))
     body = [line for line in latex.splitlines() if line.startswith(("source\\_only &", "coral &"))]
     for column, task in enumerate(TASKS, 1):
         means = {m: statistics.mean(accuracies(rows, m, task)) for m in ("source_only", "coral")}
@@ -132,11 +135,11 @@ def test_a_one_method_table_and_its_figure_name_the_method(tmp_path, capsys, mon
     printed = capsys.readouterr().out
     [figure_title] = drawn
     assert figure_title.startswith("office31, resnet18 (none), coral, fp32, final model")
-    markdown = (out / "table.md").read_text(encoding="utf-8")
+    markdown = open(table_file(out, "md"), encoding="utf-8").read()
     assert markdown.startswith("office31, resnet18 (none), coral, fp32, final model") and markdown.strip() in printed
     assert "| task | accuracy (%) | seeds |" in markdown
-    assert {line["method"] for line in csv.DictReader((out / "table.csv").open(encoding="utf-8"))} == {"coral"}
-    assert "\ncoral & " in (out / "table.tex").read_text(encoding="utf-8")
+    assert {line["method"] for line in csv.DictReader(open(table_file(out, "csv"), encoding="utf-8"))} == {"coral"}
+    assert "\ncoral & " in open(table_file(out, "tex"), encoding="utf-8").read()
 
 
 def test_amp_auto_names_the_precision_it_chose_in_rows_titles_and_files(tmp_path, capsys, cpu_bf16_speedup):
@@ -146,8 +149,36 @@ def test_amp_auto_names_the_precision_it_chose_in_rows_titles_and_files(tmp_path
     sweep(root, out, "--tasks=A-W", "--seeds=2", "--amp=auto")
     assert {r["config"]["precision"] for r in rows_of(out)} == {chosen}
     heading = f"office31, resnet18 (none), source_only, {chosen}, final model"
-    assert (out / "table.md").read_text(encoding="utf-8").startswith(heading)
-    assert {line["precision"] for line in csv.DictReader((out / "table.csv").open(encoding="utf-8"))} == {chosen}
+    assert open(table_file(out, "md"), encoding="utf-8").read().startswith(heading)
+    assert {line["precision"] for line in csv.DictReader(open(table_file(out, "csv"), encoding="utf-8"))} == {chosen}
     capsys.readouterr()
     sweep(root, out, "--tasks=A-W", "--seeds=2", "--amp=auto", "--report=True")  # the report finds what auto chose
     assert heading in capsys.readouterr().out
+
+
+def test_a_bare_report_lists_every_experiment_and_prints_each_table_and_flags_narrow_it(tmp_path, capsys):
+    root = make_tree(tmp_path / "office31", {"amazon": 2, "webcam": 2}, size=(20, 20))
+    out = tmp_path / "out"
+    sweep(root, out, "--tasks=A-W,W-A", "--method=source_only,coral")
+    sweep(root, out, "--tasks=A-W", "--seeds=2", "--epochs=2")  # another experiment: two epochs
+    capsys.readouterr()
+    office31.main([f"--out_dir={out}", "--report"])  # nothing else: no data_root, no sweep flags
+    shown = capsys.readouterr().out
+    assert f"{out / 'results.jsonl'}: 6 runs of 3 experiments, which differ in method, trade_off, epochs:" in shown
+    assert "  1. method=source_only  trade_off=0.0  epochs=1: 2 runs, A→W, W→A, seeds 0" in shown
+    assert "  2. method=coral  trade_off=1.0  epochs=1: 2 runs, A→W, W→A, seeds 0" in shown
+    assert "  3. method=source_only  trade_off=0.0  epochs=2: 2 runs, A→W, seeds 0, 1" in shown
+    assert shown.count("\noffice31, resnet18 (none), ") == 2  # two tables: the methods side by side, the 2 epochs
+    assert "office31, resnet18 (none), source_only / coral, fp32, final model" in shown
+    wrote = [line for line in shown.splitlines() if line.startswith("wrote ")]
+    files = [path for line in wrote for path in line[len("wrote "):].split(", ")]
+    assert len(wrote) == 2 and len(set(files)) == 8 and all(os.path.exists(path) for path in files)
+    assert sorted(os.path.basename(path).split("_")[0] for path in files) == ["curves"] * 2 + ["table"] * 6
+    capsys.readouterr()
+    office31.main([f"--out_dir={out}", "--report", "--epochs", "2"])  # a flag given narrows it down
+    shown = capsys.readouterr().out
+    assert ": 2 runs of 1 experiment:" in shown and shown.count("\noffice31, resnet18 (none), ") == 1
+    with pytest.raises(SystemExit, match="has no results for resnet50"):
+        office31.main([f"--out_dir={out}", "--report", "--model=resnet50"])
+    with pytest.raises(SystemExit, match="holds no results yet"):
+        office31.main([f"--out_dir={tmp_path / 'empty'}", "--report"])
