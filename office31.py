@@ -19,12 +19,12 @@ command; each finished run adds a row to out_dir/results.jsonl, a stopped sweep 
 and the end prints the table papers show (methods as rows, mean ± std over seeds); --report=True prints it again.
 """
 import datetime
-import difflib
 import math
 import os
 import sys
 import time
 
+import flags
 from errors import UserError
 
 # -----------------------------------------------------------------------------------------------------------
@@ -81,72 +81,9 @@ bold_best = False  # the .tex table: the best mean of each column in bold (every
 FLAGS = {k: v for k, v in globals().items() if not k.startswith("_") and isinstance(v, (bool, int, float, str))}
 
 
-def parse_value(name, text, default):
-    """text as the type of the flag's default; a wrong type is a UserError naming the flag."""
-    try:
-        if isinstance(default, bool):
-            if text.lower() not in BOOLEAN_WORDS:
-                raise ValueError
-            return text.lower() in ("true", "1")
-        return type(default)(text)
-    except ValueError:
-        raise UserError(f"--{name}={text}: expected {type(default).__name__} "
-                        f"(like the default, {default!r}).") from None
-
-
-RULE = "# " + "-" * 107  # the lines around the flags at the top of this file
-
-
-def flag_help():
-    """The flags as the top of this file lists them, group by group, each with its default and its comment: the
-    comments there are the one place a flag is explained."""
-    with open(__file__, encoding="utf-8") as f:
-        block = f.read().split(RULE)[1]
-    lines = []
-    for line in block.strip().splitlines():
-        if line.startswith("# "):  # a group: data, model, adaptation, ...
-            lines.append(f"\n{line[2:]}")
-            continue
-        code, _, comment = line.partition("  # ")
-        name = code.split(" = ")[0]
-        lines.append(f"  --{name}={FLAGS[name]!r}: {comment}")
-    return "\n".join(lines)
-
-
 def parse_flags(argv, defaults=FLAGS, echo=True):
-    """nanoGPT-style overrides: each --name=value (or --name value) replaces one flag and is echoed; a bare --name
-    sets a boolean flag to True; anything else is an error, which names the flag meant where it looks like a typo."""
-    config, args = dict(defaults), list(argv)
-    while args:
-        arg = args.pop(0)
-        if arg in ("-h", "--help"):
-            print(__doc__ + "\nflags (--name=value; each shown with its default):" + flag_help())
-            sys.exit(0)
-        name, eq, text = arg[2:].partition("=")
-        if not arg.startswith("--") or name not in defaults:
-            raise UserError(unknown_argument(arg, name if arg.startswith("--") else None, defaults))
-        boolean = isinstance(defaults[name], bool)
-        if not eq and args and not args[0].startswith("--") and (not boolean or args[0].lower() in BOOLEAN_WORDS):
-            text = args.pop(0)  # --name value
-        elif not eq and boolean:
-            text = "true"  # a bare --report
-        elif not eq:
-            raise UserError(f"--{name} needs a value: --{name}=VALUE or --{name} VALUE (default: {defaults[name]!r}).")
-        config[name] = parse_value(name, text, defaults[name])
-        if echo:
-            print(f"overriding: {name} = {config[name]!r}")
-    return config
-
-
-BOOLEAN_WORDS = ("true", "false", "1", "0")
-
-
-def unknown_argument(arg, name, defaults):
-    """The error for an argument that names no flag: the flag meant, where one is close, and the list."""
-    close = difflib.get_close_matches(name, defaults, n=1, cutoff=0.6) if name else []
-    meant = f" Did you mean --{close[0]}?" if close else ""
-    return (f"unknown argument '{arg}'.{meant} Flags are --name=value (or --name value) with a name among: "
-            f"{', '.join(defaults)}.")
+    """--name=value overrides of the flags above (flags.py); --help prints this file's docstring and the flags."""
+    return flags.parse(argv, defaults, echo, lambda: __doc__ + flags.help_text(__file__, FLAGS))
 
 
 if __name__ == "__main__":  # the flags are read before torch is imported: --help and a mistyped flag answer at once
@@ -463,11 +400,6 @@ def user_message(error):
     return text.rsplit("UserError: ", 1)[1].strip() if "Original Traceback" in text else text
 
 
-def given_flags(argv):
-    """The names of the flags a command line gives (--name=value, --name value, a bare --name)."""
-    return {arg[2:].partition("=")[0] for arg in argv if arg.startswith("--") and arg[2:].partition("=")[0] in FLAGS}
-
-
 def dataset_defaults(name):
     """The flags' defaults, with the demo's own (demo.FLAGS: a small network from scratch, small images, a short
     run) for --dataset=demo."""
@@ -484,7 +416,7 @@ def main(argv=None):
         shown = with_method(c, methods(c)[0]) if len(methods(c)) == 1 else c  # one method: its resolved values
         if c["report"]:
             print_config(shown)
-            return sweep.print_report(c, results_path, given_flags(argv), defaults)
+            return sweep.print_report(c, results_path, flags.given(argv, FLAGS), defaults)
         sweep.check_out_dir(c["out_dir"], results_path)
         device = pick_device(c["device"])
         amp = choose_amp(c["amp"], device)

@@ -7,6 +7,7 @@ import shlex
 
 import pytest
 
+import flags
 import office31
 from conftest import ROOT
 
@@ -78,7 +79,7 @@ def test_the_readme_flag_table_is_the_comments_of_the_flags():
     """The README's table shows each flag's default and the comment it has at the top of office31.py."""
     rows = dict(re.findall(r"^\| `(\w+)` \| `[^`]*` \| (.*) \|$", read("README.md"), re.M))
     assert set(rows) == set(office31.FLAGS)
-    source = read("office31.py").split(office31.RULE)[1]
+    source = read("office31.py").split(flags.RULE)[1]
     for name in office31.FLAGS:
         [comment] = re.findall(rf"^{name} = .*?  # (.*)$", source, re.M)
         shown = rows[name].replace("&lt;", "<").replace("&gt;", ">").replace("\\|", "|")

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import demo
+import flags
 import office31
 from conftest import ROOT, make_tree
 from data_loader import load_domain
@@ -175,7 +176,7 @@ def test_the_readme_flag_table_lists_every_flag_with_its_default():
     assert set(shown) == set(office31.FLAGS)
     for name, default in office31.FLAGS.items():
         text = "" if shown[name] == '""' else shown[name]
-        assert office31.parse_value(name, text, default) == default, (name, shown[name])
+        assert flags.parse_value(name, text, default) == default, (name, shown[name])
 
 
 def test_the_demo_draws_its_data_offline_and_runs_on_its_own_defaults(tmp_path, capsys, monkeypatch):

@@ -1,0 +1,81 @@
+"""Command-line overrides of the flags at the top of office31.py, as nanoGPT's configurator does them: each
+--name=value (or --name value; a bare --name for a boolean's True) replaces one flag and is echoed; anything else is
+an error, which names the flag meant where it looks like a typo. Plain Python, so that office31.py reads and checks
+its flags before torch is imported.
+
+    config = parse(sys.argv[1:], FLAGS)       # FLAGS: {name: default}; the values take the defaults' types
+    print(help_text("office31.py", FLAGS))    # the flags with their defaults and comments, group by group
+"""
+import difflib
+import sys
+
+from errors import UserError
+
+RULE = "# " + "-" * 107  # the lines around the flags at the top of office31.py
+BOOLEAN_WORDS = ("true", "false", "1", "0")
+
+
+def parse_value(name, text, default):
+    """text as the type of the flag's default; a wrong type is a UserError naming the flag."""
+    try:
+        if isinstance(default, bool):
+            if text.lower() not in BOOLEAN_WORDS:
+                raise ValueError
+            return text.lower() in ("true", "1")
+        return type(default)(text)
+    except ValueError:
+        raise UserError(f"--{name}={text}: expected {type(default).__name__} "
+                        f"(like the default, {default!r}).") from None
+
+
+def help_text(path, defaults):
+    """The flags as the top of the file at path lists them, group by group, each with its default and its comment:
+    the comments there are the one place a flag is explained."""
+    with open(path, encoding="utf-8") as f:
+        block = f.read().split(RULE)[1]
+    lines = []
+    for line in block.strip().splitlines():
+        if line.startswith("# "):  # a group: data, model, adaptation, ...
+            lines.append(f"\n{line[2:]}")
+            continue
+        code, _, comment = line.partition("  # ")
+        name = code.split(" = ")[0]
+        lines.append(f"  --{name}={defaults[name]!r}: {comment}")
+    return "\nflags (--name=value; each shown with its default):" + "\n".join(lines)
+
+
+def parse(argv, defaults, echo=True, usage=lambda: ""):
+    """The flags' defaults with argv's overrides; -h or --help prints usage() and exits."""
+    config, args = dict(defaults), list(argv)
+    while args:
+        arg = args.pop(0)
+        if arg in ("-h", "--help"):
+            print(usage())
+            sys.exit(0)
+        name, eq, text = arg[2:].partition("=")
+        if not arg.startswith("--") or name not in defaults:
+            raise UserError(unknown_argument(arg, name if arg.startswith("--") else None, defaults))
+        boolean = isinstance(defaults[name], bool)
+        if not eq and args and not args[0].startswith("--") and (not boolean or args[0].lower() in BOOLEAN_WORDS):
+            text = args.pop(0)  # --name value
+        elif not eq and boolean:
+            text = "true"  # a bare --report
+        elif not eq:
+            raise UserError(f"--{name} needs a value: --{name}=VALUE or --{name} VALUE (default: {defaults[name]!r}).")
+        config[name] = parse_value(name, text, defaults[name])
+        if echo:
+            print(f"overriding: {name} = {config[name]!r}")
+    return config
+
+
+def unknown_argument(arg, name, defaults):
+    """The error for an argument that names no flag: the flag meant, where one is close, and the list."""
+    close = difflib.get_close_matches(name, defaults, n=1, cutoff=0.6) if name else []
+    meant = f" Did you mean --{close[0]}?" if close else ""
+    return (f"unknown argument '{arg}'.{meant} Flags are --name=value (or --name value) with a name among: "
+            f"{', '.join(defaults)}.")
+
+
+def given(argv, defaults):
+    """The names of the flags a command line gives (--name=value, --name value, a bare --name)."""
+    return {arg[2:].partition("=")[0] for arg in argv if arg.startswith("--") and arg[2:].partition("=")[0] in defaults}
