@@ -97,12 +97,12 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
+import demo  # noqa: E402
 import resnet  # noqa: E402
 import sweep  # noqa: E402
 from adaptation import METHODS, Adaptation, methods, tap, with_method  # noqa: E402
 from checkpoint import Diverged, Stopped, random_states, resume  # noqa: E402
 from data_loader import check_same_classes  # noqa: E402
-import demo  # noqa: E402
 from download import DATASETS, prepare_data_root  # noqa: E402
 from models import (MODELS, architecture, block_names, build_model, check_network, has_batchnorm,  # noqa: E402
                     input_size, network_pixels, weight_names)
