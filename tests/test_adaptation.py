@@ -397,7 +397,9 @@ def test_target_labels_are_never_read_in_training(tree, tmp_path, monkeypatch, m
     assert all(torch.equal(plain_weights[k], scrambled_weights[k]) for k in plain_weights)
 
 
-@pytest.mark.parametrize("method, model", [(m, "resnet18") for m in ADAPTING] + [("dan", "alexnet")])
+@pytest.mark.parametrize("method, model", [(m, "resnet18") if m in ("dann", "afn") else
+                                           pytest.param(m, "resnet18", marks=pytest.mark.slow) for m in ADAPTING]
+                         + [("dan", "alexnet")])  # (the quick tier: an adversarial one, AFN's two passes, AlexNet)
 def test_every_method_runs_end_to_end(tree, tmp_path, capsys, method, model):
     args = [f"--data_root={tree}", *TINY, f"--method={method}", f"--model={model}", f"--out_dir={tmp_path}"]
     if model == "alexnet":

@@ -69,6 +69,7 @@ def caffe_blobs():
     return blobs
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("layout", ["layer", "layers"])
 def test_a_caffemodel_in_each_layout_converts_to_exactly_its_tensors(tmp_path, caffe_blobs, layout):
     path = tmp_path / "net.caffemodel"
@@ -156,6 +157,7 @@ def test_converted_weights_load_offline_from_the_hub_cache(monkeypatch):
     assert model.classifier.fc8.weight.shape == (31, 4096)
 
 
+@pytest.mark.slow
 def test_first_use_converts_once_and_checks_the_sha1(tmp_path, monkeypatch, caffe_blobs):
     folder = hub_checkpoints()
     data = caffemodel(caffe_blobs, "layer")
@@ -200,6 +202,7 @@ def test_offline_says_where_to_place_the_file(tree, tmp_path, monkeypatch):
     ("without fc7", "has no layer 'fc7'"),
     ("wrong shape", "layer 'conv2': a weight of shape [256, 96, 5, 5]"),
 ])
+@pytest.mark.slow
 def test_a_bad_caffemodel_is_named_and_nothing_is_cached(tmp_path, monkeypatch, caffe_blobs, content, phrase):
     if content == "html":
         content = b"<!DOCTYPE html><html><body>Not Found</body></html>"
@@ -280,6 +283,7 @@ def test_blob_shapes_are_compared_by_dimension_and_double_data_is_named(tmp_path
         caffe_alexnet.caffe_state_dict(str(path))
 
 
+@pytest.mark.slow
 def test_a_failed_save_of_the_converted_file_leaves_nothing(monkeypatch, caffe_blobs):
     path = os.path.join(hub_checkpoints(), "bvlc_alexnet.caffemodel")
     with open(path, "wb") as f:
@@ -343,6 +347,7 @@ def test_bad_caffe_flags(tmp_path, argv, phrase):
     assert str(stop.value.code).startswith("error: ") and phrase in str(stop.value.code)
 
 
+@pytest.mark.slow
 def test_caffe_alexnet_runs_end_to_end_with_its_own_crop(tree, tmp_path, capsys):
     args = [a for a in TINY if not a.startswith(("--resize_size", "--crop_size"))]
     [result] = office31.main([f"--data_root={tree}", *args, "--model=caffe_alexnet", "--weights=none",

@@ -97,6 +97,7 @@ def test_a_run_that_draws_no_figure_never_imports_matplotlib(tree, tmp_path):
     assert done.stdout.strip().splitlines()[-1] == "False"
 
 
+@pytest.mark.slow
 def test_whole_epochs_a_legend_for_the_dashed_line_one_colour_per_method_and_rows_of_tasks(tmp_path):
     """Twelve tasks wrap into three rows of four; the epoch axis is marked in whole numbers; the line styles are
     in a legend; a method's colour depends on its name alone, the same in a figure of other methods."""

@@ -117,6 +117,7 @@ def test_matching_checksum_prints_no_warning(tmp_path, monkeypatch, capsys, full
     assert "warning" not in capsys.readouterr().out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("official", ["refused", "web page", "incomplete"])
 def test_the_mirror_is_used_when_the_official_archive_fails(tmp_path, monkeypatch, capsys, mirror_archives,
                                                             official):
@@ -163,6 +164,7 @@ def test_every_source_failing_lists_each_and_writes_nothing(tmp_path, monkeypatc
     assert written(tmp_path / "data") == []
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("problem", ["a domain missing", "too few images"])
 def test_an_incomplete_mirror_is_refused(tmp_path, monkeypatch, mirror_archives, problem):
     serve(monkeypatch, urllib.error.URLError("offline"))
@@ -222,6 +224,7 @@ def test_failed_fetch_explains_manual_steps_and_leaves_nothing(tmp_path, monkeyp
     assert written(tmp_path / "data") == []
 
 
+@pytest.mark.slow
 def test_fresh_machine_run_downloads_then_trains(tmp_path, monkeypatch, full_archive):
     serve(monkeypatch, full_archive)
     [result] = office31.main([f"--data_root={tmp_path / 'office31'}", "--model=resnet18", "--weights=none",

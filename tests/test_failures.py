@@ -115,6 +115,7 @@ def test_rows_without_fingerprint_are_their_own_group(tmp_path, capsys):
     assert "note: 1 more rows with these flags come from another copy" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_task_names_stay_apart_when_initials_collide(tmp_path, capsys):
     assert results.short_names(["amazon", "dslr", "webcam"]) == {"amazon": "A", "dslr": "D", "webcam": "W"}
     assert results.short_names(["Art", "Clipart", "Product", "Real_World"]) == \

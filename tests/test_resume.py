@@ -134,6 +134,7 @@ def test_checkpoint_names_never_collide_and_a_run_in_progress_is_not_taken(tmp_p
     assert [r["seed"] for r in results.read_rows(str(tmp_path / "results.jsonl"))] == [1]
 
 
+@pytest.mark.slow
 def test_keep_checkpoint_keeps_the_last_one_and_checkpoint_every_spaces_them(tmp_path, pair):
     run(pair, tmp_path / "a", "--keep_checkpoint=True")
     [path] = list((tmp_path / "a").glob("*.ckpt"))
