@@ -40,10 +40,9 @@ def run_sweep(c, data_root, device, results_path, train, precision, plain):
     rows = read_rows(results_path)
     before = collections.Counter((method, r["source"], r["target"], r["seed"]) for method, config in configs.items()
                                  for r in rows if same_experiment(r, config, data))
-    done = set(before)
     sweep = c["tasks"] != "" or c["seeds"] > 1 or len(configs) > 1  # a single run always trains, as before
     mine = plan[index::count]
-    todo = mine if c["rerun"] or not sweep else [run for run in mine if run not in done]
+    todo = mine if c["rerun"] or not sweep else [run for run in mine if run not in before]
     for method, source, target, seed in (run for run in mine if run not in todo):
         print(f"skipping {method_label(configs[method])} {task_name(source, target, labels)} seed {seed}: already "
               f"in {results_path} (--rerun=True to redo)")
@@ -275,7 +274,8 @@ def table_of(by_label, defaults, c):
     runs = sorted({(r["source"], r["target"], r["seed"]) for r in rows})
     flags = dict(c, model=configs[next(iter(configs))]["model"], dataset=dataset if dataset in ("office_home", "demo")
                  else "office31", method=",".join(config["method"] for config in configs.values()))
-    plain = {label: defaults(flags)[config["method"]] for label, config in configs.items()}
+    plain = defaults(flags)  # {method: the defaults' config}; each label's is its method's
+    plain = {label: plain[config["method"]] for label, config in configs.items()}
     return configs, data, labels, runs, plain
 
 

@@ -78,7 +78,7 @@ def latex_text(tables, bold_best=False):
     return "\n\n".join(parts) + "\n"
 
 
-def write_tables(folder, tables, printed, bold_best=False, name="table"):
+def write_tables(folder, tables, printed, bold_best, name):
     """table_<name>.md (the printed text), .csv and .tex into folder, each written whole or not at all; returns
     their paths."""
     written = []
