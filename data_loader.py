@@ -10,13 +10,14 @@ Two interchangeable paths give the same tensors for the same crop and flip:
 - ImageFolderDomain (cache=False): the classic torchvision ImageFolder + PIL transforms per sample.
 Also here: finding domains under a root, and the layout/count checks (downloads: download.py).
 """
+import copy
 import hashlib
 import os
 import time
 
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset, RandomSampler
+from torch.utils.data import DataLoader, Dataset, RandomSampler, Subset
 from torchvision import datasets, transforms
 from torchvision.transforms.functional import pil_to_tensor
 from tqdm import tqdm
@@ -261,24 +262,26 @@ def center_crop_batch(images, index, crop_size):
 
 class ImageFolderDomain:
     """The classic per-sample path: ImageFolder, PIL resize/crop/flip in DataLoader workers every epoch."""
+    index = None  # every image; a part of the domain (held_out) holds its images' positions
 
     def __init__(self, root, name, resize_size, num_workers, device, interpolation="bilinear"):
         self.root, self.name, self.resize_size, self.interpolation = root, name, resize_size, interpolation
         self.num_workers, self.device = num_workers, device
         self.images = Folder(root, loader=load_rgb)
-        self.classes = self.images.classes
+        self.classes, self.targets = self.images.classes, self.images.targets
 
     def __len__(self):
-        return len(self.images)
+        return len(self.images) if self.index is None else len(self.index)
 
     def _loader(self, transform, batch_size, sampler=None, generator=None):
         self.images.transform = transform
-        return DataLoader(self.images, batch_size=batch_size, sampler=sampler, generator=generator,
+        images = self.images if self.index is None else Subset(self.images, self.index.tolist())
+        return DataLoader(images, batch_size=batch_size, sampler=sampler, generator=generator,
                           num_workers=self.num_workers, pin_memory=self.device.type == "cuda")
 
     def train_batches(self, num_batches, batch_size, crop_size, generator, pixels="imagenet"):
         # Shuffled passes over the source, back to back, for exactly num_batches full batches.
-        sampler = RandomSampler(self.images, num_samples=num_batches * batch_size, generator=generator)
+        sampler = RandomSampler(range(len(self)), num_samples=num_batches * batch_size, generator=generator)
         transform = train_transform(self.resize_size, crop_size, pixels, self.interpolation)
         loader = self._loader(transform, batch_size, sampler, generator)
         for x, y in loader:
@@ -307,10 +310,11 @@ class _Resized(Dataset):
 class CachedDomain:
     """Every image decoded once to resize x resize uint8 (about 196 KB each at 256) and kept on the device;
     crops, flips and normalisation run there on whole batches, with per-sample random offsets."""
+    index = None  # every image; a part of the domain (held_out) holds its images' positions
 
     def __init__(self, root, name, resize_size, num_workers, device, interpolation="bilinear"):
         folder = Folder(root)  # indexes files and classes only; decoding happens below
-        self.root, self.name, self.classes = root, name, folder.classes
+        self.root, self.name, self.classes, self.targets = root, name, folder.classes, folder.targets
         self.labels = torch.tensor(folder.targets, dtype=torch.long, device=device)
         self.images = torch.empty((len(folder), 3, resize_size, resize_size), dtype=torch.uint8, device=device)
         images = _Resized(folder.samples, resize_size, interpolation)
@@ -323,20 +327,50 @@ class CachedDomain:
         print(f"decoded {name}: {len(self)} images at {resize_size}x{resize_size} in {time.time() - began:.1f}s")
 
     def __len__(self):
-        return len(self.images)
+        return len(self.images) if self.index is None else len(self.index)
 
     def train_batches(self, num_batches, batch_size, crop_size, generator, pixels="imagenet"):
         # Same sampling as the per-sample path: shuffled passes back to back.
         order = RandomSampler(range(len(self)), num_samples=num_batches * batch_size, generator=generator)
         order = torch.tensor(list(order))
+        if self.index is not None:  # a part of the domain (held_out): positions in it, mapped to images
+            order = self.index[order]
         for index in order.split(batch_size):
             images = random_crop_batch(self.images, index, crop_size, generator)
             yield normalize(images, pixels), self.labels[index.to(self.labels.device)]
 
     def test_batches(self, batch_size, crop_size, pixels="imagenet"):
-        for index in torch.arange(len(self)).split(batch_size):
+        for index in (torch.arange(len(self)) if self.index is None else self.index).split(batch_size):
             images = center_crop_batch(self.images, index, crop_size)
             yield normalize(images, pixels), self.labels[index.to(self.labels.device)]
+
+
+def part(domain, index):
+    """The images of a domain at these positions (a tensor), as a domain of its own: the same batches over them."""
+    subset = copy.copy(domain)
+    subset.index = index if domain.index is None else domain.index[index]
+    return subset
+
+
+HELD_OUT_SEED = 0  # the held-out split is the same in every run, whatever its --seed: runs compare on one split
+
+
+def held_out(domain, fraction):
+    """(training part, held-out part) of a domain: round(fraction x n) images of each class of n (but one left to
+    train on; none of a class of one image), drawn by a generator of a fixed seed, so the split is the same in every
+    run. Its labels are the source's: the validators that read them (validators.py) never see the target's."""
+    targets = torch.tensor(domain.targets if domain.index is None else
+                           [domain.targets[i] for i in domain.index.tolist()])
+    generator = torch.Generator().manual_seed(HELD_OUT_SEED)
+    kept = []
+    for label in range(len(domain.classes)):
+        members = (targets == label).nonzero().flatten()
+        members = members[torch.randperm(len(members), generator=generator)]
+        kept.append(members[:min(round(fraction * len(members)), len(members) - 1)])
+    out = torch.cat(kept).sort().values
+    train = torch.ones(len(targets), dtype=torch.bool)
+    train[out] = False
+    return part(domain, train.nonzero().flatten()), part(domain, out)
 
 
 def load_domain(data_root, name, resize_size, cache, num_workers, device, interpolation="bilinear"):

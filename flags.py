@@ -4,6 +4,7 @@ an error, which names the flag meant where it looks like a typo. Plain Python, s
 its flags before torch is imported.
 
     config = parse(sys.argv[1:], FLAGS)       # FLAGS: {name: default}; the values take the defaults' types
+    parse(["--lr=0.001,0.01"], FLAGS, several=("lr",))   # a grid: kept as the text "0.001,0.01", each value checked
     print(help_text("office31.py", FLAGS))    # the flags with their defaults and comments, group by group
 """
 import difflib
@@ -28,6 +29,25 @@ def parse_value(name, text, default):
                         f"(like the default, {default!r}).") from None
 
 
+def parse_values(name, text, default, several):
+    """One value as parse_value gives it; several comma-separated ones (for a flag in `several`, a string flag's
+    own commas aside) as their text, without spaces, after each parses."""
+    if "," not in text or isinstance(default, str):
+        return parse_value(name, text, default)
+    if name not in several:
+        raise UserError(f"--{name}={text}: one value only. Several values (a grid) are taken by "
+                        f"{', '.join('--' + n for n in several)}; run one command per {name} with the same --out_dir "
+                        "instead (--report lists them all).")
+    values = [part.strip() for part in text.split(",")]
+    for value in values:
+        try:
+            parse_value(name, value, default)
+        except UserError:
+            raise UserError(f"--{name}={text}: '{value}' is not a {type(default).__name__}; each of a grid's values "
+                            f"must be one, like the default, {default!r}.") from None
+    return ",".join(values)
+
+
 def help_text(path, defaults):
     """The flags as the top of the file at path lists them, group by group, each with its default and its comment:
     the comments there are the one place a flag is explained."""
@@ -44,8 +64,9 @@ def help_text(path, defaults):
     return "\nflags (--name=value; each shown with its default):" + "\n".join(lines)
 
 
-def parse(argv, defaults, echo=True, usage=lambda: ""):
-    """The flags' defaults with argv's overrides; -h or --help prints usage() and exits."""
+def parse(argv, defaults, echo=True, usage=lambda: "", several=()):
+    """The flags' defaults with argv's overrides; -h or --help prints usage() and exits. A flag named in `several`
+    may take comma-separated values (a grid: grid.py), kept as the text once each value parses."""
     config, args = dict(defaults), list(argv)
     while args:
         arg = args.pop(0)
@@ -62,7 +83,7 @@ def parse(argv, defaults, echo=True, usage=lambda: ""):
             text = "true"  # a bare --report
         elif not eq:
             raise UserError(f"--{name} needs a value: --{name}=VALUE or --{name} VALUE (default: {defaults[name]!r}).")
-        config[name] = parse_value(name, text, defaults[name])
+        config[name] = parse_values(name, text, defaults[name], several)
         if echo:
             print(f"overriding: {name} = {config[name]!r}")
     return config

@@ -25,6 +25,7 @@ import sys
 import time
 
 import flags
+import grid
 from errors import UserError
 
 # -----------------------------------------------------------------------------------------------------------
@@ -34,6 +35,7 @@ data_root = ""  # holds <domain>/[images/]<class>/*.jpg (data/README.md); "": da
 source = ""  # domain folder name or its initial: amazon/A, webcam/W, dslr/D; "": amazon (Office-Home: Art)
 target = ""  # the domain tested on, as source; "": webcam (Office-Home: Clipart)
 download = True  # fetch the dataset into data_root when data_root is missing or empty
+source_val = 0.0  # fraction of each source class held out of training (the same images in every run), for validators
 # model
 model = "resnet50"  # alexnet, caffe_alexnet (the papers'), resnet18 ... resnet152; vit_b_16, swin_t, convnext_tiny, ...
 weights = "auto"  # auto: IMAGENET1K_V1 (caffe_alexnet: bvlc_reference_caffenet); the model's others; none
@@ -65,6 +67,7 @@ eval_batch_size = 256  # target images per batch when evaluating (memory only: t
 device = "auto"  # auto (CUDA when present, else CPU), cpu, cuda, cuda:1, ...
 seed = 0  # same seed, same machine: same numbers
 eval_every = 1  # target accuracy every N epochs, shown as a curve (0: only the final model's)
+validators = "auto"  # scores that need no target label, at each evaluation (validators.py): auto (all that apply), none
 out_dir = "out"  # a JSON of config, per-epoch metrics and the final accuracy is written here for each run
 save_model = False  # also write the final weights (a state_dict) to out_dir
 checkpoint = True  # save the run at epoch ends in out_dir; the same command resumes it there (README, Resume)
@@ -77,13 +80,14 @@ shard = "0/1"  # i/n: this process takes runs i, i+n, i+2n, ... of the sweep (0 
 rerun = False  # a sweep skips runs already in results.jsonl with the same config; True runs them again
 report = False  # list the experiments of results.jsonl and print each one's table (flags given narrow it); no training
 bold_best = False  # the .tex table: the best mean of each column in bold (every tie too)
+analyze = False  # a finished run's features (it needs --save_model): t-SNE figure, proxy A-distance; no training
 # -----------------------------------------------------------------------------------------------------------
 FLAGS = {k: v for k, v in globals().items() if not k.startswith("_") and isinstance(v, (bool, int, float, str))}
 
 
 def parse_flags(argv, defaults=FLAGS, echo=True):
     """--name=value overrides of the flags above (flags.py); --help prints this file's docstring and the flags."""
-    return flags.parse(argv, defaults, echo, lambda: __doc__ + flags.help_text(__file__, FLAGS))
+    return flags.parse(argv, defaults, echo, lambda: __doc__ + flags.help_text(__file__, FLAGS), grid.GRID)
 
 
 if __name__ == "__main__":  # the flags are read before torch is imported: --help and a mistyped flag answer at once
@@ -98,14 +102,14 @@ import torch.nn.functional as F  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 import demo  # noqa: E402
-import resnet  # noqa: E402
 import sweep  # noqa: E402
-from adaptation import METHODS, Adaptation, methods, tap, with_method  # noqa: E402
+from adaptation import Adaptation, methods, tap, with_method  # noqa: E402
 from checkpoint import Diverged, Stopped, random_states, resume  # noqa: E402
-from data_loader import check_same_classes  # noqa: E402
+import validators  # noqa: E402
+from data_loader import check_same_classes, held_out  # noqa: E402
 from download import DATASETS, prepare_data_root  # noqa: E402
-from models import (MODELS, architecture, block_names, build_model, check_network, has_batchnorm,  # noqa: E402
-                    input_size, network_pixels, weight_names)
+from checks import check_settings  # noqa: E402
+from models import MODELS, architecture, build_model, input_size, network_pixels, weight_names  # noqa: E402
 from precision import choose_amp, pick_device  # noqa: E402
 from results import machine, not_written, run_label, save_run  # noqa: E402
 
@@ -123,83 +127,6 @@ def resolve(c):
     return dict(c, data_root=c["data_root"] or os.path.join("data", c["dataset"]), source=c["source"] or source,
                 target=c["target"] or target, weights=weights, resize_size=c["resize_size"] or resize,
                 crop_size=c["crop_size"] or crop)
-
-
-def check_config(c):
-    """Bad flag values stop the run before any work, with the reason."""
-    if c["dataset"] not in DATASETS:
-        raise UserError(f"--dataset={c['dataset']}: expected one of {', '.join(DATASETS)} (any other tree: point "
-                        "--data_root at it).")
-    for name, value in c.items():
-        if isinstance(FLAGS.get(name), float) and not math.isfinite(value):
-            raise UserError(f"--{name}={value}: must be a finite number.")
-    if c["model"] not in MODELS:
-        raise UserError(f"--model={c['model']} is not one of {', '.join(MODELS)}.")
-    choices = weight_names(c["model"])
-    if c["weights"] not in choices:
-        raise UserError(f"--weights={c['weights']}: {c['model']} has {', '.join(choices)}.")
-    if c["freeze"]:
-        names = block_names(c["model"])  # (naming a family's stages may build it: only when asked)
-        if names is None:
-            raise UserError(f"--freeze={c['freeze']}: {c['model']}'s stages are not named here, so none can be "
-                            "frozen; use --freeze=0. Stages are named for ViT, Swin, ConvNeXt, EfficientNet, RegNet, "
-                            "DenseNet, MobileNet, VGG, ResNeXt and Wide ResNet.")
-        if not 0 <= c["freeze"] <= len(names):
-            raise UserError(f"--freeze={c['freeze']}: {c['model']} has {len(names)} blocks to freeze "
-                            f"({', '.join(names)}); give a number from 0 to {len(names)}.")
-    for name in ("epochs", "iters_per_epoch", "batch_size", "eval_batch_size", "resize_size", "crop_size", "seeds"):
-        if c[name] < 1:
-            raise UserError(f"--{name}={c[name]}: must be at least 1.")
-    for name in ("num_workers", "eval_every", "weight_decay", "checkpoint_every"):
-        if c[name] < 0:
-            raise UserError(f"--{name}={c[name]}: must not be negative.")
-    if not 0 <= c["seed"] <= MAX_SEED - c["seeds"]:  # the target stream takes seed + 1, the sweep seed + seeds - 1
-        raise UserError(f"--seed={c['seed']}: must be from 0 to {MAX_SEED - c['seeds']} (torch seeds are 64-bit; the "
-                        "runs of --seeds count up from it, and each takes the next seed for its target batches).")
-    if not c["out_dir"].strip():
-        raise UserError("--out_dir is empty: give the folder the results and checkpoints go to (--out_dir=. for "
-                        "this one).")
-    if not (0 < c["lr"] < math.inf and 0 < c["lr_mult"] < math.inf):
-        raise UserError(f"--lr={c['lr']} and --lr_mult={c['lr_mult']} must both be positive.")
-    if not 0 <= c["momentum"] < 1:
-        raise UserError(f"--momentum={c['momentum']}: must be in [0, 1).")
-    unknown = [m for m in methods(c) if m not in METHODS]
-    if unknown or not methods(c):
-        raise UserError(f"--method={c['method']}: {', '.join(unknown) or 'empty'} is not among {', '.join(METHODS)} "
-                        "(one, or several separated by commas for a sweep).")
-    if not (c["bottleneck"] == "auto" or c["bottleneck"].isdigit()):
-        raise UserError(f"--bottleneck={c['bottleneck']}: expected auto, 0 (no bottleneck) or a width like 256.")
-    if not 0 <= c["trade_off"] < math.inf:
-        raise UserError(f"--trade_off={c['trade_off']}: must be a finite number, 0 or more.")
-    for method in methods(c):
-        check_batch_size(with_method(c, method))
-    if c["entropy"] and "cdan" not in methods(c):
-        raise UserError("--entropy=True is CDAN's entropy conditioning (CDAN+E): use it with --method=cdan.")
-    if c["amp"] not in ("auto", "bf16", "off"):
-        raise UserError(f"--amp={c['amp']}: expected auto, bf16 or off.")
-    index, _, count = c["shard"].partition("/")
-    if not (index.isdigit() and count.isdigit() and int(index) < int(count)):
-        raise UserError(f"--shard={c['shard']}: expected i/n with 0 <= i < n, e.g. 0/2 and 1/2 for two processes.")
-    if c["crop_size"] > c["resize_size"]:
-        raise UserError(f"--crop_size={c['crop_size']} is larger than --resize_size={c['resize_size']}: "
-                        "the crop is cut from the resized image, so it must fit inside it.")
-    check_network(c["model"], c["weights"], c["crop_size"])
-
-
-MAX_SEED = 2 ** 64 - 1  # the largest seed torch.manual_seed takes
-
-
-def check_batch_size(c):
-    """A batch of one image is refused where training cannot use it: BatchNorm normalises over the batch (the
-    ResNets' layers, a bottleneck), and Deep CORAL's covariance divides by n - 1."""
-    needs = [why for why, applies in (
-        (f"{'ResNet' if c['model'] in resnet.DEPTHS else c['model']}'s BatchNorm layers normalise over the images of "
-         "a batch", has_batchnorm(c["model"])),
-        ("the bottleneck's BatchNorm normalises over the images of a batch", c["bottleneck"] > 0),
-        ("Deep CORAL's covariances divide by the batch size minus one", c["method"] == "coral")) if applies]
-    if c["batch_size"] < 2 and needs:
-        raise UserError(f"--batch_size={c['batch_size']} with --model={c['model']} --method={c['method']}: "
-                        f"{'; '.join(needs)}, so a batch needs at least 2 images. Use --batch_size=2 or more.")
 
 
 def make_optimizer(model, new_layer, c, fused=True):
@@ -275,15 +202,43 @@ def train_one_epoch(model, optimizer, batches, first_step, total_steps, amp, mem
     return {name: float(total) / seen for name, total in sums.items()}, float(correct) / seen
 
 
-def evaluate(model, batches, amp, memory_format):
-    """(correct, total) over every batch given: each target image exactly once, no dropped last batch."""
+def evaluate(model, batches, amp, memory_format, kept=None, layer=None):
+    """(correct, total) over every batch given: each target image exactly once, no dropped last batch. kept: a dict
+    that also gets every image's "logits" and "labels" and (a layer given) "features", that layer's input, in fp32 on
+    the CPU, for the validators."""
     model.eval()
     correct = total = 0
+    outputs = {"logits": [], "labels": [], "features": []}
+    hook = layer.register_forward_hook(lambda m, inputs, out: outputs["features"].append(inputs[0].float().cpu())) \
+        if layer is not None and kept is not None else None
     with torch.inference_mode(), torch.autocast(model_device(model).type, dtype=torch.bfloat16, enabled=amp):
         for x, y in batches:
-            correct += (model(x.contiguous(memory_format=memory_format)).argmax(1) == y).sum().item()
+            logits = model(x.contiguous(memory_format=memory_format))
+            correct += (logits.argmax(1) == y).sum().item()
             total += len(y)
+            if kept is not None:
+                outputs["logits"].append(logits.float().cpu())
+                outputs["labels"].append(y.cpu())
+    if hook:
+        hook.remove()
+    if kept is not None:
+        kept.update({name: torch.cat(parts) for name, parts in outputs.items() if parts})
     return correct, total
+
+
+def score(names, model, on_target, held, source, c, amp, memory_format, pixels, layer):
+    """{validator: score} (validators.compute) from the model's outputs on every target image (on_target: evaluate's
+    kept; their labels are not passed on), and for source_val_acc and DEV on the held-out source images and on the
+    training ones. layer: the classifier, whose input is DEV's features (None without DEV)."""
+    def outputs(domain):
+        kept = {}
+        evaluate(model, domain.test_batches(c["eval_batch_size"], c["crop_size"], pixels), amp, memory_format, kept,
+                 layer)
+        return kept
+    on_held = outputs(held) if held is not None else {}
+    held_out = (on_held["logits"], on_held["labels"], on_held.get("features")) if on_held else None
+    source_features = outputs(source)["features"] if "dev" in names else None
+    return validators.compute(names, on_target["logits"], on_target.get("features"), held_out, source_features)
 
 
 def model_device(model):
@@ -310,15 +265,20 @@ def fine_tune(c, source, target, device, task, checkpoint=None, stop=None):
     torch.manual_seed(c["seed"])
     generator = torch.Generator().manual_seed(c["seed"])
     check_same_classes(source, target)
+    source, held = held_out(source, c["source_val"]) if c["source_val"] else (source, None)
+    names = validators.chosen(c["validators"], held is not None)
     net, new_layer = build_model(c["model"], len(source.classes), c["weights"], c["bottleneck"], c["freeze"])
     pixels = network_pixels(c["model"], c["weights"])  # what the network's weights were trained on
     amp, why = choose_amp(c["amp"], device)
     memory_format = torch.channels_last if c["channels_last"] else torch.contiguous_format
     net = net.to(device, memory_format=memory_format)
     adaptation, new_layers = make_adaptation(c, net, new_layer(net), len(source.classes), device)
+    classifier = [m for m in new_layer(net).modules() if isinstance(m, torch.nn.Linear)][-1]
     target_generator = torch.Generator().manual_seed(c["seed"] + 1)  # target batches: a stream of their own
     optimizer = make_optimizer(net, new_layers, c)
     model = torch.compile(net) if c["compile"] else net  # the same parameters; net keeps plain state_dict keys
+    layer = classifier if "dev" in names else None  # DEV reads its input, by a hook: on the uncompiled network
+    evaluated = net if layer else model
     total_steps = c["epochs"] * c["iters_per_epoch"]
     parts = {"model": net, "method": adaptation or torch.nn.Module(), "optimizer": optimizer}
     generators = [generator, target_generator]
@@ -353,9 +313,12 @@ def fine_tune(c, source, target, device, task, checkpoint=None, stop=None):
         row = {"epoch": epoch, "loss": loss, "adaptation_loss": losses.get("adaptation"), "source_acc": source_acc,
                "target_acc": None}
         if epoch == c["epochs"] or (c["eval_every"] and epoch % c["eval_every"] == 0):
-            correct, total = evaluate(model, target.test_batches(c["eval_batch_size"], c["crop_size"], pixels),
-                                      amp, memory_format)
+            kept = {} if names else None
+            correct, total = evaluate(evaluated, target.test_batches(c["eval_batch_size"], c["crop_size"], pixels),
+                                      amp, memory_format, kept, layer)
             row["target_acc"] = correct / total
+            if kept:  # (empty where a test stands in for evaluate)
+                row["validators"] = score(names, evaluated, kept, held, source, c, amp, memory_format, pixels, layer)
         row["seconds"] = time.time() - start
         history.append(row)
         shown = "-" if row["target_acc"] is None else f"{100 * row['target_acc']:.1f}%"
@@ -370,7 +333,8 @@ def fine_tune(c, source, target, device, task, checkpoint=None, stop=None):
             saved_at = time.time()  # (a failed save is tried again checkpoint_every minutes later)
     result = {"task": task, "correct": correct, "total": total, "accuracy": correct / total, "config": c,
               "precision": {"dtype": "bf16" if amp else "fp32", "why": why}, "machine": machine(device),
-              "epochs": history, "date": datetime.datetime.now().isoformat(timespec="seconds")}
+              "epochs": history, "date": datetime.datetime.now().isoformat(timespec="seconds"),
+              "held_out": len(held) if held is not None else 0}
     try:
         save_run(c, result, net.state_dict() if c["save_model"] else None)
     except (OSError, RuntimeError) as e:  # a full disk, a quota (torch.save: a RuntimeError)
@@ -411,19 +375,27 @@ def main(argv=None):
         argv = sys.argv[1:] if argv is None else argv
         given = parse_flags(argv, echo=False)["dataset"]  # the dataset first: it may change other defaults
         c = resolve(parse_flags(argv, dataset_defaults(given)))
-        check_config(c)
+        check_settings(c, FLAGS)
         results_path = os.path.join(c["out_dir"], "results.jsonl")
-        shown = with_method(c, methods(c)[0]) if len(methods(c)) == 1 else c  # one method: its resolved values
+        one = len(methods(c)) == 1 and not grid.varied(c)
+        shown = with_method(c, methods(c)[0]) if one else c  # one method: its resolved values
+        if c["analyze"] and not (one and c["tasks"] == "" and c["seeds"] == 1):
+            raise UserError("--analyze=True reads one finished run: give one --method, one value per flag and no "
+                            "--tasks or --seeds (--source, --target and --seed name the run).")
         if c["report"]:
             print_config(shown)
-            return sweep.print_report(c, results_path, flags.given(argv, FLAGS), defaults)
+            return sweep.print_report(c, results_path, flags.given(argv, FLAGS), defaults, FLAGS)
         sweep.check_out_dir(c["out_dir"], results_path)
         device = pick_device(c["device"])
         amp = choose_amp(c["amp"], device)
         print_config(shown, amp)
         data_root = prepare_data_root(c["data_root"], c["download"], c["dataset"])
         precision = "bf16" if amp[0] else "fp32"
-        return sweep.run_sweep(c, data_root, device, results_path, fine_tune, precision, defaults(c))
+        if c["analyze"]:
+            import analysis  # (scikit-learn and matplotlib: only here)
+            return analysis.analyze(with_method(dict(c, precision=precision), methods(c)[0]), data_root, device,
+                                    results_path, evaluate)
+        return sweep.run_sweep(c, data_root, device, results_path, fine_tune, precision, defaults(c), FLAGS)
     except UserError as e:
         sys.exit(f"error: {user_message(e)}")
     except torch._dynamo.exc.BackendCompilerFailed as e:  # raised at the first step, before any result is written

@@ -175,8 +175,9 @@ EXPERIMENT_KEYS = ("model", "weights", "freeze", "method", "bottleneck", "trade_
 
 
 def method_label(c):
-    """The method as tables, run files and printed lines name it: cdan+e for CDAN with entropy conditioning."""
-    return c["method"] + ("+e" if c["entropy"] else "")
+    """The method as tables and printed lines name it: cdan+e for CDAN with entropy conditioning, and in a grid
+    (grid.py) the value of every flag it varies (c["grid"], their names): "dann trade_off=0.1 lr=0.001"."""
+    return c["method"] + ("+e" if c["entropy"] else "") + "".join(f" {name}={c[name]}" for name in c.get("grid", ()))
 
 
 def run_label(c):
@@ -187,7 +188,7 @@ def run_label(c):
 def run_stem(c):
     """The start of every file name of one run (its JSON, weights, checkpoint): amazon-webcam_resnet50_dann_seed0.
     Full domain names, so that tasks never share a name."""
-    return f"{c['source']}-{c['target']}_{c['model']}_{method_label(c)}_seed{c['seed']}"
+    return f"{c['source']}-{c['target']}_{c['model']}_{c['method']}{'+e' * c['entropy']}_seed{c['seed']}"
 
 
 def short_names(domains):
@@ -230,9 +231,15 @@ def plan_runs(c, data_root):
 
 
 def experiment(c):
-    """What makes two runs the same experiment, besides the data itself: the dataset's folder name and
-    EXPERIMENT_KEYS."""
-    return os.path.basename(os.path.normpath(c["data_root"])), {k: c[k] for k in EXPERIMENT_KEYS}
+    """What makes two runs the same experiment, besides the data itself: the dataset's folder name,
+    EXPERIMENT_KEYS, and LATER_KEYS where they are not at their default."""
+    later = {k: c[k] for k, default in LATER_KEYS.items() if c.get(k, default) != default}
+    return os.path.basename(os.path.normpath(c["data_root"])), {**{k: c[k] for k in EXPERIMENT_KEYS}, **later}
+
+
+# Experiment flags added after rows were first written: a row records them only where they are not at their default,
+# so that every older row stays the experiment it was. source_val: the fraction of the source held out of training.
+LATER_KEYS = {"source_val": 0.0}
 
 
 def same_experiment(row, c, data):
@@ -262,17 +269,21 @@ def result_row(c, result, data):
     return {"dataset": dataset, "model": c["model"], "weights": c["weights"], "source": c["source"],
             "target": c["target"], "seed": c["seed"], "accuracy": result["accuracy"], "correct": result["correct"],
             "total": result["total"], "config": config, "data": {n: data[n] for n in (c["source"], c["target"])},
-            "machine": result["machine"], "run_file": result["run_file"], "date": result["date"]}
+            "machine": result["machine"], "run_file": result["run_file"], "date": result["date"],
+            **({"grid": c["grid"]} if c.get("grid") else {}),
+            **({"held_out": result["held_out"]} if result.get("held_out") else {})}
 
 
 def changed_flags(configs, defaults):
     """'flag=value' for every experiment flag that differs from its default in any of these configs ({method:
-    config}; defaults: {method: the defaults' config for that method}); method and entropy are in the labels."""
+    config}; defaults: {method: the defaults' config for that method}); method, entropy and a grid's flags are in
+    the labels."""
     changed = {}
     for method, config in configs.items():
-        for key in EXPERIMENT_KEYS:
-            shown_elsewhere = key in ("method", "entropy", "model", "weights", "precision")
-            if not shown_elsewhere and config[key] != defaults[method][key]:
+        for key in (*EXPERIMENT_KEYS, *LATER_KEYS):
+            shown_elsewhere = key in ("method", "entropy", "model", "weights", "precision", *config.get("grid", ()))
+            default = LATER_KEYS.get(key)
+            if not shown_elsewhere and config.get(key, default) != defaults[method].get(key, default):
                 changed.setdefault(f"{key}={config[key]}", None)
     return list(changed)
 
@@ -283,7 +294,7 @@ def title(configs, defaults, what):
     "source_only / dann / cdan+e"."""
     c = next(iter(configs.values()))
     changed = changed_flags(configs, defaults)
-    methods = " / ".join(method_label(config) for config in configs.values())
+    methods = " / ".join(dict.fromkeys(method_label(dict(config, grid=())) for config in configs.values()))
     return (f"{experiment(c)[0]}, {c['model']} ({c['weights']}), {methods}, {c['precision']}, final model, {what}"
             f"{'; not the defaults: ' + ', '.join(changed) if changed else ''}")
 
@@ -304,7 +315,7 @@ def print_table(rows, configs, data, labels, runs, results_path, defaults):
     lines = [f"\n{title(configs, defaults, 'mean ± std over seeds')} (from {results_path}):\n"]
     name = lambda source, target: task_name(source, target, labels)  # noqa: E731
     order = {(s, t): k for k, (s, t, _) in enumerate(runs)}
-    by_label = {method_label(configs[m]): rows for m, rows in mine.items()}
+    by_label = {method_label(configs[m]): rows for m, rows in mine.items()}  # (a grid's settings too)
     if len(configs) == 1:
         [only] = mine.values()
         lines.append(markdown_table(sorted(only, key=lambda r: order[(r["source"], r["target"])]), name))

@@ -16,35 +16,38 @@ import json
 import os
 import tempfile
 
+import grid
 from adaptation import methods, with_method
 from checkpoint import Checkpoint, Diverged, StopOnSignal, Stopped
 from data_loader import (UserError, check_cache_fits, class_counts, class_difference, find_domains,
                          fingerprint, load_domain)
 from models import build_model, input_size
-from results import (EXPERIMENT_KEYS, append_row, count_rows, experiment, method_label, not_written, plan_runs,
-                     print_table, read_rows, result_row, run_label, same_experiment, select_rows, short_names,
-                     task_name, title)
+from results import (EXPERIMENT_KEYS, LATER_KEYS, append_row, count_rows, experiment, method_label, not_written,
+                     plan_runs, print_table, read_rows, result_row, run_label, same_experiment, select_rows,
+                     short_names, task_name, title)
 from tables import write_tables
 
 
-def run_sweep(c, data_root, device, results_path, train, precision, plain):
+def run_sweep(c, data_root, device, results_path, train, precision, plain, flag_defaults):
     """Every run of this process's shard not yet in the results file (unless rerun); returns their results.
-    Several methods: each runs the whole plan. A run that diverges writes nothing; the sweep goes on and fails
-    at the end, naming it. train: what trains one run (office31.fine_tune); precision: "bf16" or "fp32", what
-    --amp resolved to here (part of the experiment: rows record it); plain: the defaults' configs (titles)."""
-    configs = {method: with_method(dict(c, precision=precision), method) for method in methods(c)}
+    Several methods, or a grid (grid.py: flag_defaults give its values' types): each setting runs the whole plan.
+    A run that diverges writes nothing; the sweep goes on and fails at the end, naming it. train: what trains one
+    run (office31.fine_tune); precision: "bf16" or "fp32", what --amp resolved to here (part of the experiment:
+    rows record it); plain: the defaults' configs (titles)."""
+    configs = sweep_configs(c, precision, flag_defaults)
+    plain = {label: plain[config["method"]] for label, config in configs.items()}
     runs = plan_runs(c, data_root)
-    plan = [(method, *run) for method in configs for run in runs]
+    plan = [(setting, *run) for setting in configs for run in runs]
     labels, data = names_and_fingerprints(data_root)
     index, count = map(int, c["shard"].split("/"))
     rows = read_rows(results_path)
-    before = collections.Counter((method, r["source"], r["target"], r["seed"]) for method, config in configs.items()
+    before = collections.Counter((setting, r["source"], r["target"], r["seed"]) for setting, config in configs.items()
                                  for r in rows if same_experiment(r, config, data))
     sweep = c["tasks"] != "" or c["seeds"] > 1 or len(configs) > 1  # a single run always trains, as before
     mine = plan[index::count]
     todo = mine if c["rerun"] or not sweep else [run for run in mine if run not in before]
-    for method, source, target, seed in (run for run in mine if run not in todo):
-        print(f"skipping {method_label(configs[method])} {task_name(source, target, labels)} seed {seed}: already "
+    for setting, source, target, seed in (run for run in mine if run not in todo):
+        print(f"skipping {setting} {task_name(source, target, labels)} seed {seed}: already "
               f"in {results_path} (--rerun=True to redo)")
     check_tasks(data_root, dict.fromkeys((s, t) for _, s, t, _ in todo), labels)
     if todo and c["cache"]:
@@ -53,8 +56,8 @@ def run_sweep(c, data_root, device, results_path, train, precision, plain):
         build_model(c["model"], 2, c["weights"])  # fetch the ImageNet weights (or fail) before decoding images
     domains, finished, diverged = {}, [], []
     with StopOnSignal() as stop:
-        for method, source, target, seed in todo:
-            run = dict(configs[method], source=source, target=target, seed=seed)
+        for setting, source, target, seed in todo:
+            run = dict(configs[setting], source=source, target=target, seed=seed)
             task, label = task_name(source, target, labels), run_label(run)
             if stop.requested:
                 raise Stopped(f"{stop.requested} stopped the sweep before {task} {label}; run the same command again "
@@ -63,12 +66,12 @@ def run_sweep(c, data_root, device, results_path, train, precision, plain):
                 if name not in domains:  # decoded once per process, shared by every task that uses the domain
                     domains[name] = load_domain(data_root, name, c["resize_size"], c["cache"], c["num_workers"],
                                                 device, input_size(c["model"], c["weights"])[2])
-            if len(configs) > 1:  # the main config line leaves these unresolved ("auto"): this run's values
-                print(f"run: {task} {label}: " + "  ".join(f"{k}={run[k]}" for k in ("bottleneck", "trade_off",
-                                                                                     "entropy")))
+            if len(configs) > 1:  # the main config line leaves these unresolved ("auto", a grid): this run's values
+                shown = dict.fromkeys(("bottleneck", "trade_off", "entropy", *run["grid"]))
+                print(f"run: {task} {label}: " + "  ".join(f"{k}={run[k]}" for k in shown))
             try:
                 result = train_and_record(run, domains, device, task, data, results_path, stop,
-                                          before[(method, source, target, seed)], train)
+                                          before[(setting, source, target, seed)], train)
             except Diverged as e:
                 if not sweep:
                     raise
@@ -76,7 +79,7 @@ def run_sweep(c, data_root, device, results_path, train, precision, plain):
                 diverged.append(f"{task} {label}")
                 continue
             if result:
-                named = f"  {label}" if sweep or method != "source_only" else ""  # a plain fine-tune: the bare line
+                named = f"  {label}" if sweep or run["method"] != "source_only" else ""  # plain fine-tuning: bare
                 print(f"{task} accuracy: {100 * result['accuracy']:.2f}% ({result['correct']}/{result['total']})"
                       f"{named}")
                 finished.append(result)
@@ -89,6 +92,19 @@ def run_sweep(c, data_root, device, results_path, train, precision, plain):
         raise UserError(f"{len(diverged)} of {len(todo)} runs diverged and wrote no result: {', '.join(diverged)} "
                         f"(their messages are above). {kept}")
     return finished
+
+
+def sweep_configs(c, precision, flag_defaults):
+    """{label: config} of every setting a sweep runs: each method (adaptation.with_method resolves what it sets)
+    with each setting of the grid (grid.settings), the precision --amp chose here, and the names of the flags the
+    grid varies (labels show their values: results.method_label). Settings that a method makes the same (source
+    only has no trade-off) run once."""
+    configs = {}
+    for method in methods(c):
+        for setting in grid.settings(c, flag_defaults):
+            config = with_method(dict(c, **setting, precision=precision, grid=grid.varied(c)), method)
+            configs.setdefault(method_label(config), config)
+    return configs
 
 
 def train_and_record(run, domains, device, task, data, results_path, stop, rows_before, train):
@@ -174,17 +190,18 @@ def names_and_fingerprints(data_root):
     return labels, {name: fingerprint(data_root, name) for name in labels}
 
 
-def print_report(c, results_path, given, defaults):
+def print_report(c, results_path, given, defaults, flag_defaults):
     """--report=True: the experiments of the results file, listed (what differs between them, how many runs each),
     and the table of each, from the rows alone: no data, no training. Flags given (`given`, their names) narrow it
     down: the experiment's keys, --method, --amp, --dataset or --data_root (the dataset's folder name), --tasks
-    (or --source and --target), --seed and --seeds. defaults(c): the defaults' configs a title compares with."""
+    (or --source and --target), --seed and --seeds. defaults(c): the defaults' configs a title compares with;
+    flag_defaults: the flags' defaults."""
     rows = read_rows(results_path)
     if not rows:
         raise UserError(f"{results_path} holds no results yet: a run or a sweep with --out_dir="
                         f"{os.path.dirname(results_path) or '.'} writes them there.")
     older = sum("precision" not in r["config"] for r in rows)
-    chosen = [r for r in rows if "precision" in r["config"] and wanted(r, c, given)]
+    chosen = [r for r in rows if "precision" in r["config"] and wanted(r, c, given, flag_defaults)]
     if not chosen:
         asked = " ".join(f"--{name}={c[name]}" for name in sorted(given) if name in c)
         raise UserError(f"{results_path} has no results for {c['model']} ({c['weights']}, "
@@ -202,16 +219,19 @@ def print_report(c, results_path, given, defaults):
 PRECISION = {"bf16": "bf16", "off": "fp32"}  # what --amp=bf16 and --amp=off leave in a row (auto: either)
 
 
-def wanted(row, c, given):
-    """Whether a row is of the experiments, tasks and seeds the flags given (names in `given`) ask for."""
+def wanted(row, c, given, flag_defaults):
+    """Whether a row is of the experiments, tasks and seeds the flags given (names in `given`) ask for; a flag given
+    several values (a grid) asks for any of them. flag_defaults: the flags' defaults (a grid's value types)."""
     config = row["config"]
     if given & {"dataset", "data_root"} and row["dataset"] != os.path.basename(os.path.normpath(c["data_root"])):
         return False
     if "method" in given and config["method"] not in methods(c):
         return False
-    expected = with_method(dict(c, precision=PRECISION.get(c["amp"])), config["method"])
-    asked = [key for key in EXPERIMENT_KEYS if key in given or (key == "precision" and c["amp"] in PRECISION)]
-    if any(config[key] != expected[key] for key in asked):
+    asked = [key for key in (*EXPERIMENT_KEYS, *LATER_KEYS)
+             if key in given or (key == "precision" and c["amp"] in PRECISION)]
+    settings = [with_method(dict(c, **setting, precision=PRECISION.get(c["amp"])), config["method"])
+                for setting in grid.settings(c, flag_defaults)]  # a grid's values: any of them
+    if not any(all(config.get(key, LATER_KEYS.get(key)) == expected[key] for key in asked) for expected in settings):
         return False
     if given & {"seed", "seeds"} and not c["seed"] <= row["seed"] < c["seed"] + c["seeds"]:
         return False
@@ -229,7 +249,8 @@ def names(domain, name):
 def list_experiments(results_path, experiments, runs, older):
     """Print the experiments of a report: what differs between them, and each one's runs, tasks and seeds."""
     configs = [dict(group[0]["config"], dataset=group[0]["dataset"]) for group in experiments]
-    differ = [k for k in ("dataset", *EXPERIMENT_KEYS) if len({json.dumps(c[k]) for c in configs}) > 1]
+    differ = [k for k in ("dataset", *EXPERIMENT_KEYS, *LATER_KEYS)
+              if len({json.dumps(c.get(k, LATER_KEYS.get(k))) for c in configs}) > 1]
     print(f"{results_path}: {runs} runs of {len(experiments)} experiment{'s' * (len(experiments) > 1)}"
           + (f", which differ in {', '.join(differ)}:" if differ else ":"))
     for k, (config, group) in enumerate(zip(configs, experiments), 1):
@@ -245,11 +266,13 @@ def list_experiments(results_path, experiments, runs, older):
 
 def tables_of(experiments):
     """The experiments grouped into tables: those that differ only in the method (and what the method sets: its
-    bottleneck, trade-off, entropy conditioning) share one, where each method appears once."""
+    bottleneck, trade-off, entropy conditioning) or in the flags one grid varied (the rows' "grid") share one,
+    where each setting appears once."""
     tables = []
     for group in experiments:
-        config = group[0]["config"]
-        common = json.dumps([group[0]["dataset"], {k: v for k, v in config.items() if k not in PER_METHOD}],
+        config = config_of(group)
+        common = json.dumps([group[0]["dataset"], sorted(config["grid"]), {k: v for k, v in config.items()
+                                                                    if k not in (*PER_METHOD, *config["grid"])}],
                             sort_keys=True)
         table = next((t for t in tables if t[0] == common and method_label(config) not in t[1]), None)
         if table is None:
@@ -259,6 +282,11 @@ def tables_of(experiments):
     return [by_label for _, by_label in tables]
 
 
+def config_of(group):
+    """The config of one experiment's rows, with the names of the flags their grid varied (none before grids)."""
+    return dict(group[0]["config"], grid=list(dict.fromkeys(name for r in group for name in r.get("grid", ()))))
+
+
 PER_METHOD = ("method", "bottleneck", "trade_off", "entropy")
 
 
@@ -266,7 +294,7 @@ def table_of(by_label, defaults, c):
     """(configs, data, labels, runs, plain) of one table of rows ({method label: rows of its experiment})."""
     rows = [r for group in by_label.values() for r in group]
     dataset = rows[0]["dataset"]
-    configs = {label: dict(group[0]["config"], data_root=dataset) for label, group in by_label.items()}
+    configs = {label: dict(config_of(group), data_root=dataset) for label, group in by_label.items()}
     data = {}
     for r in sorted(rows, key=lambda r: r["date"]):  # the latest rows' data: a later copy of the data wins
         data.update(r.get("data") or {})
@@ -296,10 +324,21 @@ def report_tables(c, rows, tables, results_path):
             shows = title(configs, plain, "mean over seeds (lines), lowest to highest seed (bands)")
             written.append(os.path.join(folder, f"curves_{stem}.png"))
             curves.draw(folder, by_label, name_of_task, shows, written[-1])
+            import selection
+            chosen = "choosing without target labels: " + title(configs, plain, "the model each validator picks, and "
+                                                                "the oracle")
+            written += selection.report(folder, by_label, default_setting(configs, plain), name_of_task, chosen, stem)
             print("wrote " + ", ".join(written))
         except OSError as e:  # a read-only or full results folder: the table is printed all the same
             print(f"warning: could not write the table files and figure to {os.path.abspath(folder)} "
                   f"({e.strerror or e}); the table above is all this report gives.")
+
+
+def default_setting(configs, plain):
+    """The label of the setting a run of the flags' defaults would make: the first with the most grid values at the
+    defaults' (plain: {label: the defaults' config})."""
+    return max(configs, key=lambda label: sum(configs[label][name] == plain[label][name]
+                                              for name in configs[label].get("grid", ())))  # (ties: the first)
 
 
 def table_name(configs, runs):

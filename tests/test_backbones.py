@@ -8,9 +8,10 @@ import torch
 from torchvision import models
 
 import backbone
+import checks
 import office31
 from data_loader import load_domain, normalize
-from models import build_model, input_size, network_pixels, weight_names
+from models import block_names, build_model, input_size, network_pixels, weight_names
 from test_fast_path import needs_bf16
 
 # one network of each family: (name, the smallest crop the tests give it, where its own classifier is)
@@ -149,7 +150,7 @@ def test_freeze_fixes_the_leading_stages_and_their_batchnorm_statistics(tree, tm
     frozen = ("features.0.", "features.1.")  # the stem and the first stage, running statistics included
     assert all(torch.equal(before[k], after[k]) for k in before if k.startswith(frozen))
     assert not all(torch.equal(before[k], after[k]) for k in before if k.startswith("features.2."))
-    assert office31.block_names("efficientnet_b0")[:3] == ("features.0", "features.1", "features.2")
+    assert block_names("efficientnet_b0")[:3] == ("features.0", "features.1", "features.2")
 
 
 def test_freeze_keeps_a_vits_patch_projection_class_token_and_position_embeddings(tree, tmp_path, monkeypatch):
@@ -163,7 +164,7 @@ def test_freeze_keeps_a_vits_patch_projection_class_token_and_position_embedding
     assert all(torch.equal(before[k], after[k]) for k in frozen)
     assert not torch.equal(before["encoder.layers.encoder_layer_1.mlp.0.weight"],
                            after["encoder.layers.encoder_layer_1.mlp.0.weight"])
-    assert office31.block_names("vit_b_32")[:3] == ("embedding", "encoder_layer_0", "encoder_layer_1")
+    assert block_names("vit_b_32")[:3] == ("embedding", "encoder_layer_0", "encoder_layer_1")
 
 
 def test_auto_weights_and_input_sizes_come_from_each_network():
@@ -219,9 +220,9 @@ def test_interpolation_reaches_both_data_paths(tree):
 def test_what_a_network_cannot_take_stops_before_any_work(tmp_path, argv, phrase):
     c = office31.resolve(office31.parse_flags(argv))
     if phrase is None:
-        return office31.check_config(c)
+        return checks.check_config(c)
     with pytest.raises(office31.UserError) as error:
-        office31.check_config(c)
+        checks.check_config(c)
     assert phrase in str(error.value)
 
 

@@ -49,7 +49,7 @@ def test_every_flag_a_page_names_exists(page):
 def test_every_command_a_page_shows_passes_the_checks_made_before_any_work(page):
     for argv in commands(read(page)):
         c = office31.resolve(office31.parse_flags(argv, echo=False))
-        office31.check_config(c)  # names, types, values, the network and its input size
+        office31.check_settings(c, office31.FLAGS)  # names, types, values, the network, its input (each setting)
 
 
 def test_the_pages_show_the_commands_a_newcomer_runs():

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import checkpoint
+import checks
 import office31
 import results
 import sweep
@@ -59,8 +60,8 @@ def test_bad_out_dir_seed_and_device_are_refused_before_any_work(pair, tmp_path,
 
 
 def test_the_largest_seed_trains(pair, tmp_path):
-    [result] = run(pair, tmp_path, f"--seed={office31.MAX_SEED - 1}", "--epochs=1")
-    assert result["config"]["seed"] == office31.MAX_SEED - 1 and rows_of(tmp_path)[0]["seed"] == office31.MAX_SEED - 1
+    [result] = run(pair, tmp_path, f"--seed={checks.MAX_SEED - 1}", "--epochs=1")
+    assert result["config"]["seed"] == checks.MAX_SEED - 1 and rows_of(tmp_path)[0]["seed"] == checks.MAX_SEED - 1
 
 
 def test_a_checkpoint_that_cannot_be_written_warns_once_and_the_run_finishes(pair, tmp_path, monkeypatch, capsys):

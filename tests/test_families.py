@@ -9,6 +9,7 @@ import torch.nn.functional as F
 import torchvision
 
 import caffe_alexnet
+import checks
 import office31
 from models import MODELS, architecture, block_names, build_model, on_meta
 from test_backbones import FAMILIES, weights_before_and_after
@@ -55,9 +56,9 @@ def test_every_network_builds_with_and_without_weights_and_takes_a_step(name, no
     c = office31.resolve(dict(office31.FLAGS, model=name, method="dann", num_workers=0, device="cpu"))
     if name in REFUSED:
         with pytest.raises(office31.UserError, match=REFUSED[name]):
-            office31.check_config(c)
+            checks.check_config(c)
         return
-    office31.check_config(c)  # its default weights' input size (ViT-H/14 SWAG: 518) is one it takes
+    checks.check_config(c)  # its default weights' input size (ViT-H/14 SWAG: 518) is one it takes
     c = office31.with_method(c, "dann")
     for weights in ("none", c["weights"]):  # the step below is taken with the default weights' network
         with on_meta():
@@ -105,9 +106,9 @@ def test_freeze_is_counted_in_stages_or_refused_with_the_reason(name):
     c = office31.resolve(dict(office31.FLAGS, model=name, freeze=1))
     if names is None:
         with pytest.raises(office31.UserError, match=f"{name}'s stages are not named here"):
-            office31.check_config(c)
+            checks.check_config(c)
         return
-    office31.check_config(c)
+    checks.check_config(c)
     with on_meta():
         net, _ = build_model(name, 5, "none", 0, freeze=1)
     first = architecture(name).blocks(net)[0]

@@ -172,8 +172,9 @@ def test_a_bare_report_lists_every_experiment_and_prints_each_table_and_flags_na
     assert "office31, resnet18 (none), source_only / coral, fp32, final model" in shown
     wrote = [line for line in shown.splitlines() if line.startswith("wrote ")]
     files = [path for line in wrote for path in line[len("wrote "):].split(", ")]
-    assert len(wrote) == 2 and len(set(files)) == 8 and all(os.path.exists(path) for path in files)
-    assert sorted(os.path.basename(path).split("_")[0] for path in files) == ["curves"] * 2 + ["table"] * 6
+    assert len(wrote) == 2 and len(set(files)) == 11 and all(os.path.exists(path) for path in files)
+    assert sorted(os.path.basename(path).split("_")[0] for path in files) == \
+        ["curves"] * 2 + ["selection"] * 2 + ["table"] * 6 + ["validators"]  # (two methods to choose from: one table)
     capsys.readouterr()
     office31.main([f"--out_dir={out}", "--report", "--epochs", "2"])  # a flag given narrows it down
     shown = capsys.readouterr().out

@@ -8,6 +8,7 @@ import statistics
 import pytest
 import torch
 
+import checks
 import data_loader
 import download
 import office31
@@ -214,7 +215,7 @@ def test_values_no_run_can_use_are_refused_with_the_reason(tmp_path, argv, phras
 
 def test_a_batch_of_one_is_fine_where_nothing_normalises_over_it():
     c = office31.resolve(dict(office31.FLAGS, model="alexnet", batch_size=1, method="source_only,dan"))
-    office31.check_config(c)  # AlexNet without bottleneck, and DAN on AlexNet (fc6-fc8, no bottleneck)
+    checks.check_config(c)  # AlexNet without bottleneck, and DAN on AlexNet (fc6-fc8, no bottleneck)
 
 
 def test_the_download_lock_is_one_file_however_the_path_is_spelled(tmp_path, monkeypatch):

@@ -1,0 +1,109 @@
+"""The checks made before any work: bad flag values stop a run (or a sweep, every setting of its grid) with the
+reason and what to do, before a network is built or an image decoded.
+
+    check_settings(c, FLAGS)   # c: office31.py's flags, resolved; each setting of a grid is checked
+"""
+import math
+
+import grid
+import resnet
+import validators
+from adaptation import METHODS, methods, with_method
+from download import DATASETS
+from errors import UserError
+from models import MODELS, block_names, check_network, has_batchnorm, weight_names
+
+
+def check_config(c):
+    """Bad flag values stop the run before any work, with the reason."""
+    if c["dataset"] not in DATASETS:
+        raise UserError(f"--dataset={c['dataset']}: expected one of {', '.join(DATASETS)} (any other tree: point "
+                        "--data_root at it).")
+    for name, value in c.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise UserError(f"--{name}={value}: must be a finite number.")
+    if c["model"] not in MODELS:
+        raise UserError(f"--model={c['model']} is not one of {', '.join(MODELS)}.")
+    choices = weight_names(c["model"])
+    if c["weights"] not in choices:
+        raise UserError(f"--weights={c['weights']}: {c['model']} has {', '.join(choices)}.")
+    if c["freeze"]:
+        names = block_names(c["model"])  # (naming a family's stages may build it: only when asked)
+        if names is None:
+            raise UserError(f"--freeze={c['freeze']}: {c['model']}'s stages are not named here, so none can be "
+                            "frozen; use --freeze=0. Stages are named for ViT, Swin, ConvNeXt, EfficientNet, RegNet, "
+                            "DenseNet, MobileNet, VGG, ResNeXt and Wide ResNet.")
+        if not 0 <= c["freeze"] <= len(names):
+            raise UserError(f"--freeze={c['freeze']}: {c['model']} has {len(names)} blocks to freeze "
+                            f"({', '.join(names)}); give a number from 0 to {len(names)}.")
+    for name in ("epochs", "iters_per_epoch", "batch_size", "eval_batch_size", "resize_size", "crop_size", "seeds"):
+        if c[name] < 1:
+            raise UserError(f"--{name}={c[name]}: must be at least 1.")
+    for name in ("num_workers", "eval_every", "weight_decay", "checkpoint_every"):
+        if c[name] < 0:
+            raise UserError(f"--{name}={c[name]}: must not be negative.")
+    if not 0 <= c["seed"] <= MAX_SEED - c["seeds"]:  # the target stream takes seed + 1, the sweep seed + seeds - 1
+        raise UserError(f"--seed={c['seed']}: must be from 0 to {MAX_SEED - c['seeds']} (torch seeds are 64-bit; the "
+                        "runs of --seeds count up from it, and each takes the next seed for its target batches).")
+    if not 0 <= c["source_val"] < 1:
+        raise UserError(f"--source_val={c['source_val']}: the fraction of each source class held out, from 0 (none, "
+                        "the protocol) to below 1 (0.1 or 0.2 is usual).")
+    chosen = validators.chosen(c["validators"], c["source_val"])
+    unknown = [name for name in chosen if name not in validators.NAMES]
+    if unknown or (not chosen and c["validators"] != "none"):
+        raise UserError(f"--validators={c['validators']}: {', '.join(unknown) or 'empty'} is not among auto, none, "
+                        f"{', '.join(validators.NAMES)} (several separated by commas).")
+    if not c["source_val"] and set(chosen) & set(validators.HELD_OUT):
+        raise UserError(f"--validators={c['validators']}: {' and '.join(validators.HELD_OUT)} read the labels of "
+                        "source images held out of training; hold some out with --source_val=0.1 (for example).")
+    if not c["out_dir"].strip():
+        raise UserError("--out_dir is empty: give the folder the results and checkpoints go to (--out_dir=. for "
+                        "this one).")
+    if not (0 < c["lr"] < math.inf and 0 < c["lr_mult"] < math.inf):
+        raise UserError(f"--lr={c['lr']} and --lr_mult={c['lr_mult']} must both be positive.")
+    if not 0 <= c["momentum"] < 1:
+        raise UserError(f"--momentum={c['momentum']}: must be in [0, 1).")
+    unknown = [m for m in methods(c) if m not in METHODS]
+    if unknown or not methods(c):
+        raise UserError(f"--method={c['method']}: {', '.join(unknown) or 'empty'} is not among {', '.join(METHODS)} "
+                        "(one, or several separated by commas for a sweep).")
+    if not (c["bottleneck"] == "auto" or c["bottleneck"].isdigit()):
+        raise UserError(f"--bottleneck={c['bottleneck']}: expected auto, 0 (no bottleneck) or a width like 256.")
+    if not 0 <= c["trade_off"] < math.inf:
+        raise UserError(f"--trade_off={c['trade_off']}: must be a finite number, 0 or more.")
+    for method in methods(c):
+        check_batch_size(with_method(c, method))
+    if c["entropy"] and "cdan" not in methods(c):
+        raise UserError("--entropy=True is CDAN's entropy conditioning (CDAN+E): use it with --method=cdan.")
+    if c["amp"] not in ("auto", "bf16", "off"):
+        raise UserError(f"--amp={c['amp']}: expected auto, bf16 or off.")
+    index, _, count = c["shard"].partition("/")
+    if not (index.isdigit() and count.isdigit() and int(index) < int(count)):
+        raise UserError(f"--shard={c['shard']}: expected i/n with 0 <= i < n, e.g. 0/2 and 1/2 for two processes.")
+    if c["crop_size"] > c["resize_size"]:
+        raise UserError(f"--crop_size={c['crop_size']} is larger than --resize_size={c['resize_size']}: "
+                        "the crop is cut from the resized image, so it must fit inside it.")
+    check_network(c["model"], c["weights"], c["crop_size"])
+
+
+def check_settings(c, flag_defaults):
+    """check_config for each setting of a grid (grid.py; flag_defaults give its values' types), or for the one
+    config where there is none."""
+    for setting in grid.settings(c, flag_defaults):
+        check_config(dict(c, **setting))
+
+
+MAX_SEED = 2 ** 64 - 1  # the largest seed torch.manual_seed takes
+
+
+def check_batch_size(c):
+    """A batch of one image is refused where training cannot use it: BatchNorm normalises over the batch (the
+    ResNets' layers, a bottleneck), and Deep CORAL's covariance divides by n - 1."""
+    needs = [why for why, applies in (
+        (f"{'ResNet' if c['model'] in resnet.DEPTHS else c['model']}'s BatchNorm layers normalise over the images of "
+         "a batch", has_batchnorm(c["model"])),
+        ("the bottleneck's BatchNorm normalises over the images of a batch", c["bottleneck"] > 0),
+        ("Deep CORAL's covariances divide by the batch size minus one", c["method"] == "coral")) if applies]
+    if c["batch_size"] < 2 and needs:
+        raise UserError(f"--batch_size={c['batch_size']} with --model={c['model']} --method={c['method']}: "
+                        f"{'; '.join(needs)}, so a batch needs at least 2 images. Use --batch_size=2 or more.")

@@ -1,0 +1,335 @@
+"""Choosing without target labels: grids of flags, the held-out source split, the validators (each against a direct
+re-computation of its paper's formula, and none reading a target label), the selection table and --analyze."""
+import copy
+import csv
+import json
+import math
+import os
+import re
+import statistics
+
+import numpy as np
+import pytest
+import torch
+
+import data_loader
+import grid
+import office31
+import results
+import selection
+import validators
+from conftest import make_tree
+from errors import UserError
+
+TINY = ["--model=resnet18", "--weights=none", "--resize_size=24", "--crop_size=20", "--iters_per_epoch=2",
+        "--batch_size=6", "--num_workers=0", "--device=cpu", "--amp=off", "--method=dann"]
+
+
+@pytest.fixture
+def shifted(tmp_path):
+    """Three domains, each class's colour shifted per domain (conftest.make_tree): a generated domain shift."""
+    return make_tree(tmp_path / "office31", {"amazon": 8, "webcam": 6, "dslr": 4}, size=(28, 28))
+
+
+def config(**flags):
+    """The resolved config fine_tune takes, as main() hands it over (one method, its precision)."""
+    c = office31.resolve(dict(office31.FLAGS, **flags))
+    return office31.with_method(dict(c, precision="fp32", grid=[]), c["method"])
+
+
+# -------------------------------------------------------------------------------------------------------------------
+# grids
+
+
+def test_a_grid_flag_keeps_its_values_and_a_flag_outside_the_grid_refuses_several():
+    c = office31.parse_flags(["--trade_off=0.1, 1", "--lr=0.001,0.003"], echo=False)
+    assert (c["trade_off"], c["lr"]) == ("0.1,1", "0.001,0.003")
+    assert grid.varied(c) == ["trade_off", "lr"]
+    assert grid.settings(c, office31.FLAGS) == [{"trade_off": 0.1, "lr": 0.001}, {"trade_off": 0.1, "lr": 0.003},
+                                                {"trade_off": 1.0, "lr": 0.001}, {"trade_off": 1.0, "lr": 0.003}]
+    with pytest.raises(UserError, match=r"--trade_off=0.1,x: 'x' is not a float"):
+        office31.parse_flags(["--trade_off=0.1,x"], echo=False)
+    with pytest.raises(UserError, match=r"--seed=1,2: one value only\. Several values \(a grid\) are taken by "
+                                        r"--method, --bottleneck, --trade_off"):
+        office31.parse_flags(["--seed=1,2"], echo=False)
+
+
+def test_every_setting_of_a_grid_is_checked_before_any_work(tmp_path, capsys):
+    with pytest.raises(SystemExit, match=r"--momentum=1.0: must be in \[0, 1\)"):
+        office31.main(["--momentum=0.9,1", f"--out_dir={tmp_path}", "--data_root=nowhere"])
+    assert not os.listdir(tmp_path)
+
+
+@pytest.mark.slow
+def test_a_grid_of_two_trade_offs_by_two_epoch_counts_runs_each_once_and_resumes(tmp_path, shifted, capsys):
+    out = tmp_path / "out"
+    argv = [f"--data_root={shifted}", f"--out_dir={out}", *TINY, "--trade_off=0.1,1", "--epochs=1,2",
+            "--source_val=0.25", "--tasks=A-W,W-A"]
+    done = office31.main(argv)
+    rows = results.read_rows(os.path.join(out, "results.jsonl"))
+    settings = sorted((r["config"]["trade_off"], r["config"]["epochs"], r["source"], r["target"]) for r in rows)
+    assert settings == sorted((t, e, s, d) for t in (0.1, 1.0) for e in (1, 2)
+                              for s, d in [("amazon", "webcam"), ("webcam", "amazon")])
+    assert len(done) == 8 and all(r["grid"] == ["trade_off", "epochs"] for r in rows)
+    assert {r["held_out"] for r in rows if r["source"] == "amazon"} == {6}  # round(0.25 x 8) of 3 classes
+    printed = capsys.readouterr().out
+    assert "| dann trade_off=0.1 epochs=1 |" in printed and "| dann trade_off=1.0 epochs=2 |" in printed
+
+    assert office31.main(argv) == []  # the same command again: every run is in the results file
+    assert printed.count("skipping") == 0 and capsys.readouterr().out.count("skipping dann") == 8
+
+    # the selection table, recomputed from the run files: per task, the epoch and setting each validator scores
+    # highest, and the oracle's best target accuracy
+    found = {}
+    for r in rows:
+        with open(os.path.join(out, r["run_file"]), encoding="utf-8") as f:
+            for e in json.load(f)["epochs"]:
+                found.setdefault((r["source"], r["target"]), []).append((e["validators"], e["target_acc"]))
+    assert all(set(scores) == set(validators.NAMES) for runs in found.values() for scores, _ in runs)
+    shown = {}
+    [name] = [n for n in os.listdir(out) if n.startswith("selection_") and n.endswith(".md")]
+    for line in (out / name).read_text().splitlines():
+        cells = [x.strip() for x in line.strip("|").split("|")]
+        if len(cells) == 5 and cells[0] not in ("choice", "---"):
+            shown[cells[0]] = cells[1:]
+    for task, column in {("amazon", "webcam"): 0, ("webcam", "amazon"): 1}.items():
+        runs = found[task]
+        assert float(shown["oracle (target labels)"][column]) == round(100 * max(a for _, a in runs), 2)
+        for v in validators.NAMES:
+            best = max(runs, key=lambda run: run[0][v])  # (the first of equals, as selection.py picks)
+            assert float(shown[v][column]) == round(100 * best[1], 2), v
+    oracle = statistics.mean(float(x) for x in shown["oracle (target labels)"][:2])
+    for choice, cells in shown.items():
+        assert float(cells[3]) == pytest.approx(oracle - statistics.mean(map(float, cells[:2])), abs=0.011)
+    [default] = [c for c in shown if c.startswith("final model: ")]
+    assert default == "final model: dann trade_off=1.0 epochs=1"  # the most grid values at the flags' defaults
+    assert os.path.getsize(out / name.replace("selection_", "validators_").replace(".md", ".png")) > 0
+    with open(out / name.replace(".md", ".csv"), encoding="utf-8") as f:
+        lines = list(csv.DictReader(f))
+    assert len(lines) == (len(validators.NAMES) + 2) * 2  # every choice, both tasks, one seed
+
+    # --report with the grid's flags narrows to the settings given, and shows them in one table
+    office31.main([f"--out_dir={out}", "--report", "--trade_off=0.1", "--dataset=office31", f"--data_root={shifted}"])
+    printed = capsys.readouterr().out
+    assert "| dann trade_off=0.1 epochs=1 |" in printed and "trade_off=1.0 epochs" not in printed
+
+
+def test_shards_of_a_grid_split_its_runs(tmp_path, shifted):
+    argv = [f"--data_root={shifted}", f"--out_dir={tmp_path / 'out'}", *TINY, "--epochs=1", "--eval_every=0",
+            "--validators=none", "--iters_per_epoch=1", "--trade_off=0.1,0.3,1"]
+    first = office31.main([*argv, "--shard=0/2"])
+    second = office31.main([*argv, "--shard=1/2"])
+    assert sorted(r["config"]["trade_off"] for r in first + second) == [0.1, 0.3, 1.0]
+    assert len(first) == 2 and len(second) == 1
+
+
+# -------------------------------------------------------------------------------------------------------------------
+# the held-out source split
+
+
+@pytest.mark.parametrize("cache", [True, False])
+def test_the_held_out_split_is_stratified_fixed_and_disjoint(tmp_path, cache):
+    root = make_tree(tmp_path / "d", {"amazon": 5}, size=(20, 20))
+    domain = data_loader.load_domain(root, "amazon", 20, cache, 0, "cpu")
+    train, held = data_loader.held_out(domain, 0.4)
+    again_train, again_held = data_loader.held_out(domain, 0.4)
+    assert torch.equal(held.index, again_held.index)  # the same images every time, whatever the run's seed
+    assert sorted(train.index.tolist() + held.index.tolist()) == list(range(15))
+    targets = torch.tensor(domain.targets)
+    assert torch.bincount(targets[held.index], minlength=3).tolist() == [2, 2, 2]  # round(0.4 x 5) per class
+    seen = torch.cat([y for _, y in held.test_batches(4, 16)])
+    assert torch.equal(seen, targets[held.index])  # every held-out image once, with its label
+    # training draws from its part only: no crop of the whole image (crop = resize), flipped or not, is held out
+    drawn = torch.cat([x for x, _ in train.train_batches(5, 6, 20, torch.Generator().manual_seed(0))])
+    held_images = torch.cat([x for x, _ in held.test_batches(100, 20)])
+    for image in drawn:
+        assert not any(torch.equal(image, other) or torch.equal(image.flip(-1), other) for other in held_images)
+    assert len(drawn) == 30
+
+
+def test_a_class_of_one_image_keeps_it_for_training(tmp_path):
+    root = make_tree(tmp_path / "d", {"amazon": 1}, size=(20, 20))
+    domain = data_loader.load_domain(root, "amazon", 20, True, 0, "cpu")
+    train, held = data_loader.held_out(domain, 0.5)
+    assert len(train) == 3 and len(held) == 0
+
+
+def test_source_val_and_validators_are_checked(tmp_path):
+    for flags, message in [(["--source_val=1"], r"--source_val=1.0: the fraction"),
+                           (["--validators=dev"], r"dev read the labels|source_val_acc and dev read"),
+                           (["--validators=bogus"], r"--validators=bogus: bogus is not among")]:
+        with pytest.raises(SystemExit, match=message):
+            office31.main([*flags, f"--out_dir={tmp_path}", "--data_root=nowhere"])
+
+
+# -------------------------------------------------------------------------------------------------------------------
+# each validator against its paper's formula, re-computed directly
+
+
+def entropy_of(p):
+    return -sum(x * math.log(x) for x in p if x > 0)
+
+
+def test_entropy_infomax_bnm_and_snd_equal_their_formulas():
+    probs = torch.softmax(torch.randn(7, 4, generator=torch.Generator().manual_seed(1)) * 2, 1).double()
+    rows = probs.tolist()
+    assert validators.entropy(probs) == pytest.approx(-statistics.mean(entropy_of(p) for p in rows))
+    mean = [statistics.mean(p[k] for p in rows) for k in range(4)]
+    assert validators.infomax(probs) == pytest.approx(entropy_of(mean) - statistics.mean(entropy_of(p) for p in rows))
+    assert validators.bnm(probs) == pytest.approx(np.linalg.svd(np.array(rows), compute_uv=False).sum() / 7)
+    densities = []
+    for i, p in enumerate(rows):  # SND: each point's softmax over its cosine similarities to the others, / 0.05
+        sims = [np.dot(p, q) / np.linalg.norm(p) / np.linalg.norm(q) / 0.05 for j, q in enumerate(rows) if j != i]
+        weights = np.exp(np.array(sims) - max(sims))
+        densities.append(entropy_of(weights / weights.sum()))
+    assert validators.snd(probs) == pytest.approx(statistics.mean(densities))
+    assert validators.snd(probs, chunk=3) == pytest.approx(statistics.mean(densities))  # chunked rows, same value
+
+
+def test_dev_is_the_papers_control_variate_estimate():
+    generator = torch.Generator().manual_seed(2)
+    weights, losses = torch.rand(20, generator=generator).double() * 3, torch.rand(20, generator=generator).double()
+    w, l = weights.numpy()[:, None], losses.numpy()[:, None]
+    weighted = w * l  # You et al.'s get_dev_risk, on numpy
+    eta = -np.cov(np.concatenate((weighted, w), axis=1), rowvar=False)[0][1] / np.var(w, ddof=1)
+    assert float(validators.dev(weights, losses)) == pytest.approx(np.mean(weighted) + eta * np.mean(w) - eta)
+
+
+def test_deves_density_ratio_recovers_a_known_one():
+    """Source N(0, 1) and target N(1, 1) in one dimension: p_t(x)/p_s(x) = exp(x - 1/2)."""
+    generator = torch.Generator().manual_seed(3)
+    source, target = torch.randn(4000, 1, generator=generator), torch.randn(2000, 1, generator=generator) + 1
+    points = torch.tensor([[-1.0], [0.0], [0.5], [1.0], [2.0]])
+    ratios = validators.density_ratios(source, target, points)
+    assert ratios.tolist() == pytest.approx(torch.exp(points[:, 0] - 0.5).tolist(), rel=0.12)
+
+
+def test_compute_scores_every_validator_and_none_for_outputs_that_are_not_finite():
+    generator = torch.Generator().manual_seed(4)
+    logits, features = torch.randn(9, 3, generator=generator), torch.randn(9, 5, generator=generator)
+    held = (torch.randn(6, 3, generator=generator), torch.tensor([0, 1, 2, 0, 1, 2]),
+            torch.randn(6, 5, generator=generator))
+    scores = validators.compute(validators.NAMES, logits, features, held, torch.randn(12, 5, generator=generator))
+    assert list(scores) == list(validators.NAMES) and all(math.isfinite(v) for v in scores.values())
+    assert scores["source_val_acc"] == (held[0].argmax(1) == held[1]).float().mean().item()
+    probs = torch.softmax(logits, 1)
+    assert scores["entropy"] == pytest.approx(float(validators.entropy(probs)))
+    logits[0, 0] = math.nan
+    assert validators.compute(["entropy", "bnm"], logits) == {"entropy": None, "bnm": None}
+
+
+# -------------------------------------------------------------------------------------------------------------------
+# no validator reads a target label; none changes training
+
+
+@pytest.mark.slow
+def test_shuffling_the_target_labels_changes_no_validator_score(tmp_path, shifted):
+    c = config(data_root=str(shifted), model="resnet18", weights="none", resize_size=24, crop_size=20, epochs=2,
+               iters_per_epoch=2, batch_size=6, num_workers=0, method="dann", source_val=0.25, out_dir=str(tmp_path))
+    source, target = (data_loader.load_domain(shifted, name, 24, True, 0, "cpu") for name in ("amazon", "webcam"))
+    shuffled = copy.copy(target)
+    shuffled.labels = target.labels[torch.randperm(len(target), generator=torch.Generator().manual_seed(5))]
+    assert not torch.equal(shuffled.labels, target.labels)
+    runs = [office31.fine_tune(c, source, t, torch.device("cpu"), "A→W") for t in (target, shuffled)]
+    scores = [[e["validators"] for e in run["epochs"]] for run in runs]
+    assert scores[0] == scores[1] and set(scores[0][0]) == set(validators.NAMES)
+    assert [e["loss"] for e in runs[0]["epochs"]] == [e["loss"] for e in runs[1]["epochs"]]
+    # and the validators leave training as it was: the same run without them has the same numbers
+    plain = office31.fine_tune(dict(c, validators="none"), source, target, torch.device("cpu"), "A→W")
+    assert [e["target_acc"] for e in plain["epochs"]] == [e["target_acc"] for e in runs[0]["epochs"]]
+    assert all("validators" not in e for e in plain["epochs"])
+
+
+@pytest.mark.slow
+def test_a_runs_recorded_scores_equal_a_recomputation_from_its_saved_model(tmp_path, shifted):
+    office31.main([f"--data_root={shifted}", f"--out_dir={tmp_path}", *TINY, "--epochs=1", "--source_val=0.25",
+                   "--save_model"])
+    [row] = results.read_rows(os.path.join(tmp_path, "results.jsonl"))
+    with open(tmp_path / row["run_file"], encoding="utf-8") as f:
+        recorded = json.load(f)["epochs"][-1]["validators"]
+    net, new_layer = office31.build_model("resnet18", 3, "none", 256)
+    net.load_state_dict(torch.load(tmp_path / row["run_file"].replace(".json", ".pt"), weights_only=True))
+    net = net.to(memory_format=torch.channels_last)
+    classifier = [m for m in new_layer(net).modules() if isinstance(m, torch.nn.Linear)][-1]  # (as fine_tune finds it)
+    source, target = (data_loader.load_domain(shifted, name, 24, True, 0, "cpu") for name in ("amazon", "webcam"))
+    train, held = data_loader.held_out(source, 0.25)
+
+    def outputs(domain):
+        kept = {}
+        office31.evaluate(net, domain.test_batches(256, 20), False, torch.channels_last, kept, classifier)
+        return kept
+    on_target, on_held, on_train = outputs(target), outputs(held), outputs(train)
+    probs = torch.softmax(on_target["logits"].double(), 1).numpy()
+    entropies = [-sum(p * math.log(p) for p in row if p > 0) for row in probs]
+    mean = probs.mean(0)
+    assert recorded["entropy"] == pytest.approx(-statistics.mean(entropies), rel=1e-5)
+    assert recorded["infomax"] == pytest.approx(-sum(p * math.log(p) for p in mean) - statistics.mean(entropies),
+                                                rel=1e-4, abs=1e-6)
+    assert recorded["bnm"] == pytest.approx(np.linalg.svd(probs, compute_uv=False).sum() / len(probs), rel=1e-5)
+    assert recorded["source_val_acc"] == pytest.approx(
+        (on_held["logits"].argmax(1) == on_held["labels"]).double().mean().item())
+    weights = validators.density_ratios(on_train["features"], on_target["features"], on_held["features"])
+    losses = torch.nn.functional.cross_entropy(on_held["logits"], on_held["labels"], reduction="none")
+    w, l = weights.double().numpy()[:, None], losses.double().numpy()[:, None]
+    eta = -np.cov(np.concatenate((w * l, w), axis=1), rowvar=False)[0][1] / np.var(w, ddof=1)
+    assert recorded["dev"] == pytest.approx(-(np.mean(w * l) + eta * np.mean(w) - eta), rel=1e-4)
+
+
+# -------------------------------------------------------------------------------------------------------------------
+# the selection table on rows made by hand
+
+
+def test_selection_picks_each_validators_best_and_the_oracle(tmp_path):
+    def row(label, seed, final, epochs):
+        name = f"{label}-{seed}.json".replace(" ", "_")
+        (tmp_path / name).write_text(json.dumps({"epochs": [
+            {"epoch": k + 1, "target_acc": acc, "validators": {"entropy": score}} for k, (acc, score) in
+            enumerate(epochs)]}))
+        return {"source": "amazon", "target": "webcam", "seed": seed, "accuracy": final, "run_file": name}
+    by_label = {"dann trade_off=0.1": [row("a", 0, 0.5, [(0.4, -3), (0.5, -1)]), row("a", 1, 0.6, [(0.6, -2)])],
+                "dann trade_off=1.0": [row("b", 0, 0.7, [(0.9, -4), (0.7, -2)]), row("b", 1, 0.2, [(0.2, -1)])]}
+    table = selection.selection(str(tmp_path), by_label, "dann trade_off=1.0")
+    task = ("amazon", "webcam")
+    assert table["entropy"][task] == {0: ("dann trade_off=0.1", 2, 0.5), 1: ("dann trade_off=1.0", 1, 0.2)}
+    assert table[selection.ORACLE][task] == {0: ("dann trade_off=1.0", 1, 0.9), 1: ("dann trade_off=0.1", 1, 0.6)}
+    assert table["final model: dann trade_off=1.0"][task] == {0: ("dann trade_off=1.0", None, 0.7),
+                                                             1: ("dann trade_off=1.0", None, 0.2)}
+    numbers = selection.cells(table)
+    assert numbers["entropy"][1] == pytest.approx(35.0) and numbers["entropy"][2] == pytest.approx(75.0 - 35.0)
+    text = selection.markdown(table, lambda s, t: "A→W", "title")
+    assert re.search(r"^\| entropy \| 35\.00 \| 35\.00 \| 40\.00 \|$", text, re.M)
+    assert re.search(r"^\| oracle \(target labels\) \| 75\.00 \| 75\.00 \| 0\.00 \|$", text, re.M)
+
+
+# -------------------------------------------------------------------------------------------------------------------
+# --analyze
+
+
+@pytest.mark.slow
+def test_analyze_a_saved_run_prints_the_proxy_a_distance_and_writes_its_t_sne(tmp_path, shifted, capsys):
+    argv = [f"--data_root={shifted}", f"--out_dir={tmp_path}", *TINY, "--epochs=1", "--eval_every=0"]
+    with pytest.raises(SystemExit, match=r"there is no finished run of it there"):
+        office31.main([*argv, "--analyze"])
+    office31.main(argv)
+    with pytest.raises(SystemExit, match=r"its weights were not saved: run it again with --save_model=True"):
+        office31.main([*argv, "--analyze"])
+    office31.main([*argv, "--save_model", "--rerun"])
+    capsys.readouterr()
+    found = office31.main([*argv, "--analyze"])
+    line = capsys.readouterr().out
+    shown = re.search(r"A→W proxy A-distance: (-?[\d.]+) \(a linear domain classifier's test error ([\d.]+)%; "
+                      r"features: the classifier's input: the 256-wide bottleneck's output; 24 source and 18 target "
+                      r"images", line)
+    assert shown and float(shown[1]) == round(found["proxy_a_distance"], 3)
+    assert found["proxy_a_distance"] == pytest.approx(2 * (1 - 2 * found["domain_error"]))
+    assert os.path.getsize(found["figure"]) > 0 and os.path.basename(found["figure"]).startswith("tsne_amazon-webcam")
+    with pytest.raises(SystemExit, match=r"--analyze=True reads one finished run"):
+        office31.main([*argv, "--analyze", "--seeds=2"])
+
+
+def test_proxy_a_distance_is_two_for_separable_domains_and_near_zero_for_one():
+    from analysis import proxy_a_distance
+    generator = torch.Generator().manual_seed(6)
+    same = torch.randn(400, 4, generator=generator)
+    assert proxy_a_distance(same[:200], same[200:])[0] < 0.4
+    assert proxy_a_distance(same[:200], same[200:] + 10)[0] == 2.0

@@ -1,0 +1,141 @@
+"""Validators: scores that choose among models (a grid's settings, a run's epochs) without the target's labels, each
+next to its paper's formula. Every score is higher-is-better (entropy and DEV, which papers minimise, are negated).
+
+    scores = compute(["entropy", "snd"], target_logits)      # {"entropy": -0.41, "snd": 2.93}
+    scores = compute(NAMES, target_logits, target_features, (logits, labels, features) of the held-out source,
+                     features of the source's training images)
+
+office31.py computes them at every evaluation (--validators), from the network's outputs on every target image and,
+for source_val_acc and DEV, on the source images that --source_val holds out of training. The target's labels never
+reach this file: it is given the target's logits and features only. selection.py reads the scores back from the run
+files and shows what each one would have chosen.
+"""
+import math
+
+import torch
+import torch.nn.functional as F
+
+NAMES = ("source_val_acc", "dev", "entropy", "infomax", "bnm", "snd")
+HELD_OUT = ("source_val_acc", "dev")  # read the labels of source images held out of training (--source_val)
+SND_TEMPERATURE = 0.05  # Saito et al.'s tau
+DOMAIN_DECAYS = (1e-1, 1e-2, 1e-3)  # L2 weights tried for DEV's domain classifier, the best on its own held-out 20%
+
+
+def entropies(probs):
+    """-sum_k p_k log p_k of each row (0 log 0 = 0)."""
+    return -torch.special.xlogy(probs, probs).sum(1)
+
+
+def entropy(probs):
+    """Minus the mean entropy of the target's predictions (Morerio, Cavazza and Murino, "Minimal-Entropy Correlation
+    Alignment", ICLR 2018, choose the model whose target predictions are the most confident)."""
+    return -entropies(probs).mean()
+
+
+def infomax(probs):
+    """Information maximisation: H(mean_i p_i) - mean_i H(p_i), confident predictions spread over the classes (the
+    mutual information between inputs and predicted classes; Musgrave et al., ECCV 2022, rank it among the best)."""
+    return entropies(probs.mean(0, keepdim=True))[0] - entropies(probs).mean()
+
+
+def bnm(probs):
+    """Batch nuclear norm (Cui et al., "Towards Discriminability and Diversity", CVPR 2020): ||P||_* / N, the sum of
+    the singular values of the N x K prediction matrix over N; large when predictions are confident and diverse."""
+    return torch.linalg.matrix_norm(probs, "nuc") / len(probs)
+
+
+def snd(probs, temperature=SND_TEMPERATURE, chunk=1024):
+    """Soft neighbourhood density (Saito et al., "Tune it the Right Way", ICCV 2021): the mean entropy of each target
+    point's softmax over its cosine similarities to every other point, divided by tau = 0.05; high where points sit
+    in dense neighbourhoods. On the softmax predictions, as the paper's code and Musgrave et al.'s do; the rows are
+    taken chunk at a time, so memory is chunk x N."""
+    x = F.normalize(probs, dim=1)
+    total = 0.0
+    for start in range(0, len(x), chunk):
+        similarity = x[start:start + chunk] @ x.T / temperature
+        rows = torch.arange(len(similarity))
+        similarity[rows, rows + start] = -math.inf  # a point is not its own neighbour
+        total += entropies(F.softmax(similarity, dim=1)).sum()
+    return total / len(x)
+
+
+def dev(weights, losses):
+    """Deep embedded validation (You et al., "Towards Accurate Model Selection in Deep Unsupervised Domain
+    Adaptation", ICML 2019, Algorithm 1), as a risk (lower is better): the held-out source losses L_i weighted by the
+    density ratios w_i = p_t(x_i)/p_s(x_i), with the control variate eta = -Cov(wL, w)/Var(w) (sample covariance and
+    variance): mean(wL) + eta mean(w) - eta."""
+    weighted = weights * losses
+    variance = weights.var()  # (unbiased, as the paper's np.cov and np.var(ddof=1))
+    covariance = ((weighted - weighted.mean()) * (weights - weights.mean())).sum() / (len(weights) - 1)
+    eta = -covariance / variance if variance > 0 else torch.zeros(())
+    return weighted.mean() + eta * weights.mean() - eta
+
+
+def density_ratios(source_features, target_features, held_out_features, seed=0):
+    """DEV's w(x) = p_t(x)/p_s(x) = (N_s/N_t) P(target|x)/P(source|x) on the held-out source features, from a domain
+    classifier trained on the source's training features against the target's: a logistic regression on
+    standardised features (the paper's code fits a small MLP), its L2 weight the best of DOMAIN_DECAYS on a seeded
+    held-out 20% of those features, as the paper's code chooses it."""
+    x = torch.cat([source_features, target_features])
+    y = torch.cat([torch.zeros(len(source_features)), torch.ones(len(target_features))])
+    mean, std = x.mean(0), x.std(0) + 1e-6
+    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
+    fit, check = order[len(x) // 5:], order[:len(x) // 5]
+    best = None
+    for decay in DOMAIN_DECAYS:
+        w, b = logistic_regression((x[fit] - mean) / std, y[fit], decay)
+        accuracy = ((((x[check] - mean) / std @ w + b) > 0).float() == y[check]).float().mean()
+        if best is None or accuracy > best[0]:
+            best = accuracy, w, b
+    _, w, b = best
+    log_odds = (held_out_features - mean) / std @ w + b  # log P(target|x)/P(source|x)
+    return len(source_features) / len(target_features) * torch.exp(log_odds)
+
+
+def logistic_regression(x, y, decay, steps=100):
+    """(w, b) minimising the mean logistic loss of x @ w + b on labels y (0/1) + decay/2 ||w||^2, by L-BFGS."""
+    w = torch.zeros(x.shape[1], requires_grad=True)
+    b = torch.zeros((), requires_grad=True)
+    optimizer = torch.optim.LBFGS([w, b], max_iter=steps, line_search_fn="strong_wolfe")
+
+    def loss():
+        optimizer.zero_grad()
+        value = F.binary_cross_entropy_with_logits(x @ w + b, y) + decay / 2 * w.pow(2).sum()
+        value.backward()
+        return value
+    with torch.enable_grad():
+        optimizer.step(loss)
+    return w.detach(), b.detach()
+
+
+def compute(names, target_logits, target_features=None, held_out=None, source_features=None):
+    """{name: score} of the validators named (NAMES), higher better (None where an output is not finite).
+    target_logits (and target_features, the input of the classifier, for DEV): every target image's; held_out:
+    (logits, labels, features) of the source images held out of training; source_features: those of the source's
+    training images (DEV's domain classifier)."""
+    outputs = [target_logits, target_features, *(held_out or ()), source_features]
+    if not all(torch.isfinite(x).all() for x in outputs if x is not None and x.is_floating_point()):
+        return dict.fromkeys(names)  # a model whose outputs are not finite is scored by none: None
+    probs = F.softmax(target_logits.float(), dim=1)
+    scores = {}
+    for name in names:
+        if name == "source_val_acc":
+            logits, labels, _ = held_out
+            scores[name] = (logits.argmax(1) == labels).float().mean()
+        elif name == "dev":
+            logits, labels, features = held_out
+            weights = density_ratios(source_features, target_features, features)
+            scores[name] = -dev(weights, F.cross_entropy(logits.float(), labels, reduction="none"))
+        else:
+            scores[name] = {"entropy": entropy, "infomax": infomax, "bnm": bnm, "snd": snd}[name](probs)
+    return {name: float(score) for name, score in scores.items()}
+
+
+def chosen(value, held_out):
+    """The validators a --validators value names: auto (every one that applies: source_val_acc and DEV need a held-out
+    source), none, or names separated by commas."""
+    if value == "none":
+        return []
+    if value == "auto":
+        return [name for name in NAMES if held_out or name not in HELD_OUT]
+    return [name.strip() for name in value.split(",") if name.strip()]
