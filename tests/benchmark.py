@@ -17,7 +17,10 @@ Not a test (pytest does not collect it): it prints images/s and ratios against t
   5. what a checkpoint costs: its size and the time to write one (network, momentum, random states; into --root)
      for alexnet and resnet50, against the time of a default epoch (250 steps) at the step rate measured here;
   6. other backbones: a source-only training step of vit_b_16, convnext_tiny and swin_t against resnet50 (random
-     init, each at its own crop, --amp=auto), with channels_last on and off, on --device.
+     init, each at its own crop, --amp=auto), with channels_last on and off, on --device;
+  7. what the validators add to one evaluation of A→W (795 target images; --source_val=0.1 holds out 282 of amazon's
+     2,817) with resnet50's 2,048 features, against the evaluation pass itself: each validator's own computing,
+     and the extra forward passes of source_val_acc (the held-out images) and DEV (every source image).
 It first prints the CPU, its bf16 and AMX capabilities, and what --amp=auto chose on it and why: bf16's
 worth differs between CPUs, so figures from different machines only compare with those lines beside them.
 The generated tree is kept in --root and reused by later runs.
@@ -249,6 +252,36 @@ def checkpoint_cost(name, root, steps, warm_up):
     return size, seconds, epoch
 
 
+def validator_cost(device, batches=3):
+    """{what: seconds} of one A→W evaluation with resnet50 (random init, the defaults' precision): the target pass
+    (at the images/s of `batches` timed batches of 64), each validator's computing on outputs of A→W's sizes, and
+    the forward passes that source_val_acc and DEV add."""
+    import validators
+    net, _ = office31.build_model("resnet50", CLASSES, "none")
+    net = net.to(device, memory_format=torch.channels_last).eval()
+    amp, _ = office31.choose_amp("auto", device)
+    x = torch.randn(64, 3, 224, 224, device=device).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+        net(x)
+        start = time.perf_counter()
+        for _ in range(batches):
+            net(x).float().cpu()
+    per_image = (time.perf_counter() - start) / (batches * len(x))
+    generator = torch.Generator().manual_seed(0)
+    logits, features = torch.randn(795, CLASSES, generator=generator), torch.randn(795, 2048, generator=generator)
+    held = (torch.randn(282, CLASSES, generator=generator), torch.randint(0, CLASSES, (282,), generator=generator),
+            torch.randn(282, 2048, generator=generator) + 0.3)
+    source = torch.randn(2535, 2048, generator=generator) + 0.3
+    seconds = {"target pass (795 images)": 795 * per_image}
+    for name in validators.NAMES:
+        start = time.perf_counter()
+        validators.compute([name], logits, features, held, source)
+        seconds[name] = time.perf_counter() - start
+    seconds["held-out pass (282 images)"] = 282 * per_image
+    seconds["source pass for DEV (2,535 images)"] = 2535 * per_image
+    return seconds
+
+
 def where(device):
     """"on NVIDIA H200, bf16 (...)": the device parts 4 and 6 run on, and the precision --amp=auto chose there."""
     amp, why = office31.choose_amp("auto", device)
@@ -271,7 +304,7 @@ def main():
     parser.add_argument("--workers", type=int, default=os.cpu_count())
     parser.add_argument("--device", default="cpu", help="where parts 4 and 6 run: cpu, cuda")
     parser.add_argument("--skip", default="", help="comma list of parts to skip: data,steps,epoch,methods,"
-                                                   "checkpoint,backbones")
+                                                   "checkpoint,backbones,validators")
     parser.add_argument("--epoch", help=argparse.SUPPRESS)  # internal: run one epoch in this process
     args = parser.parse_args()
     if args.epoch:
@@ -340,6 +373,12 @@ def main():
         reference = rates["resnet50", True]
         for (name, channels_last), rate in rates.items():
             print(f"   {name:14s} channels_last={channels_last!s:5s} {rate:7.1f}   {rate / reference:.2f}x")
+    if "validators" not in skip:
+        print(f"7. validators at one A→W evaluation, resnet50 (x: against the target pass) {where(device)}")
+        seconds = validator_cost(device)
+        reference = seconds["target pass (795 images)"]
+        for what, value in seconds.items():
+            print(f"   {what:36s} {value:8.2f}s   {value / reference:.3f}x")
 
 
 if __name__ == "__main__":
