@@ -266,6 +266,10 @@ def fine_tune(c, source, target, device, task, checkpoint=None, stop=None):
     generator = torch.Generator().manual_seed(c["seed"])
     check_same_classes(source, target)
     source, held = held_out(source, c["source_val"]) if c["source_val"] else (source, None)
+    if held is not None and len(held) < 2:
+        raise UserError(f"--source_val={c['source_val']} holds out {len(held)} of the {len(source) + len(held)} "
+                        f"images of {source.name} (round(fraction x n) of each class of n): the held-out validators "
+                        "need at least 2. Give a larger fraction.")
     names = validators.chosen(c["validators"], held is not None)
     net, new_layer = build_model(c["model"], len(source.classes), c["weights"], c["bottleneck"], c["freeze"])
     pixels = network_pixels(c["model"], c["weights"])  # what the network's weights were trained on

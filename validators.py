@@ -50,6 +50,8 @@ def snd(probs, temperature=SND_TEMPERATURE, chunk=1024):
     in dense neighbourhoods. On the softmax predictions, as the paper's code and Musgrave et al.'s do; the rows are
     taken chunk at a time, so memory is chunk x N."""
     x = F.normalize(probs, dim=1)
+    if len(x) < 2:
+        return torch.tensor(math.nan)  # a point without neighbours has no density (compute: no score)
     total = 0.0
     for start in range(0, len(x), chunk):
         similarity = x[start:start + chunk] @ x.T / temperature
@@ -128,7 +130,8 @@ def compute(names, target_logits, target_features=None, held_out=None, source_fe
             scores[name] = -dev(weights, F.cross_entropy(logits.float(), labels, reduction="none"))
         else:
             scores[name] = {"entropy": entropy, "infomax": infomax, "bnm": bnm, "snd": snd}[name](probs)
-    return {name: float(score) for name, score in scores.items()}
+    return {name: float(score) if torch.isfinite(score) else None for name, score in scores.items()}  # (None: no
+    # score, as for outputs that are not finite: a density ratio can overflow where the domains separate)
 
 
 def chosen(value, held_out):

@@ -154,6 +154,18 @@ def test_a_class_of_one_image_keeps_it_for_training(tmp_path):
     assert len(train) == 3 and len(held) == 0
 
 
+def test_a_held_out_part_too_small_to_score_stops_the_run_before_training(tmp_path, shifted):
+    with pytest.raises(SystemExit, match=r"--source_val=0.05 holds out 0 of the 24 images of amazon \(round\(fraction "
+                                        r"x n\) of each class of n\): the held-out validators need at least 2"):
+        office31.main([f"--data_root={shifted}", f"--out_dir={tmp_path}", *TINY, "--source_val=0.05"])
+    assert not (tmp_path / "results.jsonl").exists()
+
+
+def test_a_score_that_is_not_finite_is_none():
+    probs = torch.softmax(torch.randn(1, 3), 1)
+    assert validators.compute(["snd", "entropy"], probs.log())["snd"] is None  # one point: no neighbourhood
+
+
 def test_source_val_and_validators_are_checked(tmp_path):
     for flags, message in [(["--source_val=1"], r"--source_val=1.0: the fraction"),
                            (["--validators=dev"], r"dev read the labels|source_val_acc and dev read"),
