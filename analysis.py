@@ -14,7 +14,7 @@ import os
 
 import torch
 
-from data_loader import UserError, load_domain
+from data_loader import UserError, choose_cache, load_domain
 from models import build_model, input_size, network_pixels
 from results import domain_name, read_rows, same_experiment, task_name, write_file
 from sweep import names_and_fingerprints
@@ -100,8 +100,10 @@ def analyze(c, data_root, device, results_path, evaluate):
     source_name, target_name = domain_name(data_root, c["source"]), domain_name(data_root, c["target"])
     run = dict(c, source=source_name, target=target_name)
     row, path = saved_run(run, results_path, data, source_name, target_name)
-    domains = [load_domain(data_root, name, c["resize_size"], c["cache"], c["num_workers"], device,
-                           input_size(c["model"], c["weights"])[2]) for name in (source_name, target_name)]
+    cache = choose_cache(c["cache"], data_root, [source_name, target_name], c["resize_size"], device)
+    interpolation = input_size(c["model"], c["weights"])[2]
+    domains = [load_domain(data_root, name, c["resize_size"], cache, c["num_workers"], device, interpolation,
+                           c["cache_dir"]) for name in (source_name, target_name)]
     net, new_layer = build_model(c["model"], len(domains[0].classes), "none", c["bottleneck"], c["freeze"])
     net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
     net = net.to(device)

@@ -9,6 +9,7 @@ import grid
 import resnet
 import validators
 from adaptation import METHODS, methods, with_method
+from data_loader import CACHES
 from download import DATASETS
 from errors import UserError
 from models import MODELS, block_names, check_network, has_batchnorm, weight_names
@@ -75,6 +76,8 @@ def check_config(c):
         check_batch_size(with_method(c, method))
     if c["entropy"] and "cdan" not in methods(c):
         raise UserError("--entropy=True is CDAN's entropy conditioning (CDAN+E): use it with --method=cdan.")
+    if c["cache"] not in CACHES:
+        raise UserError(f"--cache={c['cache']}: expected auto (memory where it fits, else disk), memory, disk or none.")
     if c["amp"] not in ("auto", "bf16", "off"):
         raise UserError(f"--amp={c['amp']}: expected auto, bf16 or off.")
     index, _, count = c["shard"].partition("/")

@@ -12,9 +12,12 @@ Also here: finding domains under a root, and the layout/count checks (downloads:
 """
 import copy
 import hashlib
+import math
 import os
+import shutil
 import time
 
+import numpy
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, RandomSampler, Subset
@@ -23,6 +26,11 @@ from torchvision.transforms.functional import pil_to_tensor
 from tqdm import tqdm
 
 from errors import UserError  # (its own file, so that office31.py checks flags before torch is imported)
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; two processes may then both build a disk cache (the last rename wins)
+    fcntl = None
 
 # The complete datasets download.py fetches: domain -> image count (Office-31: 31 classes; Office-Home: 65).
 OFFICE31_SIZES = {"amazon": 2817, "dslr": 498, "webcam": 795}
@@ -168,8 +176,28 @@ def check_cache_fits(data_root, names, resize_size, device):
         where = "free GPU memory" if device.type == "cuda" else "available memory"
         raise UserError(f"the cache of {', '.join(names)} at {resize_size}x{resize_size} needs {need / 1e9:.1f} GB, "
                         f"and {have / 1e9:.1f} GB of {where} is here (at most 80% of it is used for the cache). "
-                        "Run with --cache=False (images are then decoded per sample, slower but in little "
-                        "memory), or with a smaller --resize_size.")
+                        "Run with --cache=disk (decoded once into a file, read from there) or --cache=none (decoded "
+                        "per sample, slower, in little memory), or with a smaller --resize_size.")
+
+
+CACHES = ("auto", "memory", "disk", "none")
+CACHE_WORDS = {"true": "memory", "1": "memory", "false": "none", "0": "none"}  # the boolean it was
+
+
+def choose_cache(cache, data_root, names, resize_size, device):
+    """What --cache means for these domains: memory (checked to fit), disk or none as given; auto: memory where the
+    decoded images fit in 80% of the memory here, else disk, said with the sizes."""
+    if cache == "memory":
+        check_cache_fits(data_root, names, resize_size, device)
+    if cache != "auto":
+        return cache
+    need, have = cache_bytes(data_root, names, resize_size), available_memory(device)
+    if have is None or need <= 0.8 * have:
+        return "memory"
+    where = "free GPU memory" if device.type == "cuda" else "available memory"
+    print(f"--cache=auto: the decoded images of {', '.join(names)} take {need / 1e9:.1f} GB, more than 80% of the "
+          f"{have / 1e9:.1f} GB of {where} here, so they are kept on disk (--cache_dir) and read from there.")
+    return "disk"
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -307,6 +335,18 @@ class _Resized(Dataset):
         return pil_to_tensor(self.resize(load_rgb(self.samples[i][0])))
 
 
+def decode_into(images, samples, name, resize_size, interpolation, num_workers):
+    """Decode every sample, resized to resize_size x resize_size uint8, into images (a tensor of that shape, in
+    memory or a memory-mapped file), with a progress bar and one line saying how long it took."""
+    loader = DataLoader(_Resized(samples, resize_size, interpolation), batch_size=64, num_workers=num_workers)
+    start, began = 0, time.time()
+    # disable=None: a bar on a terminal only; a log gets the one line below instead of thousands
+    for batch in tqdm(loader, desc=f"decoding {name}", unit="batch", leave=False, disable=None):
+        images[start:start + len(batch)] = batch.to(images.device)
+        start += len(batch)
+    print(f"decoded {name}: {len(samples)} images at {resize_size}x{resize_size} in {time.time() - began:.1f}s")
+
+
 class CachedDomain:
     """Every image decoded once to resize x resize uint8 (about 196 KB each at 256) and kept on the device;
     crops, flips and normalisation run there on whole batches, with per-sample random offsets."""
@@ -317,14 +357,7 @@ class CachedDomain:
         self.root, self.name, self.classes, self.targets = root, name, folder.classes, folder.targets
         self.labels = torch.tensor(folder.targets, dtype=torch.long, device=device)
         self.images = torch.empty((len(folder), 3, resize_size, resize_size), dtype=torch.uint8, device=device)
-        images = _Resized(folder.samples, resize_size, interpolation)
-        loader = DataLoader(images, batch_size=64, num_workers=num_workers)
-        start, began = 0, time.time()
-        # disable=None: a bar on a terminal only; a log gets the one line below instead of thousands
-        for batch in tqdm(loader, desc=f"decoding {name}", unit="batch", leave=False, disable=None):
-            self.images[start:start + len(batch)] = batch.to(device)
-            start += len(batch)
-        print(f"decoded {name}: {len(self)} images at {resize_size}x{resize_size} in {time.time() - began:.1f}s")
+        decode_into(self.images, folder.samples, name, resize_size, interpolation, num_workers)
 
     def __len__(self):
         return len(self.images) if self.index is None else len(self.index)
@@ -336,13 +369,71 @@ class CachedDomain:
         if self.index is not None:  # a part of the domain (held_out): positions in it, mapped to images
             order = self.index[order]
         for index in order.split(batch_size):
-            images = random_crop_batch(self.images, index, crop_size, generator)
+            images = random_crop_batch(self.images, index, crop_size, generator).to(self.labels.device)
             yield normalize(images, pixels), self.labels[index.to(self.labels.device)]
 
     def test_batches(self, batch_size, crop_size, pixels="imagenet"):
         for index in (torch.arange(len(self)) if self.index is None else self.index).split(batch_size):
-            images = center_crop_batch(self.images, index, crop_size)
+            images = center_crop_batch(self.images, index, crop_size).to(self.labels.device)
             yield normalize(images, pixels), self.labels[index.to(self.labels.device)]
+
+
+class DiskCachedDomain(CachedDomain):
+    """The cached path with its decoded images in a file instead of memory: one uint8 file per domain, resize and
+    interpolation under cache_dir, built once (by one process, under a lock, then renamed into place) and read
+    through a memory map by every run and process after it. Its name holds a digest of the images' paths, sizes and
+    times, so other data gets a file of its own. Crops are cut on the CPU, page by page, then moved to the device; the
+    same generator draws the same crops and flips as in memory."""
+
+    def __init__(self, root, name, resize_size, num_workers, device, interpolation="bilinear", cache_dir=".cache"):
+        folder = Folder(root)
+        self.root, self.name, self.classes, self.targets = root, name, folder.classes, folder.targets
+        self.labels = torch.tensor(folder.targets, dtype=torch.long, device=device)
+        shape = (len(folder), 3, resize_size, resize_size)
+        self.path = disk_cache_path(cache_dir, name, root, folder.samples, resize_size, interpolation)
+        if not os.path.exists(self.path):
+            build_disk_cache(self.path, shape, folder.samples, name, resize_size, interpolation, num_workers)
+        else:
+            print(f"cache of {name}: {self.path}")
+        # mode "c": pages are read from the file on demand, never written back (torch wants a writable array)
+        self.images = torch.from_numpy(numpy.memmap(self.path, dtype=numpy.uint8, mode="c", shape=shape))
+
+
+def disk_cache_path(cache_dir, name, root, samples, resize_size, interpolation):
+    """<cache_dir>/<domain>_<resize>_<interpolation>_<digest>.uint8, the digest of each image's path (under root),
+    size, modification time and label: a changed, added or removed image makes another file (a copied tree too,
+    once, unless the copy kept the times)."""
+    digest = hashlib.sha1()
+    for path, label in samples:
+        stat = os.stat(path)
+        digest.update(f"{os.path.relpath(path, root)}\t{stat.st_size}\t{stat.st_mtime_ns}\t{label}\n".encode())
+    return os.path.join(cache_dir, f"{name}_{resize_size}_{interpolation}_{digest.hexdigest()[:12]}.uint8")
+
+
+def build_disk_cache(path, shape, samples, name, resize_size, interpolation, num_workers):
+    """Decode the domain into a temporary file beside path and rename it into place, under a lock: a second process
+    waits and then finds the file; a process killed mid-build leaves only its temporary file."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(path + ".lock", "a") as lock:
+        if fcntl:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        if os.path.exists(path):  # another process built it while this one waited
+            return
+        need, have = math.prod(shape), shutil.disk_usage(os.path.dirname(path) or ".").free
+        if need > have:
+            raise UserError(f"the disk cache of {name} needs {need / 1e9:.1f} GB, and {have / 1e9:.1f} GB are free "
+                            f"in {os.path.dirname(path)}: free some space, or point --cache_dir at a larger disk.")
+        tmp = f"{path}.{os.getpid()}.tmp"
+        try:
+            images = numpy.memmap(tmp, dtype=numpy.uint8, mode="w+", shape=shape)
+            decode_into(torch.from_numpy(images), samples, name, resize_size, interpolation, num_workers)
+            images.flush()
+            del images
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+    print(f"wrote the cache of {name}: {path} ({need / 1e9:.2f} GB)")
 
 
 def part(domain, index):
@@ -373,16 +464,18 @@ def held_out(domain, fraction):
     return part(domain, train.nonzero().flatten()), part(domain, out)
 
 
-def load_domain(data_root, name, resize_size, cache, num_workers, device, interpolation="bilinear"):
-    """Domain `name` under data_root as a CachedDomain (cache=True) or an ImageFolderDomain."""
+def load_domain(data_root, name, resize_size, cache, num_workers, device, interpolation="bilinear", cache_dir=None):
+    """Domain `name` under data_root as a CachedDomain (cache "memory" or True), a DiskCachedDomain ("disk", its
+    files under cache_dir, by default <data_root>/.cache) or an ImageFolderDomain ("none" or False)."""
     domain_dir = resolve_domain(data_root, name)
     root = class_root(domain_dir)
     if not subdirs(root):
         raise UserError(f"'{root}' has no class folders. {EXPECTED_TREE}")
     folder = os.path.basename(domain_dir)
-    kind = CachedDomain if cache else ImageFolderDomain
+    kind = {"disk": DiskCachedDomain, "none": ImageFolderDomain, False: ImageFolderDomain}.get(cache, CachedDomain)
+    disk = {"cache_dir": cache_dir or os.path.join(data_root, ".cache")} if kind is DiskCachedDomain else {}
     try:
-        domain = kind(root, folder, resize_size, num_workers, torch.device(device), interpolation)
+        domain = kind(root, folder, resize_size, num_workers, torch.device(device), interpolation, **disk)
     except FileNotFoundError as e:  # ImageFolder: a class folder without images
         raise UserError(f"{e}. Every class folder under '{root}' needs at least one image.") from None
     full = {**OFFICE31_SIZES, **OFFICE_HOME_SIZES}

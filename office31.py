@@ -57,7 +57,8 @@ weight_decay = 5e-4  # L2 penalty on every trained weight (SGD's weight_decay)
 resize_size = 0  # images are resized to resize_size x resize_size (aspect not kept); 0: 256, or the weights' own
 crop_size = 0  # random crop for training, centre for testing; 0: the network's (224; caffe_alexnet 227; weights')
 # speed
-cache = True  # decode each domain once into memory (~196 KB an image at 256); False: PIL per sample per epoch
+cache = "auto"  # decode each domain once: memory (~196 KB an image at 256), disk (cache_dir), none (PIL per sample)
+cache_dir = ""  # the folder of --cache=disk's files (shared by runs); "": <data_root>/.cache
 amp = "auto"  # bf16 autocast: auto (where it is faster: CUDA compute capability 8.0+, CPUs measured), bf16, off
 channels_last = True  # NHWC memory layout for model and inputs (faster convolutions)
 compile = False  # torch.compile the model: faster ResNet steps after a minute or two of compiling (README, Speed)
@@ -106,7 +107,7 @@ import sweep  # noqa: E402
 from adaptation import Adaptation, methods, tap, with_method  # noqa: E402
 from checkpoint import Diverged, Stopped, random_states, resume  # noqa: E402
 import validators  # noqa: E402
-from data_loader import check_same_classes, held_out  # noqa: E402
+from data_loader import CACHE_WORDS, check_same_classes, held_out  # noqa: E402
 from download import DATASETS, prepare_data_root  # noqa: E402
 from checks import check_settings  # noqa: E402
 from models import MODELS, architecture, build_model, input_size, network_pixels, weight_names  # noqa: E402
@@ -116,8 +117,8 @@ from results import machine, not_written, run_label, save_run  # noqa: E402
 
 def resolve(c):
     """The flags whose default depends on another, made explicit: data_root, source and target "" (the
-    dataset's folder and first task), weights=auto, resize_size=0 and crop_size=0 (the network's). An unknown
-    model or weights name is left for check_config to explain."""
+    dataset's folder and first task), weights=auto, resize_size=0 and crop_size=0 (the network's); --cache=True and
+    False, the boolean it was, are memory and none. An unknown model or weights name is left for check_config."""
     weights = c["weights"].lower() if c["weights"].lower() in ("auto", "none") else c["weights"]  # None, AUTO
     if c["model"] in MODELS and weights == "auto":
         weights = weight_names(c["model"])[0]
@@ -126,7 +127,7 @@ def resolve(c):
     source, target = DATASETS.get(c["dataset"], DATASETS["office31"])["task"]
     return dict(c, data_root=c["data_root"] or os.path.join("data", c["dataset"]), source=c["source"] or source,
                 target=c["target"] or target, weights=weights, resize_size=c["resize_size"] or resize,
-                crop_size=c["crop_size"] or crop)
+                crop_size=c["crop_size"] or crop, cache=CACHE_WORDS.get(c["cache"].lower(), c["cache"].lower()))
 
 
 def make_optimizer(model, new_layer, c, fused=True):

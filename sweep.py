@@ -19,7 +19,7 @@ import tempfile
 import grid
 from adaptation import methods, with_method
 from checkpoint import Checkpoint, Diverged, StopOnSignal, Stopped
-from data_loader import (UserError, check_cache_fits, class_counts, class_difference, find_domains,
+from data_loader import (UserError, choose_cache, class_counts, class_difference, find_domains,
                          fingerprint, load_domain)
 from models import build_model, input_size
 from results import (EXPERIMENT_KEYS, LATER_KEYS, append_row, count_rows, experiment, method_label, not_written,
@@ -50,8 +50,8 @@ def run_sweep(c, data_root, device, results_path, train, precision, plain, flag_
         print(f"skipping {setting} {task_name(source, target, labels)} seed {seed}: already "
               f"in {results_path} (--rerun=True to redo)")
     check_tasks(data_root, dict.fromkeys((s, t) for _, s, t, _ in todo), labels)
-    if todo and c["cache"]:
-        check_cache_fits(data_root, sorted({name for _, s, t, _ in todo for name in (s, t)}), c["resize_size"], device)
+    names = sorted({name for _, s, t, _ in todo for name in (s, t)})
+    cache = choose_cache(c["cache"], data_root, names, c["resize_size"], device) if todo else None
     if todo and c["weights"] != "none":
         build_model(c["model"], 2, c["weights"])  # fetch the ImageNet weights (or fail) before decoding images
     domains, finished, diverged = {}, [], []
@@ -64,8 +64,8 @@ def run_sweep(c, data_root, device, results_path, train, precision, plain, flag_
                               "to go on. Finished runs are in the results file.")
             for name in (source, target):
                 if name not in domains:  # decoded once per process, shared by every task that uses the domain
-                    domains[name] = load_domain(data_root, name, c["resize_size"], c["cache"], c["num_workers"],
-                                                device, input_size(c["model"], c["weights"])[2])
+                    domains[name] = load_domain(data_root, name, c["resize_size"], cache, c["num_workers"],
+                                                device, input_size(c["model"], c["weights"])[2], c["cache_dir"])
             if len(configs) > 1:  # the main config line leaves these unresolved ("auto", a grid): this run's values
                 shown = dict.fromkeys(("bottleneck", "trade_off", "entropy", *run["grid"]))
                 print(f"run: {task} {label}: " + "  ".join(f"{k}={run[k]}" for k in shown))

@@ -5,7 +5,7 @@
 
 Not a test (pytest does not collect it): it prints images/s and ratios against the classic reference
 (ImageFolder + PIL per sample, fp32, NCHW) measured on the same machine in the same run:
-  1. data throughput over two source epochs: classic DataLoader vs the cached path;
+  1. data throughput over two source epochs: classic DataLoader vs the cached path in memory and on disk;
   2. training-step throughput of alexnet and resnet50 (random init, default crop), the settings taking turns:
      fp32 NCHW vs defaults, the defaults in the other precision (bf16 and fp32 side by side, whichever
      --amp=auto chose) and --compile=True; and a ceiling: the images/s a step would reach if all its FLOPs
@@ -91,7 +91,12 @@ def data_throughput(root, workers, batch_size):
     images_per_second(cached.train_batches(n_batches, batch_size, 224, g))
     first = n_batches * batch_size / (build + time.perf_counter() - epoch_start)
     steady = images_per_second(cached.train_batches(n_batches, batch_size, 224, g))
-    return classic_rate, build, first, steady
+    with tempfile.TemporaryDirectory() as folder:  # the disk cache: built anew, then read through its memory map
+        start = time.perf_counter()
+        disk = load_domain(root, "amazon", 256, "disk", workers, device, cache_dir=folder)
+        disk_build = time.perf_counter() - start
+        disk_steady = images_per_second(disk.train_batches(n_batches, batch_size, 224, g))
+    return classic_rate, build, first, steady, disk_build, disk_steady
 
 
 def step_rates(name, settings, steps, rounds, warm_up):
@@ -321,11 +326,13 @@ def main():
           f"AMX: {torch.cpu._is_amx_tile_supported()}; --amp=auto trains in {'bf16' if amp else 'fp32'} ({why})")
     skip = set(args.skip.split(","))
     if "data" not in skip:
-        classic, build, first, steady = data_throughput(root, args.workers, 32)
+        classic, build, first, steady, disk_build, disk = data_throughput(root, args.workers, 32)
         print("1. data, images/s over source epochs (224 crops, batch 32)")
         print(f"   classic ImageFolder + PIL          {classic:7.0f}   1.0x")
         print(f"   cache, epoch 1 (build {build:5.1f}s)    {first:7.0f}   {first / classic:.1f}x")
         print(f"   cache, steady state                {steady:7.0f}   {steady / classic:.1f}x")
+        print(f"   disk cache (build {disk_build:5.1f}s), steady {disk:7.0f}   {disk / classic:.1f}x   "
+              f"({disk / steady:.2f}x the memory cache; its pages in the page cache)")
     if "steps" not in skip:
         settings = [("fp32 NCHW, per-tensor SGD", False, False, False, False),
                     (f"defaults ({'bf16' if amp else 'fp32'}, channels_last, fused)", amp, True, True, False)]

@@ -35,7 +35,7 @@ def fails_with(argv, capsys, *phrases):
     (["--lr"], ["--lr needs a value: --lr=VALUE or --lr VALUE (default: 0.001)."]),
     (["--epochs", "--lr=1"], ["--epochs needs a value"]),
     (["--batch_size=3.5"], ["--batch_size=3.5: expected int"]),
-    (["--cache=maybe"], ["--cache=maybe: expected bool"]),
+    (["--cache=maybe"], ["--cache=maybe: expected auto (memory where it fits, else disk), memory, disk or none."]),
     (["--momentum=1.5"], ["--momentum=1.5"]),
 ])
 def test_bad_flags(argv, phrases, capsys):
@@ -46,7 +46,8 @@ def test_flags_as_people_type_them(capsys):
     c = office31.parse_flags(["--epochs", "3", "--report", "--lr", "0.01", "--cache", "false", "--seed", "-1",
                               "--save_model", "--eval_every=2", "--weights", "None"])
     assert (c["epochs"], c["report"], c["lr"], c["cache"], c["seed"], c["save_model"], c["eval_every"]) == \
-        (3, True, 0.01, False, -1, True, 2)
+        (3, True, 0.01, "false", -1, True, 2)
+    assert office31.resolve(c)["cache"] == "none"  # the boolean --cache was: False is none, True memory
     assert "overriding: report = True" in capsys.readouterr().out
     assert office31.resolve(c)["weights"] == "none"  # None, NONE and none alike
     assert office31.resolve(office31.parse_flags(["--weights=AUTO"]))["weights"] == "IMAGENET1K_V1"

@@ -162,10 +162,10 @@ def test_cache_that_would_not_fit_stops_before_decoding(tree, tmp_path, monkeypa
     monkeypatch.setattr(data_loader, "available_memory", lambda device: 100_000)
     no_decoding(monkeypatch)
     with pytest.raises(SystemExit) as stop:
-        office31.main([f"--data_root={tree}", *TINY, f"--out_dir={tmp_path / 'out'}"])
+        office31.main([f"--data_root={tree}", *TINY, f"--out_dir={tmp_path / 'out'}", "--cache=memory"])
     needed = (21 + 15) * 3 * 40 * 40  # amazon 21 and webcam 15 images at 40x40
     assert f"needs {needed / 1e9:.1f} GB, and 0.0 GB of available memory" in str(stop.value.code)
-    assert "--cache=False" in str(stop.value.code) and "--resize_size" in str(stop.value.code)
+    assert "--cache=disk" in str(stop.value.code) and "--resize_size" in str(stop.value.code)
     assert data_loader.cache_bytes(tree, ["amazon", "webcam"], 40) == needed
 
 

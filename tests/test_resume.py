@@ -47,7 +47,7 @@ def assert_same_run(a, b, out_a, out_b):
 @pytest.mark.slow
 @pytest.mark.parametrize("method, cache, how, extra", [
     ("source_only", "True", "SIGKILL", []), ("dann", "False", "SIGKILL", ["--tasks=A-W"]),  # a sweep of one run
-    ("dann", "True", "SIGTERM", []), ("source_only", "False", "SIGTERM", [])])
+    ("dann", "disk", "SIGTERM", []), ("source_only", "False", "SIGTERM", [])])
 def test_a_killed_run_resumes_to_the_same_numbers(tmp_path, pair, capsys, method, cache, how, extra):
     extra = [f"--method={method}", f"--cache={cache}", *extra]
     whole = run(pair, tmp_path / "whole", *extra)

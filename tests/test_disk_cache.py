@@ -1,0 +1,93 @@
+"""--cache=disk: the decoded images in a file per domain, read through a memory map: the same batches as the memory
+cache, built once and shared, rebuilt for other data; --cache=auto picks it where memory would not hold the domains."""
+import os
+
+import pytest
+import torch
+
+import data_loader
+import office31
+import results
+from conftest import make_tree
+from errors import UserError
+
+TINY = ["--model=resnet18", "--weights=none", "--resize_size=24", "--crop_size=20", "--epochs=2",
+        "--iters_per_epoch=2", "--batch_size=6", "--num_workers=0", "--device=cpu", "--amp=off"]
+
+
+@pytest.fixture
+def pair(tmp_path):
+    return make_tree(tmp_path / "office31", {"amazon": 5, "webcam": 3}, size=(30, 26))
+
+
+def load(root, cache, cache_dir=None):
+    return data_loader.load_domain(root, "amazon", 24, cache, 0, "cpu", cache_dir=cache_dir)
+
+
+def test_the_disk_cache_gives_the_memory_caches_batches_image_for_image(pair, tmp_path):
+    memory, disk = load(pair, "memory"), load(pair, "disk", tmp_path / "cache")
+    assert torch.equal(memory.images, disk.images) and torch.equal(memory.labels, disk.labels)
+    assert os.path.dirname(disk.path) == str(tmp_path / "cache")
+    for x in (memory, disk):
+        x.test = list(x.test_batches(4, 20))
+        x.train = list(x.train_batches(5, 6, 20, torch.Generator().manual_seed(3)))
+    for a, b in zip(memory.test + memory.train, disk.test + disk.train):
+        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    assert len(disk.train) == 5
+    held_memory, held_disk = data_loader.held_out(memory, 0.4)[1], data_loader.held_out(disk, 0.4)[1]
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(held_memory.test_batches(4, 20), held_disk.test_batches(4, 20)))
+
+
+def test_it_is_built_once_and_read_by_later_loads(pair, tmp_path, monkeypatch, capsys):
+    first = load(pair, "disk")
+    assert first.path.startswith(os.path.join(pair, ".cache"))
+    assert "wrote the cache of amazon" in capsys.readouterr().out
+    monkeypatch.setattr(data_loader, "decode_into", lambda *a: pytest.fail("decoded again"))
+    second = load(pair, "disk")
+    assert second.path == first.path and torch.equal(second.images, first.images)
+    assert f"cache of amazon: {first.path}" in capsys.readouterr().out
+    assert data_loader.find_domains(pair) == ["amazon", "webcam"]  # (.cache is no domain)
+
+
+def test_other_data_gets_a_file_of_its_own_and_a_killed_build_leaves_nothing_used(pair, tmp_path):
+    first = load(pair, "disk", tmp_path)
+    make_tree(pair, {"amazon": 1}, classes=["bike"], start_seed=77)  # bike's first image drawn anew
+    (tmp_path / (os.path.basename(first.path).replace("amazon", "other") + ".123.tmp")).write_bytes(b"half")
+    second = load(pair, "disk", tmp_path)
+    assert second.path != first.path and not torch.equal(second.images, first.images)
+    assert torch.equal(second.images, load(pair, "memory").images)
+    os.remove(os.path.join(pair, "amazon", "images", "bike", os.listdir(os.path.join(pair, "amazon", "images",
+                                                                                        "bike"))[0]))
+    third = load(pair, "disk", tmp_path)  # an image removed
+    assert len(third) == len(first) - 1 and third.path not in (first.path, second.path)
+
+
+def test_a_full_disk_is_said_before_decoding(pair, tmp_path, monkeypatch):
+    monkeypatch.setattr(data_loader.shutil, "disk_usage", lambda path: type("U", (), {"free": 1000})())
+    with pytest.raises(UserError, match=r"the disk cache of amazon needs 0\.0 GB, and 0\.0 GB are free in .*: free "
+                                        r"some space, or point --cache_dir at a larger disk"):
+        load(pair, "disk", tmp_path / "cache")
+    assert [name for name in os.listdir(tmp_path / "cache") if not name.endswith(".lock")] == []
+
+
+def test_auto_keeps_in_memory_what_fits_and_puts_the_rest_on_disk(pair, tmp_path, monkeypatch, capsys):
+    names = ["amazon", "webcam"]
+    assert data_loader.choose_cache("auto", pair, names, 24, torch.device("cpu")) == "memory"
+    monkeypatch.setattr(data_loader, "available_memory", lambda device: 10_000)
+    assert data_loader.choose_cache("auto", pair, names, 24, torch.device("cpu")) == "disk"
+    assert ("--cache=auto: the decoded images of amazon, webcam take 0.0 GB, more than 80% of the 0.0 GB of "
+            "available memory here, so they are kept on disk") in capsys.readouterr().out
+    assert data_loader.choose_cache("none", pair, names, 24, torch.device("cpu")) == "none"
+    with pytest.raises(UserError, match="Run with --cache=disk"):
+        data_loader.choose_cache("memory", pair, names, 24, torch.device("cpu"))
+
+
+@pytest.mark.slow
+def test_a_run_from_the_disk_cache_gives_the_same_numbers(pair, tmp_path):
+    runs = {cache: office31.main([f"--data_root={pair}", f"--out_dir={tmp_path / cache}", *TINY, f"--cache={cache}",
+                                  f"--cache_dir={tmp_path / 'cache'}"])[0] for cache in ("memory", "disk")}
+    assert [e["loss"] for e in runs["memory"]["epochs"]] == [e["loss"] for e in runs["disk"]["epochs"]]
+    assert runs["memory"]["accuracy"] == runs["disk"]["accuracy"]
+    assert sorted(os.listdir(tmp_path / "cache"))[0].startswith("amazon_24_bilinear_")
+    assert results.read_rows(os.path.join(tmp_path / "disk", "results.jsonl"))[0]["config"] == \
+        results.read_rows(os.path.join(tmp_path / "memory", "results.jsonl"))[0]["config"]  # the same experiment
