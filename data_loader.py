@@ -392,7 +392,12 @@ class DiskCachedDomain(CachedDomain):
         shape = (len(folder), 3, resize_size, resize_size)
         self.path = disk_cache_path(cache_dir, name, root, folder.samples, resize_size, interpolation)
         if not os.path.exists(self.path):
-            build_disk_cache(self.path, shape, folder.samples, name, resize_size, interpolation, num_workers)
+            try:
+                build_disk_cache(self.path, shape, folder.samples, name, resize_size, interpolation, num_workers)
+            except OSError as e:  # a read-only data folder, a quota
+                raise UserError(f"cannot write the disk cache of {name} to {os.path.dirname(self.path)} "
+                                f"({e.strerror or e}): point --cache_dir at a folder you can write to, or run with "
+                                "--cache=none.") from None
         else:
             print(f"cache of {name}: {self.path}")
         # mode "c": pages are read from the file on demand, never written back (torch wants a writable array)

@@ -70,6 +70,13 @@ def test_a_full_disk_is_said_before_decoding(pair, tmp_path, monkeypatch):
     assert [name for name in os.listdir(tmp_path / "cache") if not name.endswith(".lock")] == []
 
 
+def test_a_cache_folder_that_cannot_be_written_is_said(pair, tmp_path):
+    (tmp_path / "file").write_text("not a folder")
+    with pytest.raises(UserError, match=r"cannot write the disk cache of amazon to .*file.*: point --cache_dir at a "
+                                        r"folder you can write to, or run with --cache=none"):
+        load(pair, "disk", tmp_path / "file" / "cache")
+
+
 def test_auto_keeps_in_memory_what_fits_and_puts_the_rest_on_disk(pair, tmp_path, monkeypatch, capsys):
     names = ["amazon", "webcam"]
     assert data_loader.choose_cache("auto", pair, names, 24, torch.device("cpu")) == "memory"
