@@ -142,11 +142,14 @@ def count_images(root):
 
 
 def fingerprint(data_root, name):
-    """What identifies the data of domain `name` without decoding it: its class names (hashed) and image count.
-    Two copies of a dataset in folders of the same name (a subset, a rebuilt tree) differ here."""
+    """What identifies the data of domain `name` without decoding it: its class names (hashed) and image count, and
+    its split lists' lengths where it has them. Two copies of a dataset in folders of the same name (a subset, a
+    rebuilt tree) differ here."""
     counts = class_counts(data_root, name)
     digest = hashlib.sha1("\n".join(counts).encode()).hexdigest()[:8]
-    return f"{len(counts)} classes ({digest}), {sum(counts.values())} images"
+    lists = list_files(data_root, os.path.basename(resolve_domain(data_root, name)))
+    split = f", split {' / '.join(str(len(listed(path))) for path in lists)} (train / test)" if lists else ""
+    return f"{len(counts)} classes ({digest}), {sum(counts.values())} images{split}"
 
 
 def cache_bytes(data_root, names, resize_size):
@@ -288,22 +291,35 @@ def center_crop_batch(images, index, crop_size):
 # The two domain paths
 
 
-class ImageFolderDomain:
+class Positions:
+    """Which images of a domain its batches draw: every one (index and test_index None); a part of it (index: a
+    held-out split, a train list; part()); and, where the dataset lists them (DomainNet), others to test on
+    (test_index: its test list; with_lists())."""
+    index = None
+    test_index = None
+
+    def __len__(self):
+        return len(self.images) if self.index is None else len(self.index)
+
+    def tested(self):
+        """The positions test_batches goes over, each once."""
+        chosen = self.index if self.test_index is None else self.test_index
+        return torch.arange(len(self.images)) if chosen is None else chosen
+
+
+class ImageFolderDomain(Positions):
     """The classic per-sample path: ImageFolder, PIL resize/crop/flip in DataLoader workers every epoch."""
-    index = None  # every image; a part of the domain (held_out) holds its images' positions
 
     def __init__(self, root, name, resize_size, num_workers, device, interpolation="bilinear"):
         self.root, self.name, self.resize_size, self.interpolation = root, name, resize_size, interpolation
         self.num_workers, self.device = num_workers, device
         self.images = Folder(root, loader=load_rgb)
         self.classes, self.targets = self.images.classes, self.images.targets
+        self.paths = [path for path, _ in self.images.samples]
 
-    def __len__(self):
-        return len(self.images) if self.index is None else len(self.index)
-
-    def _loader(self, transform, batch_size, sampler=None, generator=None):
+    def _loader(self, transform, batch_size, sampler=None, generator=None, positions=None):
         self.images.transform = transform
-        images = self.images if self.index is None else Subset(self.images, self.index.tolist())
+        images = self.images if positions is None else Subset(self.images, positions.tolist())
         return DataLoader(images, batch_size=batch_size, sampler=sampler, generator=generator,
                           num_workers=self.num_workers, pin_memory=self.device.type == "cuda")
 
@@ -311,7 +327,7 @@ class ImageFolderDomain:
         # Shuffled passes over the source, back to back, for exactly num_batches full batches.
         sampler = RandomSampler(range(len(self)), num_samples=num_batches * batch_size, generator=generator)
         transform = train_transform(self.resize_size, crop_size, pixels, self.interpolation)
-        loader = self._loader(transform, batch_size, sampler, generator)
+        loader = self._loader(transform, batch_size, sampler, generator, self.index)
         for x, y in loader:
             yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
 
@@ -319,7 +335,7 @@ class ImageFolderDomain:
         # A generator of its own: DataLoader draws a seed from the given one (else from the global RNG that the
         # training crops, flips and dropout use), and evaluating must not change the training trajectory.
         transform = test_transform(self.resize_size, crop_size, pixels, self.interpolation)
-        loader = self._loader(transform, batch_size, generator=torch.Generator())
+        loader = self._loader(transform, batch_size, generator=torch.Generator(), positions=self.tested())
         for x, y in loader:
             yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
 
@@ -347,20 +363,17 @@ def decode_into(images, samples, name, resize_size, interpolation, num_workers):
     print(f"decoded {name}: {len(samples)} images at {resize_size}x{resize_size} in {time.time() - began:.1f}s")
 
 
-class CachedDomain:
+class CachedDomain(Positions):
     """Every image decoded once to resize x resize uint8 (about 196 KB each at 256) and kept on the device;
     crops, flips and normalisation run there on whole batches, with per-sample random offsets."""
-    index = None  # every image; a part of the domain (held_out) holds its images' positions
 
     def __init__(self, root, name, resize_size, num_workers, device, interpolation="bilinear"):
         folder = Folder(root)  # indexes files and classes only; decoding happens below
         self.root, self.name, self.classes, self.targets = root, name, folder.classes, folder.targets
+        self.paths = [path for path, _ in folder.samples]
         self.labels = torch.tensor(folder.targets, dtype=torch.long, device=device)
         self.images = torch.empty((len(folder), 3, resize_size, resize_size), dtype=torch.uint8, device=device)
         decode_into(self.images, folder.samples, name, resize_size, interpolation, num_workers)
-
-    def __len__(self):
-        return len(self.images) if self.index is None else len(self.index)
 
     def train_batches(self, num_batches, batch_size, crop_size, generator, pixels="imagenet"):
         # Same sampling as the per-sample path: shuffled passes back to back.
@@ -373,7 +386,7 @@ class CachedDomain:
             yield normalize(images, pixels), self.labels[index.to(self.labels.device)]
 
     def test_batches(self, batch_size, crop_size, pixels="imagenet"):
-        for index in (torch.arange(len(self)) if self.index is None else self.index).split(batch_size):
+        for index in self.tested().split(batch_size):
             images = center_crop_batch(self.images, index, crop_size).to(self.labels.device)
             yield normalize(images, pixels), self.labels[index.to(self.labels.device)]
 
@@ -388,6 +401,7 @@ class DiskCachedDomain(CachedDomain):
     def __init__(self, root, name, resize_size, num_workers, device, interpolation="bilinear", cache_dir=".cache"):
         folder = Folder(root)
         self.root, self.name, self.classes, self.targets = root, name, folder.classes, folder.targets
+        self.paths = [path for path, _ in folder.samples]
         self.labels = torch.tensor(folder.targets, dtype=torch.long, device=device)
         shape = (len(folder), 3, resize_size, resize_size)
         self.path = disk_cache_path(cache_dir, name, root, folder.samples, resize_size, interpolation)
@@ -442,10 +456,50 @@ def build_disk_cache(path, shape, samples, name, resize_size, interpolation, num
 
 
 def part(domain, index):
-    """The images of a domain at these positions (a tensor), as a domain of its own: the same batches over them."""
+    """The images of a domain at these positions of its training images (a tensor), as a domain of its own: the
+    same batches over them, training and testing alike."""
     subset = copy.copy(domain)
     subset.index = index if domain.index is None else domain.index[index]
+    subset.test_index = None
     return subset
+
+
+def list_files(data_root, name):
+    """DomainNet's split lists of domain `name`, <data_root>/<name>_train.txt and _test.txt, or None where the
+    dataset has none (a domain is then trained and tested on all its images)."""
+    paths = [os.path.join(data_root, f"{name}_{split}.txt") for split in ("train", "test")]
+    found = [os.path.exists(path) for path in paths]
+    if any(found) and not all(found):
+        raise UserError(f"{paths[found.index(False)]} is missing, but {paths[found.index(True)]} is there: a domain "
+                        "with split lists needs both (its train list to train on, its test list to test on).")
+    return paths if all(found) else None
+
+
+def listed(path):
+    """The images a split list names, as paths relative to the dataset's root ("clipart/bee/clipart_012_0001.jpg
+    271" lines: the path, then a label, which the class folder gives here too)."""
+    with open(path, encoding="utf-8") as f:
+        return [os.path.normpath(line.split()[0]) for line in f if line.strip()]
+
+
+def with_lists(domain, data_root):
+    """The domain trained on its train list and tested on its test list, where the dataset has them (list_files);
+    a listed image that is not in the tree stops the run, naming it."""
+    lists = list_files(data_root, domain.name)
+    if lists is None:
+        return domain
+    position = {os.path.normpath(os.path.relpath(path, data_root)): k for k, path in enumerate(domain.paths)}
+    chosen = []
+    for path in lists:
+        names = listed(path)
+        missing = [name for name in names if name not in position]
+        if missing:
+            raise UserError(f"{path} lists {len(missing)} images that are not under {data_root} (the first: "
+                            f"{missing[0]}): the tree and its lists come from different copies of the dataset. "
+                            "Download both again, or remove the lists to use every image.")
+        chosen.append(torch.tensor([position[name] for name in names], dtype=torch.long))
+    domain.index, domain.test_index = chosen
+    return domain
 
 
 HELD_OUT_SEED = 0  # the held-out split is the same in every run, whatever its --seed: runs compare on one split
@@ -483,6 +537,7 @@ def load_domain(data_root, name, resize_size, cache, num_workers, device, interp
         domain = kind(root, folder, resize_size, num_workers, torch.device(device), interpolation, **disk)
     except FileNotFoundError as e:  # ImageFolder: a class folder without images
         raise UserError(f"{e}. Every class folder under '{root}' needs at least one image.") from None
+    domain = with_lists(domain, data_root)
     full = {**OFFICE31_SIZES, **OFFICE_HOME_SIZES}
     if full.get(folder, len(domain)) != len(domain):
         dataset = "Office-31" if folder in OFFICE31_SIZES else "Office-Home"

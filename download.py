@@ -1,10 +1,11 @@
-"""Datasets that arrive: Office-31 and Office-Home fetched into data_root, from more than one source.
+"""Datasets that arrive: Office-31, Office-Home, VisDA-2017 and DomainNet fetched into data_root.
 
-    root = prepare_data_root("data/office31", download=True, dataset="office31")   # or "office_home"
+    root = prepare_data_root("data/office31", download=True, dataset="office31")   # or office_home, visda2017, ...
 
 Each source is tried in order until one gives the complete tree (every domain, its class count and image
-count): Office-31 from its official archive (Google Drive), then from the Transfer-Learning-Library's mirror, one
-archive per domain; Office-Home from that mirror. Every source is staged in a temporary folder that becomes the
+count; DomainNet: both split lists of every domain and every image they name): Office-31 from its official archive
+(Google Drive), then from the Transfer-Learning-Library's mirror, one archive per domain; Office-Home from that
+mirror; VisDA-2017 and DomainNet from their official archives (csr.bu.edu). Every source is staged in a temporary folder that becomes the
 tree by one rename once it is complete, so an interrupted or refused download leaves nothing a later run trusts.
 fetch_drive_archive and fetch_url are the only functions here that touch the network.
 """
@@ -17,7 +18,7 @@ from torchvision.datasets.utils import download_file_from_google_drive, download
 
 import demo
 from data_loader import (OFFICE31_SIZES, OFFICE_HOME_SIZES, UserError, class_root, count_images, dataset_root,
-                         find_domains, subdirs)
+                         find_domains, listed, subdirs)
 
 try:
     import fcntl
@@ -28,6 +29,15 @@ OFFICE31_DRIVE_ID = "0B4IapRTv9pJ1WGZVd1VDMmhwdlE"
 OFFICE31_ARCHIVE = "domain_adaptation_images.tar.gz"
 OFFICE31_SHA1 = "7aa25a86f3880b6e79283227816f9d4d8506d636"  # published by a third party, checked as a warning only
 MIRROR = "https://cloud.tsinghua.edu.cn/f/{}/?dl=1"  # the Transfer-Learning-Library's mirror
+VISDA = "http://csr.bu.edu/ftp/visda17/clf"
+DOMAINNET = "http://csr.bu.edu/ftp/visda/2019/multi-source"
+# The beginnings of the archives' SHA-512, as a third party published them: checked as a warning only, as Office-31's
+DOMAINNET_SHA512 = {"clipart": "3bcfb9ec1b4061e8d5b0b887d4ebd4a708732787fc563c6dfc2d",
+                    "infograph": "47841f0d1b8606e4b02d508b250484d54f5cf04ef6c4875c6c5a39c",
+                    "painting": "4c98b02563075948668a298c488660fda1d1a7ed85fd69caa7985fba",
+                    "quickdraw": "127cce1dd57fc99992f8614de77d03ae8ed6af242973f7a013ec0a",
+                    "real": "751713d4592d1278b50bf69787988cfae280cabdac80ee34ec4016e",
+                    "sketch": "369b8b6d78ac61bfcc85f660d878ba5fc701524b82bbc2eb65ca9a"}
 
 DATASETS = {
     "office31": {
@@ -47,6 +57,30 @@ DATASETS = {
         "tree": ["Art/Alarm_Clock/00001.jpg", "Clipart/...", "Product/...", "Real_World/..."],
         "official": ["its page: https://www.hemanthdv.org/officeHomeDataset.html"],
     },
+    # VisDA-2017's classification track: the synthetic renderings (train.tar) to the real photos (validation.tar),
+    # unpacked as synthetic/ and real/, so that the task reads S→R as in the papers
+    "visda2017": {
+        "name": "VisDA-2017", "classes": 12, "size": "two archives, train.tar and validation.tar (2.8 GB)",
+        "task": ("synthetic", "real"), "domains": {"synthetic": 152397, "real": 55388},
+        "archives": {"synthetic": (f"{VISDA}/train.tar", "train", None),
+                     "real": (f"{VISDA}/validation.tar", "validation", None)},
+        "tree": ["synthetic/aeroplane/src_1_02691156_10155655850468db78d106ce0a280f87__1_1_001.png",
+                 "real/aeroplane/aeroplane_000001.jpg   (train.tar's train/ and validation.tar's validation/, "
+                 "renamed)"],
+        "official": ["http://ai.bu.edu/visda-2017/ (the classification track's train and validation archives)"],
+        "metric": "mean class accuracy",
+    },
+    # DomainNet, cleaned: each domain's archive and its train and test lists; a domain trains on its train list and
+    # is tested on its test list (data_loader.with_lists). Its image counts come from the lists.
+    "domainnet": {
+        "name": "DomainNet (cleaned)", "classes": 345, "size": "six archives: about 18 GB",
+        "task": ("clipart", "infograph"), "domains": dict.fromkeys(DOMAINNET_SHA512), "lists": True,
+        "archives": {domain: (f"{DOMAINNET}/{'groundtruth/' * (domain in ('clipart', 'painting'))}{domain}.zip",
+                              domain, sha) for domain, sha in DOMAINNET_SHA512.items()},
+        "tree": ["clipart/aircraft_carrier/clipart_001_000018.jpg", "clipart_train.txt, clipart_test.txt",
+                 "infograph/...", "painting/...", "quickdraw/...", "real/...", "sketch/..."],
+        "official": ["http://ai.bu.edu/M3SDA/ (the cleaned version: each domain's archive, train and test list)"],
+    },
     # drawn here (demo.py), never downloaded: to try the repo offline in a minute
     "demo": {"name": "The demo dataset", "task": ("amazon", "webcam")},
 }
@@ -55,9 +89,15 @@ DATASETS = {
 def by_hand(dataset, data_root):
     """How to put the dataset in place without this script, as lines: every source's URL, the folder, the tree."""
     spec, folder = DATASETS[dataset], os.path.abspath(data_root)
-    mirror = [f"    {domain}.tgz  {MIRROR.format(key)}" for domain, key in spec["mirror"].items()]
     tree = [f"    {os.path.join(folder, line)}" for line in spec["tree"]]
     official = [f"    {line}" for line in spec["official"]]
+    if "archives" in spec:
+        files = [f"    {url}" for url, _, _ in spec["archives"].values()]
+        files += [f"    {DOMAINNET}/domainnet/txt/{domain}_{split}.txt" for domain in spec["archives"]
+                  for split in ("train", "test")] if spec.get("lists") else []
+        return "\n".join([f"Download it by hand and unpack it into {folder}:", "  from its page:", *official, *files,
+                           "Expected tree:", *tree])
+    mirror = [f"    {domain}.tgz  {MIRROR.format(key)}" for domain, key in spec["mirror"].items()]
     return "\n".join([f"Download it by hand and unpack it into {folder}:", "  the official archive:", *official,
                        "  or the Transfer-Learning-Library mirror, one archive per domain:", *mirror,
                        "Expected tree:", *tree])
@@ -72,7 +112,14 @@ def problems(root, dataset):
             found.append(f"{domain}: missing")
             continue
         classes, count = len(subdirs(class_root(path))), count_images(class_root(path))
-        if classes != spec["classes"] or count != size:
+        if spec.get("lists"):  # DomainNet: every image its lists name, whatever else the archive holds
+            lists = [os.path.join(root, f"{domain}_{split}.txt") for split in ("train", "test")]
+            names = [name for path in lists if os.path.exists(path) for name in listed(path)]
+            absent = sum(not os.path.exists(os.path.join(root, name)) for name in names)
+            if not all(map(os.path.exists, lists)) or absent or classes != spec["classes"]:
+                found.append(f"{domain}: {classes} classes, {len(names)} listed images of which {absent} are "
+                             f"missing, expected {spec['classes']} classes, both lists and every listed image")
+        elif classes != spec["classes"] or count != size:
             found.append(f"{domain}: {classes} classes and {count} images, expected {spec['classes']} and {size}")
     return found
 
@@ -89,12 +136,19 @@ def fetch_url(url, folder, filename):
     return os.path.join(folder, filename)
 
 
-def sha1_of(path):
-    digest = hashlib.sha1()
+def hexdigest(path, digest):
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def sha1_of(path):
+    return hexdigest(path, hashlib.sha1())
+
+
+def sha512_of(path):
+    return hexdigest(path, hashlib.sha512())
 
 
 def unpack(archive, folder):
@@ -127,9 +181,30 @@ def from_mirror(folder, dataset):
     return os.path.join(folder, "unpacked")
 
 
+def from_archives(folder, dataset):
+    """Each domain's archive (and split lists) from the dataset's own site, unpacked into folder/unpacked, the
+    folder each archive unpacks to renamed to its domain; returns folder/unpacked."""
+    spec, unpacked = DATASETS[dataset], os.path.join(folder, "unpacked")
+    for domain, (url, inside, sha512) in spec["archives"].items():
+        archive = fetch_url(url, folder, os.path.basename(url))
+        if sha512 and not sha512_of(archive).startswith(sha512):
+            print(f"warning: {os.path.basename(url)}'s SHA-512 does not begin with the {sha512} published by a "
+                  "third party; checking the unpacked tree instead.")
+        unpack(archive, unpacked)
+        os.remove(archive)
+        if inside != domain:
+            os.replace(os.path.join(unpacked, inside), os.path.join(unpacked, domain))
+        if spec.get("lists"):
+            for split in ("train", "test"):
+                fetch_url(f"{DOMAINNET}/domainnet/txt/{domain}_{split}.txt", unpacked, f"{domain}_{split}.txt")
+    return unpacked
+
+
 def sources(dataset):
     """(description, fetch) in the order to try them."""
     mirror = ("the Transfer-Learning-Library mirror (cloud.tsinghua.edu.cn)", from_mirror)
+    if "archives" in DATASETS[dataset]:
+        return [("the official archives (csr.bu.edu)", from_archives)]
     if dataset == "office31":
         return [("the official archive (Google Drive)", from_official_archive), mirror]
     return [mirror]
@@ -208,7 +283,7 @@ def prepare_data_root(data_root, download, dataset="office31"):
     if find_domains(root):
         return root
     spec = DATASETS[dataset]
-    how = by_hand(dataset, data_root) if "mirror" in spec else \
+    how = by_hand(dataset, data_root) if "official" in spec else \
         "The demo dataset is drawn into an empty or missing folder: point --data_root at one."
     if os.path.isdir(data_root) and visible_entries(data_root):
         raise UserError(f"'{data_root}' holds no domain folders with class folders inside.\n{how}")

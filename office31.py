@@ -30,7 +30,7 @@ from errors import UserError
 
 # -----------------------------------------------------------------------------------------------------------
 # data
-dataset = "office31"  # office31, office_home (downloaded if missing), or demo: a small one drawn offline (demo.py)
+dataset = "office31"  # office31, office_home, visda2017, domainnet (downloaded if missing); demo: drawn offline
 data_root = ""  # holds <domain>/[images/]<class>/*.jpg (data/README.md); "": data/<dataset>
 source = ""  # domain folder name or its initial: amazon/A, webcam/W, dslr/D; "": amazon (Office-Home: Art)
 target = ""  # the domain tested on, as source; "": webcam (Office-Home: Clipart)
@@ -112,7 +112,8 @@ from download import DATASETS, prepare_data_root  # noqa: E402
 from checks import check_settings  # noqa: E402
 from models import MODELS, architecture, build_model, input_size, network_pixels, weight_names  # noqa: E402
 from precision import choose_amp, pick_device  # noqa: E402
-from results import machine, not_written, run_label, save_run  # noqa: E402
+from results import (machine, mean_class_accuracy, not_written, per_class_accuracy, run_label,  # noqa: E402
+                     save_run)
 
 
 def resolve(c):
@@ -318,11 +319,13 @@ def fine_tune(c, source, target, device, task, checkpoint=None, stop=None):
         row = {"epoch": epoch, "loss": loss, "adaptation_loss": losses.get("adaptation"), "source_acc": source_acc,
                "target_acc": None}
         if epoch == c["epochs"] or (c["eval_every"] and epoch % c["eval_every"] == 0):
-            kept = {} if names else None
+            kept = {}  # every target image's logits and label: the per-class accuracy and the validators
             correct, total = evaluate(evaluated, target.test_batches(c["eval_batch_size"], c["crop_size"], pixels),
                                       amp, memory_format, kept, layer)
             row["target_acc"] = correct / total
-            if kept:  # (empty where a test stands in for evaluate)
+            per_class = per_class_accuracy(kept, target.classes) if kept else None  # (empty where a test stands
+            row["target_class_acc"] = mean_class_accuracy(per_class) if kept else None  # in for evaluate)
+            if kept and names:
                 row["validators"] = score(names, evaluated, kept, held, source, c, amp, memory_format, pixels, layer)
         row["seconds"] = time.time() - start
         history.append(row)
@@ -339,7 +342,9 @@ def fine_tune(c, source, target, device, task, checkpoint=None, stop=None):
     result = {"task": task, "correct": correct, "total": total, "accuracy": correct / total, "config": c,
               "precision": {"dtype": "bf16" if amp else "fp32", "why": why}, "machine": machine(device),
               "epochs": history, "date": datetime.datetime.now().isoformat(timespec="seconds"),
-              "held_out": len(held) if held is not None else 0}
+              "held_out": len(held) if held is not None else 0, "per_class": per_class,
+              "mean_class_accuracy": history[-1]["target_class_acc"],
+              "metric": DATASETS.get(c["dataset"], {}).get("metric", "accuracy")}
     try:
         save_run(c, result, net.state_dict() if c["save_model"] else None)
     except (OSError, RuntimeError) as e:  # a full disk, a quota (torch.save: a RuntimeError)

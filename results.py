@@ -264,12 +264,26 @@ def select_rows(rows, configs, data, runs):
                      in runs] for method, config in configs.items()}
 
 
+def per_class_accuracy(kept, classes):
+    """{class: the accuracy on its images, None where it has none} from evaluate's kept logits and labels."""
+    predicted, labels = kept["logits"].argmax(1), kept["labels"]
+    return {name: (predicted[labels == k] == k).float().mean().item() if (labels == k).any() else None
+            for k, name in enumerate(classes)}
+
+
+def mean_class_accuracy(per_class):
+    """The mean of the per-class accuracies over the classes with images: VisDA-2017's metric."""
+    values = [value for value in per_class.values() if value is not None]
+    return sum(values) / len(values)
+
+
 def result_row(c, result, data):
     dataset, config = experiment(c)
     return {"dataset": dataset, "model": c["model"], "weights": c["weights"], "source": c["source"],
             "target": c["target"], "seed": c["seed"], "accuracy": result["accuracy"], "correct": result["correct"],
             "total": result["total"], "config": config, "data": {n: data[n] for n in (c["source"], c["target"])},
             "machine": result["machine"], "run_file": result["run_file"], "date": result["date"],
+            **{key: result[key] for key in ("per_class", "mean_class_accuracy", "metric") if result.get(key)},
             **({"grid": c["grid"]} if c.get("grid") else {}),
             **({"held_out": result["held_out"]} if result.get("held_out") else {})}
 
@@ -299,6 +313,22 @@ def title(configs, defaults, what):
             f"{'; not the defaults: ' + ', '.join(changed) if changed else ''}")
 
 
+def per_class_table(by_label, name_of_task):
+    """Each method's and task's accuracy on every class, the mean over seeds, in percent, then their mean (the
+    mean class accuracy): the table VisDA-2017's papers print."""
+    classes = list(next(r for rows in by_label.values() for r in rows)["per_class"])
+    lines = ["| method | task | " + " | ".join(classes) + " | mean |", "|---" * (len(classes) + 3) + "|"]
+    for label, rows in by_label.items():
+        for task, by_seed in latest_per_seed(rows).items():
+            values = [[100 * r["per_class"][k] for r in by_seed.values() if r["per_class"][k] is not None]
+                      for k in classes]  # (a class without target images has no accuracy: "-")
+            means = [statistics.mean(v) for v in values if v]
+            lines.append(f"| {label} | {name_of_task(*task)} | " + " | ".join(f"{statistics.mean(v):.1f}" if v else "-"
+                                                                          for v in values)
+                         + f" | {statistics.mean(means):.1f} |")
+    return "\n".join(lines)
+
+
 def print_table(rows, configs, data, labels, runs, results_path, defaults):
     """Print the table of one sweep (see select_rows) on this data: tasks as rows for one method, the papers' layout
     (methods as rows, tasks as columns) for several. Its title names the dataset, network, precision and every
@@ -312,7 +342,11 @@ def print_table(rows, configs, data, labels, runs, results_path, defaults):
                         f"these flags on {dataset} for the planned tasks and seeds; {', '.join(EXPERIMENT_KEYS)}, "
                         "--tasks, --seed, --seeds, the data_root folder name and the data in it must match the "
                         "sweep's.")
-    lines = [f"\n{title(configs, defaults, 'mean ± std over seeds')} (from {results_path}):\n"]
+    metric = {r.get("metric", "accuracy") for rows in mine.values() for r in rows}
+    metric = metric.pop() if len(metric) == 1 else "accuracy"
+    if metric == "mean class accuracy":  # VisDA-2017's: every table, file and figure shows it as the accuracy
+        mine = {m: [dict(r, accuracy=r["mean_class_accuracy"]) for r in rows] for m, rows in mine.items()}
+    lines = [f"\n{title(configs, defaults, f'{metric}, mean ± std over seeds')} (from {results_path}):\n"]
     name = lambda source, target: task_name(source, target, labels)  # noqa: E731
     order = {(s, t): k for k, (s, t, _) in enumerate(runs)}
     by_label = {method_label(configs[m]): rows for m, rows in mine.items()}  # (a grid's settings too)
@@ -322,6 +356,8 @@ def print_table(rows, configs, data, labels, runs, results_path, defaults):
     else:
         lines.append(methods_table(by_label, name, PAPER_ORDER))
     lines.append("\n" + AVERAGE_NOTE)
+    if metric == "mean class accuracy":
+        lines.append("\n" + per_class_table(by_label, name))
     keys = [experiment(config) for config in configs.values()]
     runs = set(runs)
     others = [r for r in rows if (r["dataset"], r["config"]) in keys and (r["source"], r["target"], r["seed"]) in runs

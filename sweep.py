@@ -21,6 +21,7 @@ from adaptation import methods, with_method
 from checkpoint import Checkpoint, Diverged, StopOnSignal, Stopped
 from data_loader import (UserError, choose_cache, class_counts, class_difference, find_domains,
                          fingerprint, load_domain)
+from download import DATASETS
 from models import build_model, input_size
 from results import (EXPERIMENT_KEYS, LATER_KEYS, append_row, count_rows, experiment, method_label, not_written,
                      plan_runs, print_table, read_rows, result_row, run_label, same_experiment, select_rows,
@@ -300,8 +301,8 @@ def table_of(by_label, defaults, c):
         data.update(r.get("data") or {})
     labels = short_names(sorted({n for r in rows for n in (r["source"], r["target"])}))
     runs = sorted({(r["source"], r["target"], r["seed"]) for r in rows})
-    flags = dict(c, model=configs[next(iter(configs))]["model"], dataset=dataset if dataset in ("office_home", "demo")
-                 else "office31", method=",".join(config["method"] for config in configs.values()))
+    flags = dict(c, model=configs[next(iter(configs))]["model"], dataset=dataset if dataset in DATASETS else "office31",
+                 method=",".join(config["method"] for config in configs.values()))
     plain = defaults(flags)  # {method: the defaults' config}; each label's is its method's
     plain = {label: plain[config["method"]] for label, config in configs.items()}
     return configs, data, labels, runs, plain

@@ -31,7 +31,7 @@ def commands(text):
     found = []
     for block in re.findall(r"```\n(.*?)```", text, re.S):
         for line in block.splitlines():
-            words = shlex.split(line.split("#", 1)[0].replace("${SLURM_ARRAY_TASK_ID}", "0"))
+            words = shlex.split(line.split("#", 1)[0].replace("${SLURM_ARRAY_TASK_ID}", "0").replace("$i", "0"))
             scripts = [k for k, w in enumerate(words) if w.endswith("office31.py") and words[k - 1] == "python"]
             if scripts:
                 found.append([w for w in words[scripts[0] + 1:] if w not in ("&", "&&")])
