@@ -5,8 +5,9 @@
 Each source is tried in order until one gives the complete tree (every domain, its class count and image
 count; DomainNet: both split lists of every domain and every image they name): Office-31 from its official archive
 (Google Drive), then from the Transfer-Learning-Library's mirror, one archive per domain; Office-Home from that
-mirror; VisDA-2017 and DomainNet from their official archives (csr.bu.edu). Every source is staged in a temporary folder that becomes the
-tree by one rename once it is complete, so an interrupted or refused download leaves nothing a later run trusts.
+mirror; VisDA-2017 and DomainNet from their official archives (csr.bu.edu). Every source is staged in a temporary
+folder that becomes the tree by one rename once it is complete, so an interrupted or refused download leaves
+nothing a later run trusts.
 fetch_drive_archive and fetch_url are the only functions here that touch the network.
 """
 import contextlib
