@@ -107,7 +107,7 @@ import sweep  # noqa: E402
 from adaptation import Adaptation, methods, tap, with_method  # noqa: E402
 from checkpoint import Diverged, Stopped, random_states, resume  # noqa: E402
 import validators  # noqa: E402
-from data_loader import CACHE_WORDS, check_same_classes, held_out  # noqa: E402
+from data_loader import CACHE_WORDS, check_same_classes, held_out, part  # noqa: E402
 from download import DATASETS, prepare_data_root  # noqa: E402
 from checks import check_settings  # noqa: E402
 from models import MODELS, architecture, build_model, input_size, network_pixels, weight_names  # noqa: E402
@@ -239,7 +239,8 @@ def score(names, model, on_target, held, source, c, amp, memory_format, pixels, 
         return kept
     on_held = outputs(held) if held is not None else {}
     held_out = (on_held["logits"], on_held["labels"], on_held.get("features")) if on_held else None
-    source_features = outputs(source)["features"] if "dev" in names else None
+    training = part(source, torch.arange(len(source)))  # its training images (not a test list's)
+    source_features = outputs(training)["features"] if "dev" in names else None
     return validators.compute(names, on_target["logits"], on_target.get("features"), held_out, source_features)
 
 

@@ -96,6 +96,8 @@ def test_domainnet_trains_on_its_train_lists_and_tests_on_its_test_lists(tmp_pat
     per_sample = data_loader.load_domain(root, "clipart", 24, "none", 0, "cpu")
     assert torch.equal(torch.cat([y for _, y in per_sample.test_batches(4, 20)]),
                        torch.cat([y for _, y in domain.test_batches(4, 20)]))
+    training = data_loader.part(domain, torch.arange(len(domain)))  # DEV's source features: the train list's
+    assert torch.equal(training.tested(), domain.index)
     held = data_loader.held_out(domain, 0.34)[1]  # a held-out part comes from the train list
     assert set(held.index.tolist()) < set(domain.index.tolist()) and held.test_index is None
     assert data_loader.fingerprint(root, "clipart").endswith("15 images, split 9 / 6 (train / test)")
