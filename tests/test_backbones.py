@@ -154,6 +154,7 @@ def test_freeze_fixes_the_leading_stages_and_their_batchnorm_statistics(tree, tm
     assert block_names("efficientnet_b0")[:3] == ("features.0", "features.1", "features.2")
 
 
+@pytest.mark.slow
 def test_freeze_keeps_a_vits_patch_projection_class_token_and_position_embeddings(tree, tmp_path, monkeypatch):
     built = weights_before_and_after(monkeypatch)
     office31.main([f"--data_root={tree}", *small_run("vit_b_32", 224), "--iters_per_epoch=1", "--freeze=2",

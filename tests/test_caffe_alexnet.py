@@ -228,6 +228,7 @@ def test_a_bad_caffemodel_is_named_and_nothing_is_cached(tmp_path, monkeypatch, 
     ("transposed fc6", "classifier.fc6.weight [9216, 4096] (expected [4096, 9216])"),
     ("not a dict", "not a state_dict"),
 ])
+@pytest.mark.slow
 def test_a_bad_converted_file_in_the_cache_is_refused_with_what_to_do(tmp_path, caffe_blobs, case, phrase):
     good = {f"{module}.{kind}": blob for name, (module, _) in caffe_alexnet.LAYERS.items()
             for kind, blob in zip(("weight", "bias"), caffe_blobs[name])}
@@ -304,6 +305,7 @@ def test_a_failed_save_of_the_converted_file_leaves_nothing(monkeypatch, caffe_b
     ("alexnet", ("features.0.", "features.3.", "features.6."), "features.8."),  # conv1-conv3; conv4
     ("resnet18", ("conv1.", "bn1.", "layer1.", "layer2."), "layer3."),  # the stem and two stages; the third
 ])
+@pytest.mark.slow
 def test_freeze_3_keeps_the_first_three_blocks_fixed(name, frozen, trained):
     torch.manual_seed(0)
     model, new_layer = office31.build_model(name, 5, "none", freeze=3)

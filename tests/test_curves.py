@@ -51,6 +51,7 @@ def test_one_run_draws_its_accuracy_and_loss_per_epoch(tmp_path):
     assert top.get_legend().get_texts()[0].get_text() == "source_only (1 seeds)"
 
 
+@pytest.mark.slow
 def test_a_sweep_draws_each_method_as_the_mean_of_its_seeds_in_each_task(tmp_path):
     root = make_tree(tmp_path / "office31", {"amazon": 2, "webcam": 2}, size=(20, 20))
     out = tmp_path / "out"

@@ -74,6 +74,7 @@ def test_corrupt_image_is_named(tmp_path, cache, workers):
     assert message.startswith(f"cannot read image '{bad}'") and "Traceback" not in message
 
 
+@pytest.mark.slow
 def test_transforms_shapes_and_ranges():
     image = Image.new("RGB", (300, 200), (255, 0, 0))
     for transform in (data_loader.train_transform(64, 56), data_loader.test_transform(64, 56)):

@@ -46,6 +46,7 @@ def domainnet_tree(root, domains=("clipart", "sketch"), classes=("bee", "cup", "
     return root
 
 
+@pytest.mark.slow
 def test_visda_runs_synthetic_to_real_and_tables_its_mean_class_accuracy(visda, tmp_path, capsys):
     argv = ["--dataset=visda2017", f"--data_root={visda}", f"--out_dir={tmp_path / 'out'}", *TINY, "--seeds=2",
             "--save_model"]

@@ -102,6 +102,7 @@ def test_a_result_that_cannot_be_written_prints_the_numbers_and_leaves_no_row(pa
     assert "resuming A→W source_only seed 0 from epoch 3/3" in capsys.readouterr().out and len(rows_of(tmp_path)) == 1
 
 
+@pytest.mark.slow
 def test_a_sweep_started_twice_trains_each_run_once(pair, tmp_path, monkeypatch, capsys):
     """The second process reads the results file, then waits while the first finishes every run: it trains none."""
     args = [f"--data_root={pair}", f"--out_dir={tmp_path}", *RUN, "--tasks=A-W,W-A", "--method=source_only,ddc",
@@ -145,6 +146,7 @@ def test_a_lock_file_removed_by_its_last_holder_is_never_held_twice(tmp_path, mo
     assert not os.path.exists(path)
 
 
+@pytest.mark.slow
 def test_a_rerun_starts_from_the_beginning_whatever_checkpoint_was_kept(pair, tmp_path, capsys):
     [first] = run(pair, tmp_path, "--keep_checkpoint=True")
     [kept] = list(tmp_path.glob("*.ckpt"))
