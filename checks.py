@@ -5,6 +5,7 @@ reason and what to do, before a network is built or an image decoded.
 """
 import math
 
+import distributed
 import grid
 import resnet
 import validators
@@ -87,6 +88,7 @@ def check_config(c):
         raise UserError(f"--crop_size={c['crop_size']} is larger than --resize_size={c['resize_size']}: "
                         "the crop is cut from the resized image, so it must fit inside it.")
     check_network(c["model"], c["weights"], c["crop_size"])
+    distributed.check(c)
 
 
 def check_settings(c, flag_defaults):

@@ -105,6 +105,7 @@ import torch.nn.functional as F  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 import demo  # noqa: E402
+import distributed  # noqa: E402
 import sweep  # noqa: E402
 from adaptation import Adaptation, methods, tap, with_method  # noqa: E402
 from checkpoint import Diverged, Stopped, random_states, resume  # noqa: E402
@@ -163,7 +164,7 @@ def check_finite(step, terms):
 
 
 def train_one_epoch(model, optimizer, batches, first_step, total_steps, amp, memory_format, adaptation=None,
-                    stop=None):
+                    stop=None, distributed_run=False):
     """One epoch of SGD; returns the mean of each loss term and the accuracy on the (augmented) source batches.
     batches: (x, y) source batches; with an adaptation method, ((x, y), x_target) pairs, pushed through the network
     as one batch (AFN: one per domain; Adaptation.network). Stops with Diverged at the first step whose loss is not
@@ -191,6 +192,8 @@ def train_one_epoch(model, optimizer, batches, first_step, total_steps, amp, mem
                 terms = {"classification": F.cross_entropy(logits, y), "adaptation": adaptation(joint, progress)}
         optimizer.zero_grad(set_to_none=True)
         sum(terms.values()).backward()
+        if distributed_run and adaptation:  # (the network's gradients: DistributedDataParallel averaged them)
+            distributed.average_gradients(adaptation)
         optimizer.step()
         if checking:
             check_finite(*checking)
@@ -286,8 +289,11 @@ def fine_tune(c, source, target, device, task, checkpoint=None, stop=None):
     target_generator = torch.Generator().manual_seed(c["seed"] + 1)  # target batches: a stream of their own
     optimizer = make_optimizer(net, new_layers, c)
     model = torch.compile(net) if c["compile"] else net  # the same parameters; net keeps plain state_dict keys
+    several = distributed.size() > 1  # under torchrun: this process trains on its slice of each batch
+    model = distributed.wrap(net, device) if several else model
+    first = distributed.rank() == 0  # the process that evaluates, saves and writes
     layer = classifier if "dev" in names else None  # DEV reads its input, by a hook: on the uncompiled network
-    evaluated = net if layer else model
+    evaluated = net if layer or several else model
     total_steps = c["epochs"] * c["iters_per_epoch"]
     parts = {"model": net, "method": adaptation or torch.nn.Module(), "optimizer": optimizer}
     generators = [generator, target_generator]
@@ -300,11 +306,12 @@ def fine_tune(c, source, target, device, task, checkpoint=None, stop=None):
             target_images = (x for x, _ in target.train_batches(c["iters_per_epoch"], c["batch_size"],
                                                                 c["crop_size"], target_generator, pixels))
             batches = zip(batches, target_images)
+        batches = distributed.shard(batches) if several else batches
         batches = tqdm(batches, total=c["iters_per_epoch"], desc=f"epoch {epoch}/{c['epochs']}", unit="batch",
-                       leave=False, disable=None)  # a bar on a terminal only: in a log, the epoch line below
+                       leave=False, disable=None if first else True)  # a bar on a terminal only: in a log, the line
         try:
             losses, source_acc = train_one_epoch(model, optimizer, batches, (epoch - 1) * c["iters_per_epoch"],
-                                                 total_steps, amp, memory_format, adaptation, stop)
+                                                 total_steps, amp, memory_format, adaptation, stop, several)
         except Stopped as e:
             kept = f"its checkpoint at the end of epoch {saved} is in {checkpoint.path}" if checkpoint and saved \
                 else "no checkpoint was written yet, so it will start from the beginning"
@@ -318,10 +325,12 @@ def fine_tune(c, source, target, device, task, checkpoint=None, stop=None):
                            f"step {step + 1} of {total_steps} ({', '.join(f'{k} {v}' for k, v in terms.items())}): "
                            f"training diverged, and this run writes no result. Try a smaller --lr (now {c['lr']})"
                            f"{also}, or --amp=off if it trained in bf16.") from None
+        if several:  # each process's means over its equal slice: their mean is the global batch's
+            losses, source_acc = {k: distributed.mean(v) for k, v in losses.items()}, distributed.mean(source_acc)
         loss = losses["classification"]
         row = {"epoch": epoch, "loss": loss, "adaptation_loss": losses.get("adaptation"), "source_acc": source_acc,
                "target_acc": None}
-        if epoch == c["epochs"] or (c["eval_every"] and epoch % c["eval_every"] == 0):
+        if first and (epoch == c["epochs"] or (c["eval_every"] and epoch % c["eval_every"] == 0)):
             kept = {}  # every target image's logits and label: the per-class accuracy and the validators
             correct, total = evaluate(evaluated, target.test_batches(c["eval_batch_size"], c["crop_size"], pixels),
                                       amp, memory_format, kept, layer)
@@ -337,17 +346,19 @@ def fine_tune(c, source, target, device, task, checkpoint=None, stop=None):
         print(f"epoch {epoch}/{c['epochs']}  loss {loss:.3f}{adapted}  source acc {100 * source_acc:.1f}%  "
               f"{task} {shown}  {row['seconds']:.1f}s")
         due = time.time() - saved_at >= 60 * c["checkpoint_every"]  # (a fast GPU's epochs take seconds)
-        if checkpoint and due and epoch < c["epochs"]:  # the last epoch's state is the result itself
+        if checkpoint and due and epoch < c["epochs"] and first:  # the last epoch's state is the result itself
             if checkpoint.save({"epoch": epoch, "history": history, "rng": random_states(generators),
                                 **{name: part.state_dict() for name, part in parts.items()}}):
                 saved = epoch
             saved_at = time.time()  # (a failed save is tried again checkpoint_every minutes later)
+    if not first:
+        return None  # (process 0 has the result)
     result = {"task": task, "correct": correct, "total": total, "accuracy": correct / total, "config": c,
               "precision": {"dtype": "bf16" if amp else "fp32", "why": why}, "machine": machine(device),
               "epochs": history, "date": datetime.datetime.now().isoformat(timespec="seconds"),
               "held_out": len(held) if held is not None else 0, "per_class": per_class,
               "mean_class_accuracy": history[-1]["target_class_acc"],
-              "metric": DATASETS.get(c["dataset"], {}).get("metric", "accuracy")}
+              "metric": DATASETS.get(c["dataset"], {}).get("metric", "accuracy"), "processes": distributed.size()}
     try:
         save_run(c, result, net.state_dict() if c["save_model"] else None)
     except (OSError, RuntimeError) as e:  # a full disk, a quota (torch.save: a RuntimeError)
@@ -399,7 +410,9 @@ def main(argv=None):
             print_config(shown)
             return sweep.print_report(c, results_path, flags.given(argv, FLAGS), defaults, FLAGS)
         sweep.check_out_dir(c["out_dir"], results_path)
-        device = pick_device(c["device"])
+        device = distributed.start(c["device"]) if distributed.launched() > 1 else pick_device(c["device"])
+        if distributed.rank() > 0:  # under torchrun, process 0 speaks for all
+            sys.stdout = open(os.devnull, "w")
         amp = choose_amp(c["amp"], device)
         print_config(shown, amp)
         data_root = prepare_data_root(c["data_root"], c["download"], c["dataset"])

@@ -284,6 +284,7 @@ def result_row(c, result, data):
             "total": result["total"], "config": config, "data": {n: data[n] for n in (c["source"], c["target"])},
             "machine": result["machine"], "run_file": result["run_file"], "date": result["date"],
             **{key: result[key] for key in ("per_class", "mean_class_accuracy", "metric") if result.get(key)},
+            **({"processes": result["processes"]} if result.get("processes", 1) > 1 else {}),  # (torchrun)
             **({"grid": c["grid"]} if c.get("grid") else {}),
             **({"held_out": result["held_out"]} if result.get("held_out") else {})}
 

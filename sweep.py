@@ -16,6 +16,7 @@ import json
 import os
 import tempfile
 
+import distributed
 import grid
 from adaptation import methods, with_method
 from checkpoint import Checkpoint, Diverged, StopOnSignal, Stopped
@@ -79,12 +80,12 @@ def run_sweep(c, data_root, device, results_path, train, precision, plain, flag_
                 print(f"error: {e} Moving on to the next run.")
                 diverged.append(f"{task} {label}")
                 continue
-            if result:
+            if result and distributed.rank() == 0:
                 named = f"  {label}" if sweep or run["method"] != "source_only" else ""  # plain fine-tuning: bare
                 print(f"{task} accuracy: {100 * result['accuracy']:.2f}% ({result['correct']}/{result['total']})"
                       f"{named}")
                 finished.append(result)
-    if sweep:
+    if sweep and distributed.rank() == 0:
         rows = read_rows(results_path)
         if any(select_rows(rows, configs, data, runs).values()):  # a shard with nothing to do may have nothing
             report_tables(c, rows, [(configs, data, labels, runs, plain)], results_path)
@@ -114,19 +115,24 @@ def train_and_record(run, domains, device, task, data, results_path, stop, rows_
     holds the run, or finished it since this one read the results file (which then held rows_before of its rows).
     A run already in the results file (a rerun) starts from the beginning, whatever checkpoint it kept."""
     checkpoint = Checkpoint(run, data, task)  # its lock serves every run, with checkpoints or without
+    kept = checkpoint if run["checkpoint"] else None
+    if distributed.rank() > 0:  # under torchrun: process 0 decides, holds the lock and writes; this one trains
+        return train(run, domains[run["source"]], domains[run["target"]], device, task, kept, stop) \
+            if distributed.decide() else None
     with checkpoint.lock() as free:
         if not free:
             print(f"skipping {checkpoint.name}: another process is training it now ({checkpoint.path}.lock)")
-            return None
+            return distributed.decide(False) if distributed.size() > 1 else None
         if count_rows(read_rows(results_path), run, data) > rows_before:
             print(f"skipping {checkpoint.name}: another process finished it meanwhile (its row is in {results_path})")
-            return None
+            return distributed.decide(False) if distributed.size() > 1 else None
         checkpoint.remove_temporaries()
         if rows_before and os.path.exists(checkpoint.path):  # kept when it finished, or left by a stopped rerun
             print(f"{checkpoint.name} is in {results_path} already, so it trains again from the beginning: its "
                   f"checkpoint {checkpoint.path} is removed, not resumed.")
             checkpoint.remove()
-        kept = checkpoint if run["checkpoint"] else None
+        if distributed.size() > 1:
+            distributed.decide(True)  # (after the checkpoint is settled: the others resume from the same one)
         try:
             result = train(run, domains[run["source"]], domains[run["target"]], device, task, kept, stop)
         except Diverged:

@@ -12,8 +12,9 @@ import office31
 from conftest import ROOT
 
 PAGES = ["README.md", "data/README.md", *sorted(os.path.relpath(p, ROOT) for p in glob.glob(f"{ROOT}/docs/*.md"))]
-# flags of other programs the pages show: sbatch's, and tests/benchmark.py's (read from its argparse lines)
-OTHERS = {"array", "gres", "signal", "requeue", "open-mode", "help"}
+# flags of other programs the pages show: sbatch's, torchrun's, and tests/benchmark.py's (read from its argparse lines)
+OTHERS = {"array", "gres", "signal", "requeue", "open-mode", "help", "nodes", "ntasks-per-node", "nnodes",
+          "nproc_per_node", "rdzv_backend", "rdzv_endpoint"}
 ILLUSTRATIONS = {"name", "epoch"}  # "--name=value", and the typo "--epoch=3" that the Flags section shows refused
 
 
@@ -32,7 +33,8 @@ def commands(text):
     for block in re.findall(r"```\n(.*?)```", text, re.S):
         for line in block.splitlines():
             words = shlex.split(line.split("#", 1)[0].replace("${SLURM_ARRAY_TASK_ID}", "0").replace("$i", "0"))
-            scripts = [k for k, w in enumerate(words) if w.endswith("office31.py") and words[k - 1] == "python"]
+            scripts = [k for k, w in enumerate(words) if w.endswith("office31.py") and (words[k - 1] == "python"
+                                                                                         or "torchrun" in words[:k])]
             if scripts:
                 found.append([w for w in words[scripts[0] + 1:] if w not in ("&", "&&")])
     return found
