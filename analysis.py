@@ -15,7 +15,7 @@ import os
 import torch
 
 from data_loader import UserError, choose_cache, load_domain
-from models import build_model, input_size, network_pixels
+from models import build_model, classifier, input_size, network_pixels
 from results import domain_name, read_rows, same_experiment, task_name, write_file
 from sweep import names_and_fingerprints
 
@@ -107,7 +107,7 @@ def analyze(c, data_root, device, results_path, evaluate):
     net, new_layer = build_model(c["model"], len(domains[0].classes), "none", c["bottleneck"], c["freeze"])
     net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
     net = net.to(device)
-    layer = [m for m in new_layer(net).modules() if isinstance(m, torch.nn.Linear)][-1]
+    layer = classifier(new_layer(net))
     pixels = network_pixels(c["model"], c["weights"])
     (xs, ys), (xt, yt) = (features(c, net, layer, d, evaluate, pixels) for d in domains)
     named = (f"the classifier's input: the {c['bottleneck']}-wide bottleneck's output" if c["bottleneck"] else

@@ -154,6 +154,12 @@ def build_model(name, num_classes, weights, bottleneck=0, freeze=0):
     return model, architecture(name).new_layer
 
 
+def classifier(new_layer):
+    """The new last Linear layer inside new_layer (the classifier, behind its bottleneck if any): the layer whose input
+    the methods' features and the validators' are."""
+    return [m for m in new_layer.modules() if isinstance(m, nn.Linear)][-1]
+
+
 def load_network(name, num_classes, weights, bottleneck):
     if name == "caffe_alexnet":  # its weights come converted from the Caffe model zoo, with messages of their own
         return caffe_alexnet.build_caffe_alexnet(num_classes, weights, bottleneck)

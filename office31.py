@@ -107,13 +107,14 @@ from tqdm import tqdm  # noqa: E402
 import demo  # noqa: E402
 import distributed  # noqa: E402
 import sweep  # noqa: E402
+import validators  # noqa: E402
 from adaptation import Adaptation, methods, tap, with_method  # noqa: E402
 from checkpoint import Diverged, Stopped, random_states, resume  # noqa: E402
-import validators  # noqa: E402
+from checks import check_settings  # noqa: E402
 from data_loader import CACHE_WORDS, check_same_classes, held_out, part  # noqa: E402
 from download import DATASETS, prepare_data_root  # noqa: E402
-from checks import check_settings  # noqa: E402
-from models import MODELS, architecture, build_model, input_size, network_pixels, weight_names  # noqa: E402
+from models import (MODELS, architecture, build_model, classifier, input_size, network_pixels,  # noqa: E402
+                    weight_names)
 from precision import choose_amp, pick_device  # noqa: E402
 from results import (machine, mean_class_accuracy, not_written, per_class_accuracy, run_label,  # noqa: E402
                      save_run)
@@ -244,8 +245,9 @@ def score(names, model, on_target, held, source, c, amp, memory_format, pixels, 
         return kept
     on_held = outputs(held) if held is not None else {}
     held_out = (on_held["logits"], on_held["labels"], on_held.get("features")) if on_held else None
-    training = part(source, torch.arange(len(source)))  # its training images (not a test list's)
-    source_features = outputs(training)["features"] if "dev" in names else None
+    source_features = None
+    if "dev" in names:  # the source's training images (where the source has a test list, not those)
+        source_features = outputs(part(source, torch.arange(len(source))))["features"]
     return validators.compute(names, on_target["logits"], on_target.get("features"), held_out, source_features)
 
 
@@ -259,8 +261,7 @@ def make_adaptation(c, net, new_layer, num_classes, device):
     for MDD the adversarial classifier)."""
     if c["method"] == "source_only":
         return None, new_layer
-    classifier = [m for m in new_layer.modules() if isinstance(m, torch.nn.Linear)][-1]
-    adaptation = Adaptation(c["method"], classifier.in_features, num_classes, c["trade_off"], c["entropy"],
+    adaptation = Adaptation(c["method"], classifier(new_layer).in_features, num_classes, c["trade_off"], c["entropy"],
                             tap(architecture(c["model"]).layers(net))).to(device)
     return adaptation, torch.nn.ModuleList([new_layer, adaptation])
 
@@ -285,14 +286,13 @@ def fine_tune(c, source, target, device, task, checkpoint=None, stop=None):
     memory_format = torch.channels_last if c["channels_last"] else torch.contiguous_format
     net = net.to(device, memory_format=memory_format)
     adaptation, new_layers = make_adaptation(c, net, new_layer(net), len(source.classes), device)
-    classifier = [m for m in new_layer(net).modules() if isinstance(m, torch.nn.Linear)][-1]
     target_generator = torch.Generator().manual_seed(c["seed"] + 1)  # target batches: a stream of their own
     optimizer = make_optimizer(net, new_layers, c)
     model = torch.compile(net) if c["compile"] else net  # the same parameters; net keeps plain state_dict keys
     several = distributed.size() > 1  # under torchrun: this process trains on its slice of each batch
     model = distributed.wrap(net, device) if several else model
     first = distributed.rank() == 0  # the process that evaluates, saves and writes
-    layer = classifier if "dev" in names else None  # DEV reads its input, by a hook: on the uncompiled network
+    layer = classifier(new_layer(net)) if "dev" in names else None  # DEV reads its input by a hook: uncompiled net
     evaluated = net if layer or several else model
     total_steps = c["epochs"] * c["iters_per_epoch"]
     parts = {"model": net, "method": adaptation or torch.nn.Module(), "optimizer": optimizer}

@@ -262,7 +262,7 @@ def test_a_runs_recorded_scores_equal_a_recomputation_from_its_saved_model(tmp_p
     net, new_layer = office31.build_model("resnet18", 3, "none", 256)
     net.load_state_dict(torch.load(tmp_path / row["run_file"].replace(".json", ".pt"), weights_only=True))
     net = net.to(memory_format=torch.channels_last)
-    classifier = [m for m in new_layer(net).modules() if isinstance(m, torch.nn.Linear)][-1]  # (as fine_tune finds it)
+    classifier = [m for m in new_layer(net).modules() if isinstance(m, torch.nn.Linear)][-1]  # (the new last Linear)
     source, target = (data_loader.load_domain(shifted, name, 24, True, 0, "cpu") for name in ("amazon", "webcam"))
     train, held = data_loader.held_out(source, 0.25)
 
