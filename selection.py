@@ -13,10 +13,10 @@ column is a validator's average gap to the oracle, in points.
 """
 import csv
 import io
-import json
 import os
 import statistics
 
+from curves import histories
 from results import PAPER_ORDER, latest_per_seed, write_file
 
 ORACLE = "oracle (target labels)"
@@ -27,13 +27,8 @@ def candidates(folder, by_label):
     with validator scores, from the run files of these rows ({label: rows}); a run whose file is gone has none."""
     found = {}
     for label, rows in by_label.items():
-        for task, by_seed in latest_per_seed(rows).items():
-            for seed, row in by_seed.items():
-                path = os.path.join(folder, row.get("run_file") or "")
-                if not row.get("run_file") or not os.path.exists(path):
-                    continue
-                with open(path, encoding="utf-8") as f:
-                    epochs = json.load(f)["epochs"]
+        for task, by_seed in histories(folder, rows).items():
+            for seed, epochs in by_seed.items():
                 scored = [(label, e["epoch"], e["target_acc"], e["validators"]) for e in epochs
                           if e.get("target_acc") is not None and e.get("validators")]
                 if scored:
@@ -41,11 +36,10 @@ def candidates(folder, by_label):
     return found
 
 
-def selection(folder, by_label, default):
+def selection(found, by_label, default):
     """{choice: {(source, target): {seed: (label, epoch, target accuracy)}}} for the default setting's final model
-    (labelled "final model: <default>"), each validator that scored the candidates, and the oracle; the tasks and
-    seeds are those with candidates."""
-    found = candidates(folder, by_label)
+    (labelled "final model: <default>"), each validator that scored the candidates (found: candidates()), and the
+    oracle; the tasks and seeds are those with candidates."""
     names = list(dict.fromkeys(name for by_seed in found.values() for runs in by_seed.values()
                                for *_, scores in runs for name in scores))
     table = {f"final model: {default}": {}}
@@ -117,13 +111,12 @@ def csv_text(table, name_of_task):
     return out.getvalue()
 
 
-def draw(folder, by_label, table, name_of_task, path):
-    """Validator score against target accuracy, one point per run and epoch: a panel per validator (rows) and task
-    (columns), each validator's picks circled."""
+def draw(found, table, name_of_task, path):
+    """Validator score against target accuracy, one point per run and epoch (found: candidates()): a panel per
+    validator (rows) and task (columns), each validator's picks circled."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    found = candidates(folder, by_label)
     names = [choice for choice in table if choice != ORACLE and not choice.startswith("final model")]
     tasks = ordered(found)
     figure, axes = plt.subplots(len(names), len(tasks), figsize=(3 * len(tasks), 2.5 * len(names)), squeeze=False)
@@ -149,14 +142,15 @@ def draw(folder, by_label, table, name_of_task, path):
 def report(folder, by_label, default, name_of_task, title, stem):
     """Print the selection table of one table's rows and write it as selection_<stem>.md and .csv and the figure
     validators_<stem>.png; returns the paths written ([] when there is nothing to choose from)."""
-    if all(len(runs) < 2 for by_seed in candidates(folder, by_label).values() for runs in by_seed.values()):
+    found = candidates(folder, by_label)  # (the run files, read once)
+    if all(len(runs) < 2 for by_seed in found.values() for runs in by_seed.values()):
         return []  # nothing to choose from: no scores, or one scored model per task and seed
-    table = selection(folder, by_label, default)
+    table = selection(found, by_label, default)
     text = markdown(table, name_of_task, title)
     print(text)
     paths = [os.path.join(folder, f"selection_{stem}.{kind}") for kind in ("md", "csv")]
     write_file(paths[0], lambda f: f.write((text.strip() + "\n").encode()))
     write_file(paths[1], lambda f: f.write(csv_text(table, name_of_task).encode()))
     paths.append(os.path.join(folder, f"validators_{stem}.png"))
-    draw(folder, by_label, table, name_of_task, paths[-1])
+    draw(found, table, name_of_task, paths[-1])
     return paths

@@ -300,7 +300,7 @@ def test_selection_picks_each_validators_best_and_the_oracle(tmp_path):
         return {"source": "amazon", "target": "webcam", "seed": seed, "accuracy": final, "run_file": name}
     by_label = {"dann trade_off=0.1": [row("a", 0, 0.5, [(0.4, -3), (0.5, -1)]), row("a", 1, 0.6, [(0.6, -2)])],
                 "dann trade_off=1.0": [row("b", 0, 0.7, [(0.9, -4), (0.7, -2)]), row("b", 1, 0.2, [(0.2, -1)])]}
-    table = selection.selection(str(tmp_path), by_label, "dann trade_off=1.0")
+    table = selection.selection(selection.candidates(str(tmp_path), by_label), by_label, "dann trade_off=1.0")
     task = ("amazon", "webcam")
     assert table["entropy"][task] == {0: ("dann trade_off=0.1", 2, 0.5), 1: ("dann trade_off=1.0", 1, 0.2)}
     assert table[selection.ORACLE][task] == {0: ("dann trade_off=1.0", 1, 0.9), 1: ("dann trade_off=0.1", 1, 0.6)}
