@@ -372,8 +372,13 @@ class CachedDomain(Positions):
         self.root, self.name, self.classes, self.targets = root, name, folder.classes, folder.targets
         self.paths = [path for path, _ in folder.samples]
         self.labels = torch.tensor(folder.targets, dtype=torch.long, device=device)
-        self.images = torch.empty((len(folder), 3, resize_size, resize_size), dtype=torch.uint8, device=device)
-        decode_into(self.images, folder.samples, name, resize_size, interpolation, num_workers)
+        self.images = self.decoded(folder.samples, resize_size, interpolation, num_workers, device)
+
+    def decoded(self, samples, resize_size, interpolation, num_workers, device):
+        """Every image, resize_size x resize_size uint8, in a tensor on the device."""
+        images = torch.empty((len(samples), 3, resize_size, resize_size), dtype=torch.uint8, device=device)
+        decode_into(images, samples, self.name, resize_size, interpolation, num_workers)
+        return images
 
     def train_batches(self, num_batches, batch_size, crop_size, generator, pixels="imagenet"):
         # Same sampling as the per-sample path: shuffled passes back to back.
@@ -399,23 +404,24 @@ class DiskCachedDomain(CachedDomain):
     same generator draws the same crops and flips as in memory."""
 
     def __init__(self, root, name, resize_size, num_workers, device, interpolation="bilinear", cache_dir=".cache"):
-        folder = Folder(root)
-        self.root, self.name, self.classes, self.targets = root, name, folder.classes, folder.targets
-        self.paths = [path for path, _ in folder.samples]
-        self.labels = torch.tensor(folder.targets, dtype=torch.long, device=device)
-        shape = (len(folder), 3, resize_size, resize_size)
-        self.path = disk_cache_path(cache_dir, name, root, folder.samples, resize_size, interpolation)
+        self.cache_dir = cache_dir
+        super().__init__(root, name, resize_size, num_workers, device, interpolation)
+
+    def decoded(self, samples, resize_size, interpolation, num_workers, device):
+        """Every image, resize_size x resize_size uint8, in its file (built here if it is not there yet), mapped."""
+        shape = (len(samples), 3, resize_size, resize_size)
+        self.path = disk_cache_path(self.cache_dir, self.name, self.root, samples, resize_size, interpolation)
         if not os.path.exists(self.path):
             try:
-                build_disk_cache(self.path, shape, folder.samples, name, resize_size, interpolation, num_workers)
+                build_disk_cache(self.path, shape, samples, self.name, resize_size, interpolation, num_workers)
             except OSError as e:  # a read-only data folder, a quota
-                raise UserError(f"cannot write the disk cache of {name} to {os.path.dirname(self.path)} "
+                raise UserError(f"cannot write the disk cache of {self.name} to {os.path.dirname(self.path)} "
                                 f"({e.strerror or e}): point --cache_dir at a folder you can write to, or run with "
                                 "--cache=none.") from None
         else:
-            print(f"cache of {name}: {self.path}")
+            print(f"cache of {self.name}: {self.path}")
         # mode "c": pages are read from the file on demand, never written back (torch wants a writable array)
-        self.images = torch.from_numpy(numpy.memmap(self.path, dtype=numpy.uint8, mode="c", shape=shape))
+        return torch.from_numpy(numpy.memmap(self.path, dtype=numpy.uint8, mode="c", shape=shape))
 
 
 def disk_cache_path(cache_dir, name, root, samples, resize_size, interpolation):

@@ -93,7 +93,9 @@ def mean(value):
 
 
 def decide(value=None):
-    """Process 0's value, on every process (whether a run goes ahead)."""
+    """Process 0's value, on every process (whether a run goes ahead); the value itself on one process."""
+    if size() == 1:
+        return value
     box = [value]
     dist.broadcast_object_list(box, src=0)
     return box[0]

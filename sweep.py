@@ -122,17 +122,16 @@ def train_and_record(run, domains, device, task, data, results_path, stop, rows_
     with checkpoint.lock() as free:
         if not free:
             print(f"skipping {checkpoint.name}: another process is training it now ({checkpoint.path}.lock)")
-            return distributed.decide(False) if distributed.size() > 1 else None
+            return distributed.decide(None)
         if count_rows(read_rows(results_path), run, data) > rows_before:
             print(f"skipping {checkpoint.name}: another process finished it meanwhile (its row is in {results_path})")
-            return distributed.decide(False) if distributed.size() > 1 else None
+            return distributed.decide(None)
         checkpoint.remove_temporaries()
         if rows_before and os.path.exists(checkpoint.path):  # kept when it finished, or left by a stopped rerun
             print(f"{checkpoint.name} is in {results_path} already, so it trains again from the beginning: its "
                   f"checkpoint {checkpoint.path} is removed, not resumed.")
             checkpoint.remove()
-        if distributed.size() > 1:
-            distributed.decide(True)  # (after the checkpoint is settled: the others resume from the same one)
+        distributed.decide(True)  # (after the checkpoint is settled: the other processes resume from the same one)
         try:
             result = train(run, domains[run["source"]], domains[run["target"]], device, task, kept, stop)
         except Diverged:
@@ -208,7 +207,8 @@ def print_report(c, results_path, given, defaults, flag_defaults):
         raise UserError(f"{results_path} holds no results yet: a run or a sweep with --out_dir="
                         f"{os.path.dirname(results_path) or '.'} writes them there.")
     older = sum("precision" not in r["config"] for r in rows)
-    chosen = [r for r in rows if "precision" in r["config"] and wanted(r, c, given, flag_defaults)]
+    settings = grid.settings(c, flag_defaults)  # a grid's values: a row of any of them is asked for
+    chosen = [r for r in rows if "precision" in r["config"] and wanted(r, c, given, settings)]
     if not chosen:
         asked = " ".join(f"--{name}={c[name]}" for name in sorted(given) if name in c)
         raise UserError(f"{results_path} has no results for {c['model']} ({c['weights']}, "
@@ -226,9 +226,9 @@ def print_report(c, results_path, given, defaults, flag_defaults):
 PRECISION = {"bf16": "bf16", "off": "fp32"}  # what --amp=bf16 and --amp=off leave in a row (auto: either)
 
 
-def wanted(row, c, given, flag_defaults):
+def wanted(row, c, given, settings):
     """Whether a row is of the experiments, tasks and seeds the flags given (names in `given`) ask for; a flag given
-    several values (a grid) asks for any of them. flag_defaults: the flags' defaults (a grid's value types)."""
+    several values (a grid) asks for any of them (settings: grid.settings of c)."""
     config = row["config"]
     if given & {"dataset", "data_root"} and row["dataset"] != os.path.basename(os.path.normpath(c["data_root"])):
         return False
@@ -236,9 +236,9 @@ def wanted(row, c, given, flag_defaults):
         return False
     asked = [key for key in (*EXPERIMENT_KEYS, *LATER_KEYS)
              if key in given or (key == "precision" and c["amp"] in PRECISION)]
-    settings = [with_method(dict(c, **setting, precision=PRECISION.get(c["amp"])), config["method"])
-                for setting in grid.settings(c, flag_defaults)]  # a grid's values: any of them
-    if not any(all(config.get(key, LATER_KEYS.get(key)) == expected[key] for key in asked) for expected in settings):
+    expected = [with_method(dict(c, **setting, precision=PRECISION.get(c["amp"])), config["method"])
+                for setting in settings]
+    if not any(all(config.get(key, LATER_KEYS.get(key)) == one[key] for key in asked) for one in expected):
         return False
     if given & {"seed", "seeds"} and not c["seed"] <= row["seed"] < c["seed"] + c["seeds"]:
         return False
