@@ -1,6 +1,8 @@
 """--cache=disk: the decoded images in a file per domain, read through a memory map: the same batches as the memory
 cache, built once and shared, rebuilt for other data; --cache=auto picks it where memory would not hold the domains."""
+import multiprocessing
 import os
+import time
 
 import pytest
 import torch
@@ -75,6 +77,35 @@ def test_a_cache_folder_that_cannot_be_written_is_said(pair, tmp_path):
     with pytest.raises(UserError, match=r"cannot write the disk cache of amazon to .*file.*: point --cache_dir at a "
                                         r"folder you can write to, or run with --cache=none"):
         load(pair, "disk", tmp_path / "file" / "cache")
+
+
+def build_in_child(root, cache_dir, log, answers):
+    """Load the disk cache in a fresh process; every decode it does is logged (a line per build)."""
+    real = data_loader.decode_into
+
+    def logged(*args):
+        with open(log, "a") as f:
+            f.write("decode\n")
+        time.sleep(0.5)  # (long enough for the other process to arrive while this one builds)
+        return real(*args)
+    data_loader.decode_into = logged
+    domain = data_loader.load_domain(root, "amazon", 24, "disk", 0, "cpu", cache_dir=cache_dir)
+    answers.put((domain.path, os.stat(domain.path).st_ino, domain.images.sum().item()))
+
+
+def test_two_processes_starting_together_build_the_cache_once(pair, tmp_path):
+    context = multiprocessing.get_context("fork")
+    answers, log = context.Queue(), tmp_path / "decodes"
+    children = [context.Process(target=build_in_child, args=(pair, str(tmp_path / "cache"), str(log), answers))
+                for _ in range(2)]
+    for child in children:
+        child.start()
+    for child in children:
+        child.join(timeout=120)
+        assert child.exitcode == 0
+    first, second = answers.get(timeout=10), answers.get(timeout=10)
+    assert first == second and log.read_text() == "decode\n"  # one file, one build; the other read it
+    assert [n for n in os.listdir(tmp_path / "cache") if n.endswith(".tmp")] == []
 
 
 def test_auto_keeps_in_memory_what_fits_and_puts_the_rest_on_disk(pair, tmp_path, monkeypatch, capsys):
