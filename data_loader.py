@@ -13,6 +13,7 @@ Also here: finding domains under a root, and the layout/count checks (downloads:
 import copy
 import hashlib
 import math
+import mmap
 import os
 import shutil
 import time
@@ -386,14 +387,18 @@ class CachedDomain(Positions):
         order = torch.tensor(list(order))
         if self.index is not None:  # a part of the domain (held_out): positions in it, mapped to images
             order = self.index[order]
-        for index in order.split(batch_size):
+        for index in self.read_ahead(order.split(batch_size)):
             images = random_crop_batch(self.images, index, crop_size, generator).to(self.labels.device)
             yield normalize(images, pixels), self.labels[index.to(self.labels.device)]
 
     def test_batches(self, batch_size, crop_size, pixels="imagenet"):
-        for index in self.tested().split(batch_size):
+        for index in self.read_ahead(self.tested().split(batch_size)):
             images = center_crop_batch(self.images, index, crop_size).to(self.labels.device)
             yield normalize(images, pixels), self.labels[index.to(self.labels.device)]
+
+    def read_ahead(self, batches):
+        """The batches' image positions, one batch at a time (the disk cache reads the next one meanwhile)."""
+        yield from batches
 
 
 class DiskCachedDomain(CachedDomain):
@@ -420,8 +425,30 @@ class DiskCachedDomain(CachedDomain):
                                 "--cache=none.") from None
         else:
             print(f"cache of {self.name}: {self.path}")
-        # mode "c": pages are read from the file on demand, never written back (torch wants a writable array)
-        return torch.from_numpy(numpy.memmap(self.path, dtype=numpy.uint8, mode="c", shape=shape))
+        # ACCESS_COPY: pages are read from the file on demand, never written back (torch wants a writable array)
+        with open(self.path, "rb") as f:
+            self.map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+        return torch.from_numpy(numpy.frombuffer(self.map, dtype=numpy.uint8).reshape(shape))
+
+    def read_ahead(self, batches):
+        """Before the crops of one batch are cut, ask the kernel to start reading the next batch's images from the
+        disk (madvise WILLNEED): they arrive while this batch is cut and trained on, and a batch's images are read
+        together rather than one page fault at a time. Cold reads ran 1.3-1.4x faster with it (docs/speed.md)."""
+        batches = list(batches)
+        if batches:
+            self.will_need(batches[0])
+        for k, index in enumerate(batches):
+            if k + 1 < len(batches):
+                self.will_need(batches[k + 1])
+            yield index
+
+    def will_need(self, index):
+        if not hasattr(self.map, "madvise"):  # (no madvise on Windows: pages are then read as they are touched)
+            return
+        size = math.prod(self.images.shape[1:])
+        for i in index.tolist():
+            start = i * size - i * size % mmap.PAGESIZE  # madvise takes page-aligned starts
+            self.map.madvise(mmap.MADV_WILLNEED, start, i * size + size - start)
 
 
 def disk_cache_path(cache_dir, name, root, samples, resize_size, interpolation):

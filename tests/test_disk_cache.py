@@ -40,6 +40,34 @@ def test_the_disk_cache_gives_the_memory_caches_batches_image_for_image(pair, tm
     assert all(torch.equal(a[0], b[0]) for a, b in zip(held_memory.test_batches(4, 20), held_disk.test_batches(4, 20)))
 
 
+def test_each_batch_asks_for_the_next_batchs_images_before_it_is_cut(pair, tmp_path):
+    """Read-ahead: the kernel is asked (madvise WILLNEED) for the pages of batch k + 1's images before batch k is
+    handed out, and for the first batch's before anything; the ranges are page-aligned and hold each image whole."""
+    disk = data_loader.load_domain(pair, "amazon", 64, "disk", 0, "cpu", cache_dir=tmp_path)  # (3 pages an image)
+    asked = []
+
+    class Recorder:
+        def madvise(self, option, start, length):
+            assert option == data_loader.mmap.MADV_WILLNEED and start % data_loader.mmap.PAGESIZE == 0
+            asked.append((start, start + length))
+
+    disk.map = Recorder()
+    size = disk.images[0].numel()
+
+    def images_asked():
+        found = {i for i in range(len(disk.images)) for a, b in asked if a <= i * size and (i + 1) * size <= b}
+        asked.clear()
+        return found
+
+    order = [index.tolist() for index in torch.arange(len(disk.images)).repeat(3).split(4)]
+    batches = disk.read_ahead(torch.tensor(index) for index in order)
+    for k, index in enumerate(batches):
+        assert index.tolist() == order[k]
+        assert images_asked() == set(order[k + 1] if k + 1 < len(order) else []) | (set(order[0]) if k == 0 else set())
+    seen = [index.tolist() for index in disk.read_ahead(disk.tested().split(3))]  # (the test batches too)
+    assert sum(seen, []) == list(range(len(disk.images))) and images_asked() == set(range(len(disk.images)))
+
+
 def test_it_is_built_once_and_read_by_later_loads(pair, tmp_path, monkeypatch, capsys):
     first = load(pair, "disk")
     assert first.path.startswith(os.path.join(pair, ".cache"))
