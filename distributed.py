@@ -7,10 +7,11 @@ Every process draws the same global batch of --batch_size images (the same seeds
 trains on its slice, batch_size / N images: the network is wrapped in DistributedDataParallel, which averages its
 gradients over the processes, and the method's own layers (a discriminator) are averaged after each backward pass,
 so the update is the one of the global batch. The learning-rate schedule, steps and epochs are the flags' as for one
-process. On CUDA, BatchNorm layers become SyncBatchNorm (statistics over the global batch); on the CPU (gloo) each
-process normalises over its slice. Process 0 evaluates every target image once, computes the validators, saves
-checkpoints and writes the results; the others print nothing. AFN (two forward passes a step) and --compile are
-refused under torchrun.
+process. BatchNorm normalises over the global batch: SyncBatchNorm on CUDA, GlobalBatchNorm (below) on the CPU. So
+a run without dropout is the one-process run up to rounding; dropout (AlexNet's classifier, the discriminators of
+DANN and CDAN) draws each slice's mask from the same stream, so such a run is another draw of it. Process 0
+evaluates every target image once, computes the validators, saves checkpoints and writes the results; the others
+print nothing. AFN (two forward passes a step) and --compile are refused under torchrun.
 """
 import os
 
@@ -41,11 +42,15 @@ def check(c):
 
 
 def start(device):
-    """Join the process group torchrun set up (NCCL on CUDA, gloo on the CPU); returns this process's device."""
+    """Join the process group torchrun set up: NCCL with one GPU a process; gloo on the CPU, and where a node runs more
+    processes than it has GPUs, which then share them (NCCL refuses two processes on one GPU). Returns this process's
+    device."""
     cuda = device != "cpu" and torch.cuda.is_available()
+    gpus = torch.cuda.device_count() if cuda else 0
     if cuda:
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    dist.init_process_group("nccl" if cuda else "gloo")
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")) % gpus)
+    shared = int(os.environ.get("LOCAL_WORLD_SIZE", "1")) > gpus
+    dist.init_process_group("nccl" if cuda and not shared else "gloo")
     return torch.device("cuda", torch.cuda.current_device()) if cuda else torch.device("cpu")
 
 
@@ -58,10 +63,70 @@ def size():
 
 
 def wrap(net, device):
-    """The network as DistributedDataParallel trains it (SyncBatchNorm first, on CUDA)."""
+    """The network as DistributedDataParallel trains it, its BatchNorm layers normalising over the global batch:
+    SyncBatchNorm on a GPU, GlobalBatchNorm on the CPU, where SyncBatchNorm does not run. Both replace the layers in
+    place and keep their parameters and statistics (the optimizer's, the checkpoints')."""
     if device.type == "cuda":
         net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(net)
+    else:
+        global_batchnorm(net)
     return torch.nn.parallel.DistributedDataParallel(net, device_ids=[device] if device.type == "cuda" else None)
+
+
+class GlobalBatchNorm(torch.nn.modules.batchnorm._BatchNorm):
+    """BatchNorm whose training statistics are over the global batch, on the CPU: the per-channel sums are added
+    over the processes (Summed), so forward and backward are those of one process holding the whole batch (the mean
+    first, then the variance around it, in fp32 whatever the input's precision)."""
+
+    def _check_input_dim(self, x):  # (BatchNorm1d and 2d alike: channels are dimension 1)
+        pass
+
+    def forward(self, x):
+        if not self.training and self.track_running_stats:
+            return super().forward(x)
+        dims, shape = [d for d in range(x.dim()) if d != 1], [1, -1] + [1] * (x.dim() - 2)
+        count = x.numel() // x.shape[1] * size()
+        mean = Summed.apply(x.float().sum(dims)) / count
+        centred = x.float() - mean.view(shape)
+        var = Summed.apply(centred.square().sum(dims)) / count
+        if self.training and self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked += 1
+                momentum = self.momentum if self.momentum is not None else 1 / self.num_batches_tracked.item()
+                self.running_mean.lerp_(mean, momentum)
+                self.running_var.lerp_(var * count / (count - 1), momentum)  # (unbiased, as BatchNorm keeps it)
+        out = centred * torch.rsqrt(var + self.eps).view(shape)
+        return (out * self.weight.view(shape) + self.bias.view(shape) if self.affine else out).to(x.dtype)
+
+
+class Summed(torch.autograd.Function):
+    """A tensor summed over the processes. Every process's loss depends on every process's tensor through the sum,
+    so the gradient of each is the sum of the gradients the processes computed for the sum."""
+
+    @staticmethod
+    def forward(ctx, x):
+        x = x.clone()
+        dist.all_reduce(x)
+        return x
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad = grad.clone()
+        dist.all_reduce(grad)
+        return grad
+
+
+def global_batchnorm(module):
+    """Replace every BatchNorm under module by a GlobalBatchNorm holding the same parameters and statistics."""
+    for name, child in module.named_children():
+        if isinstance(child, torch.nn.modules.batchnorm._BatchNorm):
+            layer = GlobalBatchNorm(child.num_features, child.eps, child.momentum, child.affine,
+                                    child.track_running_stats)
+            for key, value in [*child.named_parameters(recurse=False), *child.named_buffers(recurse=False)]:
+                setattr(layer, key, value)
+            setattr(module, name, layer.train(child.training))
+        else:
+            global_batchnorm(child)
 
 
 def shard(batches):
