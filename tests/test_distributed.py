@@ -74,7 +74,7 @@ def test_batchnorm_normalises_over_the_global_batch(pair, tmp_path, device, tole
     argv = [f"--data_root={pair}", *FLAGS, f"--device={device}", "--freeze=4", "--bottleneck=256", "--validators=none"]
     office31.main([*argv, f"--out_dir={tmp_path / 'one'}"])
     torchrun(*argv, f"--out_dir={tmp_path / 'two'}")
-    (one, one_epochs), (two, two_epochs) = epochs_of(tmp_path / "one"), epochs_of(tmp_path / "two")
+    (_, one_epochs), (_, two_epochs) = epochs_of(tmp_path / "one"), epochs_of(tmp_path / "two")
     differences = [abs(b["loss"] / a["loss"] - 1) for a, b in zip(one_epochs, two_epochs)]
     print(f"{device}: the losses' relative differences, 2 processes against 1: {differences}")
     assert max(differences) < tolerance
