@@ -66,11 +66,13 @@ def test_two_processes_give_one_process_numbers_where_nothing_depends_on_the_sli
 
 @pytest.mark.slow
 @pytest.mark.parametrize("device, tolerance", [("cpu", 1e-5), pytest.param(
-    "cuda", 1e-3, marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU"))])
+    "cuda", 1e-2, marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU"))])
 def test_batchnorm_normalises_over_the_global_batch(pair, tmp_path, device, tolerance):
     """layer4's BatchNorm and the bottleneck's train: on two processes they normalise over the global batch
     (GlobalBatchNorm on the CPU; SyncBatchNorm on a GPU, which the two processes share over gloo), so the run is the
-    one-process run up to rounding. Each process normalising its own slice, the losses differed by 16-66%."""
+    one-process run up to rounding. With each process normalising its own slice, the losses differed by 16% and 66%
+    on the CPU. On an H200 they differed by 1.0e-3 and 3.9e-3: its convolutions run in TF32 (PyTorch's default), whose
+    rounding changes with the batch's shape; the one-process run there differed from the CPU's by 8e-3."""
     argv = [f"--data_root={pair}", *FLAGS, f"--device={device}", "--freeze=4", "--bottleneck=256", "--validators=none"]
     office31.main([*argv, f"--out_dir={tmp_path / 'one'}"])
     torchrun(*argv, f"--out_dir={tmp_path / 'two'}")
@@ -78,7 +80,8 @@ def test_batchnorm_normalises_over_the_global_batch(pair, tmp_path, device, tole
     differences = [abs(b["loss"] / a["loss"] - 1) for a, b in zip(one_epochs, two_epochs)]
     print(f"{device}: the losses' relative differences, 2 processes against 1: {differences}")
     assert max(differences) < tolerance
-    assert [e["target_acc"] for e in two_epochs] == [e["target_acc"] for e in one_epochs]
+    accuracies = [(a["target_acc"], b["target_acc"]) for a, b in zip(one_epochs, two_epochs)]
+    assert all(a == b if device == "cpu" else abs(a - b) <= 1 / 12 for a, b in accuracies)  # (GPU: one image of 12)
 
 
 @pytest.fixture
