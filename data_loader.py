@@ -160,17 +160,52 @@ def cache_bytes(data_root, names, resize_size):
 
 
 def available_memory(device):
-    """Bytes the cache can live in: the GPU's free memory, or the host's available memory (None: unknown)."""
+    """Bytes the cache can live in: the GPU's free memory, or the host's available memory, less where a cgroup (a
+    container's, a SLURM job's --mem) allows less (None: unknown)."""
     if device.type == "cuda":
         return torch.cuda.mem_get_info(device)[0]
     try:
         with open("/proc/meminfo") as f:  # MemAvailable counts the page cache the kernel can give back
-            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+            host = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
     except (OSError, StopIteration):
         try:
-            return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+            host = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
         except (ValueError, OSError, AttributeError):
-            return None
+            host = None
+    limits = [x for x in (host, cgroup_memory_left()) if x is not None]
+    return min(limits) if limits else None
+
+
+def cgroup_memory_left(proc="/proc/self/cgroup", mount="/sys/fs/cgroup"):
+    """Bytes this process may still take under the memory limits of its cgroups, v2 or v1 (its own and every
+    enclosing one: the limit may be set on a parent), page cache counted as free since the kernel gives it back;
+    None where no limit is set or none can be read (not Linux)."""
+    try:
+        with open(proc) as f:
+            lines = [line.rstrip("\n").split(":", 2) for line in f]
+    except OSError:
+        return None
+    left = []
+    for _, controllers, path in (line for line in lines if len(line) == 3):
+        if controllers == "":  # (v2: memory.max and memory.stat's anon; v1: memory.limit_in_bytes and total_rss)
+            base, limit_file, used_key = mount, "memory.max", "anon"
+        elif "memory" in controllers.split(","):
+            base, limit_file, used_key = os.path.join(mount, "memory"), "memory.limit_in_bytes", "total_rss"
+        else:
+            continue
+        parts = [part for part in path.split("/") if part]
+        for depth in range(len(parts), -1, -1):
+            folder = os.path.join(base, *parts[:depth])
+            try:
+                with open(os.path.join(folder, limit_file)) as f:
+                    limit = f.read().strip()
+                with open(os.path.join(folder, "memory.stat")) as f:
+                    used = next(int(line.split()[1]) for line in f if line.split()[0] == used_key)
+            except (OSError, StopIteration, ValueError, IndexError):
+                continue
+            if limit.isdigit() and int(limit) < 1 << 60:  # ("max", or v1's near-2^63: no limit)
+                left.append(max(int(limit) - used, 0))
+    return min(left) if left else None
 
 
 def check_cache_fits(data_root, names, resize_size, device):
@@ -428,27 +463,36 @@ class DiskCachedDomain(CachedDomain):
         # ACCESS_COPY: pages are read from the file on demand, never written back (torch wants a writable array)
         with open(self.path, "rb") as f:
             self.map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+        have = available_memory(torch.device("cpu"))
+        self.larger_than_memory = have is not None and math.prod(shape) > 0.8 * have
         return torch.from_numpy(numpy.frombuffer(self.map, dtype=numpy.uint8).reshape(shape))
 
     def read_ahead(self, batches):
         """Before the crops of one batch are cut, ask the kernel to start reading the next batch's images from the
         disk (madvise WILLNEED): they arrive while this batch is cut and trained on, and a batch's images are read
-        together rather than one page fault at a time. Cold reads ran 1.3-1.4x faster with it (docs/speed.md)."""
+        together rather than one page fault at a time. Where the file is larger than the memory left, a batch's
+        pages are also let go once its crops are cut (MADV_DONTNEED; the data stays in the file): the kernel holds
+        on to pages a process has mapped and touched, and under a limit it kept failing to free them (a twentieth
+        of the rate; docs/speed.md). Where the file fits, they stay mapped for the next epoch."""
         batches = list(batches)
         if batches:
-            self.will_need(batches[0])
+            self.advise(batches[0], "MADV_WILLNEED")
         for k, index in enumerate(batches):
             if k + 1 < len(batches):
-                self.will_need(batches[k + 1])
+                self.advise(batches[k + 1], "MADV_WILLNEED")
             yield index
+            if self.larger_than_memory:
+                self.advise(index, "MADV_DONTNEED")
 
-    def will_need(self, index):
-        if not hasattr(self.map, "madvise"):  # (no madvise on Windows: pages are then read as they are touched)
+    def advise(self, index, name):
+        """madvise over the images at these positions (not on Windows: pages are then read as they are touched)."""
+        advice = getattr(mmap, name, None)
+        if advice is None or not hasattr(self.map, "madvise"):
             return
         size = math.prod(self.images.shape[1:])
         for i in index.tolist():
             start = i * size - i * size % mmap.PAGESIZE  # madvise takes page-aligned starts
-            self.map.madvise(mmap.MADV_WILLNEED, start, i * size + size - start)
+            self.map.madvise(advice, start, i * size + size - start)
 
 
 def disk_cache_path(cache_dir, name, root, samples, resize_size, interpolation):

@@ -46,6 +46,7 @@ import office31  # noqa: E402
 from adaptation import METHODS  # noqa: E402
 from checkpoint import Checkpoint, random_states  # noqa: E402
 from results import device_name  # noqa: E402
+import data_loader  # noqa: E402
 from data_loader import load_domain  # noqa: E402
 
 CLASSES = 31
@@ -114,7 +115,60 @@ def data_throughput(root, workers, batch_size):
                 while f.readinto(buffer):
                     pass
             disk_ceiling = count / (time.perf_counter() - start)
-    return classic_rate, build, first, steady, disk_build, disk_steady, disk_cold, disk_ceiling
+        limited = {plain: limited_epoch_child(root, folder, workers, plain) for plain in (False, True)}
+    return classic_rate, build, first, steady, disk_build, disk_steady, disk_cold, disk_ceiling, limited
+
+
+def memory_cgroup(limit):
+    """A new memory cgroup (v2, else v1) of that limit in bytes, or None where none can be made (not Linux, not
+    root). A process that joins it counts what memory it takes from then on, page cache included, against the
+    limit: what it held before stays counted where it was."""
+    for base, limit_file in (("/sys/fs/cgroup", "memory.max"), ("/sys/fs/cgroup/memory", "memory.limit_in_bytes")):
+        path = os.path.join(base, f"office31-benchmark-{os.getpid()}")
+        if not os.path.exists(os.path.join(base, "cgroup.procs")):  # (not a cgroup file system)
+            continue
+        try:
+            os.mkdir(path)
+        except OSError:
+            continue
+        try:
+            with open(os.path.join(path, limit_file), "w") as f:
+                f.write(str(limit))
+            return path
+        except OSError:
+            os.rmdir(path)
+    return None
+
+
+def limited_epoch_child(root, folder, workers, plain):
+    """Images/s of a source epoch from the disk cache (built in folder) by a process whose memory for it is a
+    quarter of the file's size: a tree larger than the memory given, for real. plain: a plain memory map, without
+    the read-ahead and the letting go (read_ahead). None where no memory cgroup can be made."""
+    [name] = [n for n in os.listdir(folder) if n.endswith(".uint8")]
+    cgroup = memory_cgroup(os.path.getsize(os.path.join(folder, name)) // 4)
+    if cgroup is None:
+        return None
+    try:
+        command = [sys.executable, __file__, f"--root={root}", f"--limited={cgroup}", f"--cache_dir={folder}",
+                   f"--workers={workers}", *(["--plain_map"] if plain else [])]
+        out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+        return json.loads(out.strip().splitlines()[-1])
+    finally:
+        os.rmdir(cgroup)
+
+
+def limited_epoch(root, folder, cgroup, workers, plain):
+    """(In the child) join the cgroup, drop the file's pages, load the disk cache (which sees the limit), then time
+    one source epoch."""
+    with open(os.path.join(cgroup, "cgroup.procs"), "w") as f:
+        f.write(str(os.getpid()))
+    if plain:
+        data_loader.DiskCachedDomain.read_ahead = data_loader.CachedDomain.read_ahead
+    [name] = [n for n in os.listdir(folder) if n.endswith(".uint8")]
+    drop_pages(os.path.join(folder, name))
+    disk = load_domain(root, "amazon", 256, "disk", workers, torch.device("cpu"), cache_dir=folder)
+    g = torch.Generator().manual_seed(0)
+    print(json.dumps(images_per_second(disk.train_batches(math.ceil(len(disk) / 32), 32, 224, g))))
 
 
 def drop_pages(path):
@@ -335,9 +389,14 @@ def main():
     parser.add_argument("--skip", default="", help="comma list of parts to skip: data,steps,epoch,methods,"
                                                    "checkpoint,backbones,validators")
     parser.add_argument("--epoch", help=argparse.SUPPRESS)  # internal: run one epoch in this process
+    parser.add_argument("--limited", help=argparse.SUPPRESS)  # internal: a disk-cache epoch in this memory cgroup
+    parser.add_argument("--cache_dir", help=argparse.SUPPRESS)
+    parser.add_argument("--plain_map", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.epoch:
         return one_epoch(args.root, args.epoch, args.workers)
+    if args.limited:
+        return limited_epoch(args.root, args.cache_dir, args.limited, args.workers, args.plain_map)
     scale, steps, warm_up = (10, 1, 2) if args.quick else (1, args.steps, args.warm_up)
     root = args.root + ("-quick" if args.quick else "")
     start = time.perf_counter()
@@ -350,7 +409,8 @@ def main():
           f"AMX: {torch.cpu._is_amx_tile_supported()}; --amp=auto trains in {'bf16' if amp else 'fp32'} ({why})")
     skip = set(args.skip.split(","))
     if "data" not in skip:
-        classic, build, first, steady, disk_build, disk, cold, ceiling = data_throughput(root, args.workers, 32)
+        classic, build, first, steady, disk_build, disk, cold, ceiling, limited = data_throughput(root, args.workers,
+                                                                                                  32)
         print("1. data, images/s over source epochs (224 crops, batch 32)")
         print(f"   classic ImageFolder + PIL          {classic:7.0f}   1.0x")
         print(f"   cache, epoch 1 (build {build:5.1f}s)    {first:7.0f}   {first / classic:.1f}x")
@@ -363,6 +423,13 @@ def main():
             print(f"   the file read through, pages dropped {ceiling:6.0f}   {ceiling / classic:.1f}x   "
                   f"(the disk's own rate, {ceiling / steady:.2f}x the memory cache; the cold disk cache reached "
                   f"{cold / ceiling:.2f} of it)")
+        if limited[False]:
+            print("   disk cache, memory limited to a quarter of its file (a memory cgroup), pages dropped first:")
+            for plain, label in ((False, "read ahead, let go (the default)"), (True, "a plain memory map")):
+                rate = limited[plain]
+                print(f"     {label:33} {rate:7.0f}   {rate / classic:.1f}x   ({rate / steady:.2f}x the memory cache)")
+        else:
+            print("   (no memory cgroup could be made here (root and Linux's cgroups needed): no limited rows)")
     if "steps" not in skip:
         settings = [("fp32 NCHW, per-tensor SGD", False, False, False, False),
                     (f"defaults ({'bf16' if amp else 'fp32'}, channels_last, fused)", amp, True, True, False)]

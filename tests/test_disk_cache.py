@@ -40,32 +40,87 @@ def test_the_disk_cache_gives_the_memory_caches_batches_image_for_image(pair, tm
     assert all(torch.equal(a[0], b[0]) for a, b in zip(held_memory.test_batches(4, 20), held_disk.test_batches(4, 20)))
 
 
-def test_each_batch_asks_for_the_next_batchs_images_before_it_is_cut(pair, tmp_path):
+@pytest.mark.parametrize("larger_than_memory", [False, True])
+def test_each_batch_asks_for_the_next_batchs_images_before_it_is_cut(pair, tmp_path, larger_than_memory):
     """Read-ahead: the kernel is asked (madvise WILLNEED) for the pages of batch k + 1's images before batch k is
-    handed out, and for the first batch's before anything; the ranges are page-aligned and hold each image whole."""
+    handed out, and for the first batch's before anything; where the file is larger than memory, batch k's pages
+    are let go (DONTNEED) once the next batch is asked for, and never otherwise. The ranges are page-aligned and
+    hold each image whole."""
     disk = data_loader.load_domain(pair, "amazon", 64, "disk", 0, "cpu", cache_dir=tmp_path)  # (3 pages an image)
-    asked = []
+    assert disk.larger_than_memory is False  # (15 small images)
+    disk.larger_than_memory = larger_than_memory
+    asked = {data_loader.mmap.MADV_WILLNEED: [], data_loader.mmap.MADV_DONTNEED: []}
 
     class Recorder:
         def madvise(self, option, start, length):
-            assert option == data_loader.mmap.MADV_WILLNEED and start % data_loader.mmap.PAGESIZE == 0
-            asked.append((start, start + length))
+            assert start % data_loader.mmap.PAGESIZE == 0
+            asked[option].append((start, start + length))
 
     disk.map = Recorder()
     size = disk.images[0].numel()
 
-    def images_asked():
-        found = {i for i in range(len(disk.images)) for a, b in asked if a <= i * size and (i + 1) * size <= b}
-        asked.clear()
+    def images(option):
+        found = {i for i in range(len(disk.images)) for a, b in asked[option] if a <= i * size and (i + 1) * size <= b}
+        asked[option].clear()
         return found
 
     order = [index.tolist() for index in torch.arange(len(disk.images)).repeat(3).split(4)]
     batches = disk.read_ahead(torch.tensor(index) for index in order)
     for k, index in enumerate(batches):
         assert index.tolist() == order[k]
-        assert images_asked() == set(order[k + 1] if k + 1 < len(order) else []) | (set(order[0]) if k == 0 else set())
+        assert images(data_loader.mmap.MADV_WILLNEED) == \
+            set(order[k + 1] if k + 1 < len(order) else []) | (set(order[0]) if k == 0 else set())
+        let_go = set(order[k - 1]) if k > 0 and larger_than_memory else set()
+        assert images(data_loader.mmap.MADV_DONTNEED) == let_go
+    assert images(data_loader.mmap.MADV_DONTNEED) == (set(order[-1]) if larger_than_memory else set())
     seen = [index.tolist() for index in disk.read_ahead(disk.tested().split(3))]  # (the test batches too)
-    assert sum(seen, []) == list(range(len(disk.images))) and images_asked() == set(range(len(disk.images)))
+    assert sum(seen, []) == list(range(len(disk.images)))
+    assert images(data_loader.mmap.MADV_WILLNEED) == set(range(len(disk.images)))
+
+
+def test_a_file_larger_than_memory_gives_the_same_batches(pair, tmp_path, monkeypatch):
+    """With the limit read from a cgroup and the pages let go after each batch: the memory cache's batches."""
+    memory = load(pair, "memory")
+    monkeypatch.setattr(data_loader, "cgroup_memory_left", lambda: 1000)
+    disk = load(pair, "disk", tmp_path)
+    assert disk.larger_than_memory
+    for a, b in zip(memory.train_batches(6, 6, 20, torch.Generator().manual_seed(3)),
+                    disk.train_batches(6, 6, 20, torch.Generator().manual_seed(3))):
+        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+
+
+def cgroup_tree(tmp_path, own, files):
+    """A fake /proc/self/cgroup (lines `own`) and cgroup mount (files {path: text}) under tmp_path."""
+    tmp_path.mkdir()
+    (tmp_path / "cgroup").write_text("".join(line + "\n" for line in own))
+    for path, text in files.items():
+        (tmp_path / "mount" / path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "mount" / path).write_text(text)
+    return str(tmp_path / "cgroup"), str(tmp_path / "mount")
+
+
+def test_a_cgroups_memory_limit_is_what_is_left(tmp_path, monkeypatch):
+    """cgroup v2: the limit set on a parent counts (a SLURM job's, the step's own being "max"), less the anonymous
+    memory in use; page cache counts as free. v1: memory.limit_in_bytes less total_rss; its near-2^63 is no limit.
+    No memory controller, no files: None."""
+    gb = 1 << 30
+    v2 = cgroup_tree(tmp_path / "v2", ["0::/job_7/step_0"], {
+        "memory.max": "max\n", "memory.stat": "anon 1\n",
+        "job_7/memory.max": f"{4 * gb}\n", "job_7/memory.stat": f"anon {gb}\nfile {2 * gb}\n",
+        "job_7/step_0/memory.max": "max\n", "job_7/step_0/memory.stat": f"anon {gb}\nfile {2 * gb}\n"})
+    assert data_loader.cgroup_memory_left(*v2) == 3 * gb
+    v1 = cgroup_tree(tmp_path / "v1", ["5:cpu,cpuacct:/x", "4:memory:/docker/abc", "0::/"], {
+        "memory/memory.limit_in_bytes": "9223372036854771712\n", "memory/memory.stat": "total_rss 5\n",
+        "memory/docker/abc/memory.limit_in_bytes": f"{2 * gb}\n",
+        "memory/docker/abc/memory.stat": f"cache {gb}\nrss 9\ntotal_rss {gb // 2}\n"})
+    assert data_loader.cgroup_memory_left(*v1) == 2 * gb - gb // 2
+    unlimited = cgroup_tree(tmp_path / "none", ["4:memory:/", "3:pids:/"], {
+        "memory/memory.limit_in_bytes": "9223372036854771712\n", "memory/memory.stat": "total_rss 5\n"})
+    assert data_loader.cgroup_memory_left(*unlimited) is None
+    assert data_loader.cgroup_memory_left(str(tmp_path / "missing"), str(tmp_path)) is None
+    assert data_loader.cgroup_memory_left(*cgroup_tree(tmp_path / "empty", ["0::/"], {})) is None
+    monkeypatch.setattr(data_loader, "cgroup_memory_left", lambda: 3 * gb)
+    assert data_loader.available_memory(torch.device("cpu")) <= 3 * gb  # the smaller of it and MemAvailable
 
 
 def test_it_is_built_once_and_read_by_later_loads(pair, tmp_path, monkeypatch, capsys):
