@@ -161,7 +161,7 @@ def cache_bytes(data_root, names, resize_size):
 
 def available_memory(device):
     """Bytes the cache can live in: the GPU's free memory, or the host's available memory, less where a cgroup (a
-    container's, a SLURM job's --mem) allows less (None: unknown)."""
+    container's, a SLURM job's memory request) allows less (None: unknown)."""
     if device.type == "cuda":
         return torch.cuda.mem_get_info(device)[0]
     try:
