@@ -22,6 +22,7 @@ import alexnet
 import backbone
 import caffe_alexnet
 import resnet
+from adaptation import Adaptation, tap
 from data_loader import IMAGENET_MEAN, IMAGENET_STD, UserError
 
 OWN_FILES = ("alexnet", "caffe_alexnet") + resnet.DEPTHS  # the papers' networks, each with a file of its own
@@ -158,6 +159,17 @@ def classifier(new_layer):
     """The new last Linear layer inside new_layer (the classifier, behind its bottleneck if any): the layer whose input
     the methods' features and the validators' are."""
     return [m for m in new_layer.modules() if isinstance(m, nn.Linear)][-1]
+
+
+def make_adaptation(c, net, new_layer, num_classes, device):
+    """(the method's Adaptation module reading the network's adapted layers, or None for source only; the new
+    layers to train at lr_mult x: the new last layer, bottleneck and, for DANN, CDAN and BSP, the discriminator,
+    for MDD the adversarial classifier)."""
+    if c["method"] == "source_only":
+        return None, new_layer
+    adaptation = Adaptation(c["method"], classifier(new_layer).in_features, num_classes, c["trade_off"], c["entropy"],
+                            tap(architecture(c["model"]).layers(net))).to(device)
+    return adaptation, nn.ModuleList([new_layer, adaptation])
 
 
 def load_network(name, num_classes, weights, bottleneck):

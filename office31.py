@@ -108,12 +108,12 @@ import demo  # noqa: E402
 import distributed  # noqa: E402
 import sweep  # noqa: E402
 import validators  # noqa: E402
-from adaptation import Adaptation, methods, tap, with_method  # noqa: E402
+from adaptation import methods, with_method  # noqa: E402
 from checkpoint import Diverged, Stopped, random_states, resume  # noqa: E402
 from checks import check_settings  # noqa: E402
-from data_loader import CACHE_WORDS, check_same_classes, held_out, part  # noqa: E402
+from data_loader import CACHE_WORDS, check_same_classes, held_out  # noqa: E402
 from download import DATASETS, prepare_data_root  # noqa: E402
-from models import (MODELS, architecture, build_model, classifier, input_size, network_pixels,  # noqa: E402
+from models import (MODELS, build_model, classifier, input_size, make_adaptation, network_pixels,  # noqa: E402
                     weight_names)
 from precision import choose_amp, pick_device  # noqa: E402
 from results import (machine, mean_class_accuracy, not_written, per_class_accuracy, run_label,  # noqa: E402
@@ -234,36 +234,8 @@ def evaluate(model, batches, amp, memory_format, kept=None, layer=None):
     return correct, total
 
 
-def score(names, model, on_target, held, source, c, amp, memory_format, pixels, layer):
-    """{validator: score} (validators.compute) from the model's outputs on every target image (on_target: evaluate's
-    kept; their labels are not passed on), and for source_val_acc and DEV on the held-out source images and on the
-    training ones. layer: the classifier, whose input is DEV's features (None without DEV)."""
-    def outputs(domain):
-        kept = {}
-        evaluate(model, domain.test_batches(c["eval_batch_size"], c["crop_size"], pixels), amp, memory_format, kept,
-                 layer)
-        return kept
-    on_held = outputs(held) if held is not None else {}
-    held_out = (on_held["logits"], on_held["labels"], on_held.get("features")) if on_held else None
-    source_features = None
-    if "dev" in names:  # the source's training images (where the source has a test list, not those)
-        source_features = outputs(part(source, torch.arange(len(source))))["features"]
-    return validators.compute(names, on_target["logits"], on_target.get("features"), held_out, source_features)
-
-
 def model_device(model):
     return next(model.parameters()).device
-
-
-def make_adaptation(c, net, new_layer, num_classes, device):
-    """(the method's Adaptation module reading the network's adapted layers, or None for source only; the new
-    layers to train at lr_mult x: the new last layer, bottleneck and, for DANN, CDAN and BSP, the discriminator,
-    for MDD the adversarial classifier)."""
-    if c["method"] == "source_only":
-        return None, new_layer
-    adaptation = Adaptation(c["method"], classifier(new_layer).in_features, num_classes, c["trade_off"], c["entropy"],
-                            tap(architecture(c["model"]).layers(net))).to(device)
-    return adaptation, torch.nn.ModuleList([new_layer, adaptation])
 
 
 def fine_tune(c, source, target, device, task, checkpoint=None, stop=None):
@@ -294,6 +266,10 @@ def fine_tune(c, source, target, device, task, checkpoint=None, stop=None):
     first = distributed.rank() == 0  # the process that evaluates, saves and writes
     layer = classifier(new_layer(net)) if "dev" in names else None  # DEV reads its input by a hook: uncompiled net
     evaluated = net if layer or several else model
+
+    def outputs(domain, kept):  # (correct, total) over every image of a domain; their outputs kept (evaluate)
+        batches = domain.test_batches(c["eval_batch_size"], c["crop_size"], pixels)
+        return evaluate(evaluated, batches, amp, memory_format, kept, layer)
     total_steps = c["epochs"] * c["iters_per_epoch"]
     parts = {"model": net, "method": adaptation or torch.nn.Module(), "optimizer": optimizer}
     generators = [generator, target_generator]
@@ -332,13 +308,12 @@ def fine_tune(c, source, target, device, task, checkpoint=None, stop=None):
                "target_acc": None}
         if first and (epoch == c["epochs"] or (c["eval_every"] and epoch % c["eval_every"] == 0)):
             kept = {}  # every target image's logits and label: the per-class accuracy and the validators
-            correct, total = evaluate(evaluated, target.test_batches(c["eval_batch_size"], c["crop_size"], pixels),
-                                      amp, memory_format, kept, layer)
+            correct, total = outputs(target, kept)
             row["target_acc"] = correct / total
             per_class = per_class_accuracy(kept, target.classes) if kept else None  # (empty where a test stands
             row["target_class_acc"] = mean_class_accuracy(per_class) if kept else None  # in for evaluate)
             if kept and names:
-                row["validators"] = score(names, evaluated, kept, held, source, c, amp, memory_format, pixels, layer)
+                row["validators"] = validators.score(names, kept, outputs, held, source)
         row["seconds"] = time.time() - start
         history.append(row)
         shown = "-" if row["target_acc"] is None else f"{100 * row['target_acc']:.1f}%"

@@ -15,6 +15,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from data_loader import part
+
 NAMES = ("source_val_acc", "dev", "entropy", "infomax", "bnm", "snd")
 HELD_OUT = ("source_val_acc", "dev")  # read the labels of source images held out of training (--source_val)
 SND_TEMPERATURE = 0.05  # Saito et al.'s tau
@@ -132,6 +134,21 @@ def compute(names, target_logits, target_features=None, held_out=None, source_fe
             scores[name] = {"entropy": entropy, "infomax": infomax, "bnm": bnm, "snd": snd}[name](probs)
     return {name: float(score) if torch.isfinite(score) else None for name, score in scores.items()}  # (None: no
     # score, as for outputs that are not finite: a density ratio can overflow where the domains separate)
+
+
+def score(names, on_target, outputs, held=None, source=None):
+    """compute() for a model: on_target, its outputs on every target image (office31.evaluate's kept: logits and,
+    for DEV, features; their labels are not passed on); outputs(domain, kept), which evaluates it on a domain, gives
+    those of the held-out source images (held) for source_val_acc and DEV, and of the source's training images for
+    DEV's domain classifier (where the source has a test list, not those)."""
+    def of(domain):
+        kept = {}
+        outputs(domain, kept)
+        return kept
+    on_held = of(held) if held is not None else {}
+    held_out = (on_held["logits"], on_held["labels"], on_held.get("features")) if on_held else None
+    source_features = of(part(source, torch.arange(len(source))))["features"] if "dev" in names else None
+    return compute(names, on_target["logits"], on_target.get("features"), held_out, source_features)
 
 
 def chosen(value, held_out):

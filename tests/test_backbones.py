@@ -10,7 +10,7 @@ from torchvision import models
 import backbone
 import checks
 import office31
-from adaptation import METHODS
+from adaptation import METHODS, tap
 from data_loader import load_domain, normalize
 from models import block_names, build_model, input_size, network_pixels, weight_names
 from test_fast_path import needs_bf16
@@ -102,7 +102,7 @@ def test_the_new_layers_alone_learn_at_lr_mult(name, crop, classifier):
 def test_adaptation_reads_what_the_new_layer_receives_or_the_bottleneck():
     model, new_layer = build_model("convnext_tiny", 5, "none")
     assert list(backbone.layers(model)) == ["features"]
-    features = office31.tap(backbone.layers(model))
+    features = tap(backbone.layers(model))
     x = torch.randn(2, 3, 32, 32)
     received = classifier_input(model, "classifier.2", x)  # (the forward pass fills the tapped features)
     assert torch.equal(features["features"], received)
