@@ -157,10 +157,12 @@ def set_progress(optimizer, progress):
         group["lr"] = annealed(group["initial_lr"], progress)
 
 
-def check_finite(step, terms):
-    """terms: {name: loss tensor} of one step; raises Diverged(step, {name: value}) if any is nan or inf."""
+def check_finite(step, terms, several=False):
+    """terms: {name: loss tensor} of one step; raises Diverged(step, {name: value}) if any is nan or inf (several:
+    on any process, on every one at the same step, else the others would wait for it at their next collective)."""
     values = {name: float(value) for name, value in terms.items()}
-    if not all(math.isfinite(value) for value in values.values()):
+    finite = all(math.isfinite(value) for value in values.values())
+    if not (distributed.mean(float(finite)) == 1 if several else finite):
         raise Diverged(step, values)
 
 
@@ -197,7 +199,7 @@ def train_one_epoch(model, optimizer, batches, first_step, total_steps, amp, mem
             distributed.average_gradients(adaptation)
         optimizer.step()
         if checking:
-            check_finite(*checking)
+            check_finite(*checking, distributed_run)
         checking = step, {name: term.detach() for name, term in terms.items()}
         for name, term in terms.items():  # tensors, so the GPU is not synchronised every step
             sums[name] = sums.get(name, 0) + term.detach() * len(y)
@@ -206,7 +208,7 @@ def train_one_epoch(model, optimizer, batches, first_step, total_steps, amp, mem
         if stop is not None and stop.requested:
             raise Stopped(step)
     if checking:
-        check_finite(*checking)
+        check_finite(*checking, distributed_run)
     return {name: float(total) / seen for name, total in sums.items()}, float(correct) / seen
 
 

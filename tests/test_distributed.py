@@ -28,11 +28,12 @@ def free_port():
         return s.getsockname()[1]
 
 
-def torchrun(*argv):
-    """office31.py under torchrun, 2 processes on this machine (offline: the rendezvous is on localhost)."""
+def torchrun(*argv, script=os.path.join(ROOT, "office31.py"), timeout=600):
+    """office31.py (or script) under torchrun, 2 processes on this machine (offline: the rendezvous is on
+    localhost)."""
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
-               f"--master_port={free_port()}", os.path.join(ROOT, "office31.py"), *argv]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=ROOT)
+               f"--master_port={free_port()}", str(script), *argv]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
     assert done.returncode == 0, done.stderr[-3000:]
     return done.stdout
 
@@ -133,6 +134,40 @@ def test_an_adapting_sweep_on_two_processes_writes_each_run_once(pair, tmp_path,
     assert sorted((r["source"], r["target"]) for r in rows) == [("amazon", "webcam"), ("webcam", "amazon")]
     assert all(r["processes"] == 2 for r in rows) and printed.count("| dann |") == 0
     assert len([n for n in os.listdir(out) if n.endswith(".json")]) == 2
+
+
+ONE_PROCESS_DIVERGES = """
+import sys
+import torch
+import torch.distributed as dist
+sys.path.insert(0, sys.argv[1])
+import office31
+from checkpoint import Diverged
+dist.init_process_group("gloo")
+torch.manual_seed(0)
+net = torch.nn.Linear(4, 3)
+batches = [(torch.randn(2, 4), torch.tensor([0, 1])) for _ in range(6)]
+if dist.get_rank() == 1:
+    batches[2][0][0, 0] = float("nan")  # this process's loss alone is not finite at step 2
+try:
+    optimizer = torch.optim.SGD([{"params": net.parameters(), "initial_lr": 0.1}])
+    office31.train_one_epoch(torch.nn.parallel.DistributedDataParallel(net), optimizer, batches, 0, 6, False,
+                             torch.contiguous_format, distributed_run=True)
+    print(f"process {dist.get_rank()}: finished")
+except Diverged as e:
+    print(f"process {dist.get_rank()}: diverged at step {e.args[0]}")
+dist.barrier()
+"""
+
+
+@pytest.mark.slow
+def test_a_loss_not_finite_on_one_process_stops_every_process_at_that_step(tmp_path):
+    """The finite check is a collective under torchrun: the process whose slice diverged and the one whose slice did
+    not both stop at the same step (checked separately, the second went on alone and the two waited for each other
+    at different collectives)."""
+    (tmp_path / "diverge.py").write_text(ONE_PROCESS_DIVERGES)
+    printed = torchrun(ROOT, script=tmp_path / "diverge.py", timeout=180)
+    assert sorted(printed.split("\n"))[-2:] == ["process 0: diverged at step 2", "process 1: diverged at step 2"]
 
 
 def test_what_several_processes_cannot_take_is_refused(monkeypatch):
