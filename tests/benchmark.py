@@ -6,7 +6,9 @@
 Not a test (pytest does not collect it): it prints images/s and ratios against the classic reference
 (ImageFolder + PIL per sample, fp32, NCHW) measured on the same machine in the same run:
   1. data throughput over two source epochs: classic DataLoader vs the cached path in memory and on disk (its
-     pages in the page cache, then dropped first), and the disk's own rate reading that file through;
+     pages in the page cache, then dropped first), the disk's own rate reading that file through, and, as root on
+     Linux, an epoch from the disk cache by a process whose memory is limited to a quarter of the file (a memory
+     cgroup): data larger than the memory given, with the cache's read-ahead and with a plain memory map;
   2. training-step throughput of alexnet and resnet50 (random init, default crop), the settings taking turns:
      fp32 NCHW vs defaults, the defaults in the other precision (bf16 and fp32 side by side, whichever
      --amp=auto chose) and --compile=True; and a ceiling: the images/s a step would reach if all its FLOPs
