@@ -472,7 +472,7 @@ class DiskCachedDomain(CachedDomain):
         disk (madvise WILLNEED): they arrive while this batch is cut and trained on, and a batch's images are read
         together rather than one page fault at a time. Where the file is larger than the memory left, a batch's
         pages are also let go once its crops are cut (MADV_DONTNEED; the data stays in the file): the kernel holds
-        on to pages a process has mapped and touched, and under a limit it kept failing to free them (a twentieth
+        on to pages a process has mapped and touched, and under a limit it kept failing to free them (under 5%
         of the rate; docs/speed.md). Where the file fits, they stay mapped for the next epoch."""
         batches = list(batches)
         if batches:

@@ -121,6 +121,9 @@ def data_throughput(root, workers, batch_size):
     return classic_rate, build, first, steady, disk_build, disk_steady, disk_cold, disk_ceiling, limited
 
 
+BATCH_MEMORY = 64 << 20  # what a process cutting and normalising batches of 32 takes beside the page cache
+
+
 def memory_cgroup(limit):
     """A new memory cgroup (v2, else v1) of that limit in bytes, or None where none can be made (not Linux, not
     root). A process that joins it counts what memory it takes from then on, page cache included, against the
@@ -143,13 +146,16 @@ def memory_cgroup(limit):
 
 
 def limited_epoch_child(root, folder, workers, plain):
-    """Images/s of a source epoch from the disk cache (built in folder) by a process whose memory for it is a
-    quarter of the file's size: a tree larger than the memory given, for real. plain: a plain memory map, without
-    the read-ahead and the letting go (read_ahead). None where no memory cgroup can be made."""
+    """Images/s of a source epoch from the disk cache (built in folder) by a process whose memory is a quarter of
+    the file's size, plus BATCH_MEMORY for its batches: a tree larger than the memory given, for real. plain: a
+    plain memory map, without the read-ahead and the letting go (read_ahead). A string says why it was not run."""
     [name] = [n for n in os.listdir(folder) if n.endswith(".uint8")]
-    cgroup = memory_cgroup(os.path.getsize(os.path.join(folder, name)) // 4)
+    size = os.path.getsize(os.path.join(folder, name))
+    if size // 4 + BATCH_MEMORY >= size:
+        return "the file is too small to exceed the limit (--quick's tree)"
+    cgroup = memory_cgroup(size // 4 + BATCH_MEMORY)
     if cgroup is None:
-        return None
+        return "no memory cgroup could be made here (Linux's cgroups and root are needed)"
     try:
         command = [sys.executable, __file__, f"--root={root}", f"--limited={cgroup}", f"--cache_dir={folder}",
                    f"--workers={workers}", *(["--plain_map"] if plain else [])]
@@ -425,13 +431,14 @@ def main():
             print(f"   the file read through, pages dropped {ceiling:6.0f}   {ceiling / classic:.1f}x   "
                   f"(the disk's own rate, {ceiling / steady:.2f}x the memory cache; the cold disk cache reached "
                   f"{cold / ceiling:.2f} of it)")
-        if limited[False]:
-            print("   disk cache, memory limited to a quarter of its file (a memory cgroup), pages dropped first:")
+        if isinstance(limited[False], str):
+            print(f"   (no memory-limited rows: {limited[False]})")
+        else:
+            print("   disk cache, its process's memory limited to a quarter of the file + 64 MB (a memory cgroup), "
+                  "pages dropped first:")
             for plain, label in ((False, "read ahead, let go (the default)"), (True, "a plain memory map")):
                 rate = limited[plain]
                 print(f"     {label:33} {rate:7.0f}   {rate / classic:.1f}x   ({rate / steady:.2f}x the memory cache)")
-        else:
-            print("   (no memory cgroup could be made here (root and Linux's cgroups needed): no limited rows)")
     if "steps" not in skip:
         settings = [("fp32 NCHW, per-tensor SGD", False, False, False, False),
                     (f"defaults ({'bf16' if amp else 'fp32'}, channels_last, fused)", amp, True, True, False)]
