@@ -272,6 +272,7 @@ def fine_tune(c, source, target, device, task, checkpoint=None, stop=None):
     def outputs(domain, kept):  # (correct, total) over every image of a domain; their outputs kept (evaluate)
         batches = domain.test_batches(c["eval_batch_size"], c["crop_size"], pixels)
         return evaluate(evaluated, batches, amp, memory_format, kept, layer)
+
     total_steps = c["epochs"] * c["iters_per_epoch"]
     parts = {"model": net, "method": adaptation or torch.nn.Module(), "optimizer": optimizer}
     generators = [generator, target_generator]
@@ -315,7 +316,7 @@ def fine_tune(c, source, target, device, task, checkpoint=None, stop=None):
             per_class = per_class_accuracy(kept, target.classes) if kept else None  # (empty where a test stands
             row["target_class_acc"] = mean_class_accuracy(per_class) if kept else None  # in for evaluate)
             if kept and names:
-                row["validators"] = validators.score(names, kept, outputs, held, source)
+                row["validators"] = validators.score(names, kept["logits"], kept.get("features"), outputs, held, source)
         row["seconds"] = time.time() - start
         history.append(row)
         shown = "-" if row["target_acc"] is None else f"{100 * row['target_acc']:.1f}%"

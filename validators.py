@@ -136,11 +136,11 @@ def compute(names, target_logits, target_features=None, held_out=None, source_fe
     # score, as for outputs that are not finite: a density ratio can overflow where the domains separate)
 
 
-def score(names, on_target, outputs, held=None, source=None):
-    """compute() for a model: on_target, its outputs on every target image (office31.evaluate's kept: logits and,
-    for DEV, features; their labels are not passed on); outputs(domain, kept), which evaluates it on a domain, gives
-    those of the held-out source images (held) for source_val_acc and DEV, and of the source's training images for
-    DEV's domain classifier (where the source has a test list, not those)."""
+def score(names, target_logits, target_features, outputs, held=None, source=None):
+    """compute() for a model, from its logits and features on every target image (not their labels), and from
+    outputs(domain, kept), which evaluates the model on a domain into kept (office31.py): its outputs on the held-out
+    source images (held) for source_val_acc and DEV, and on the source's training images for DEV's domain classifier
+    (where the source has a test list, not those)."""
     def of(domain):
         kept = {}
         outputs(domain, kept)
@@ -148,7 +148,7 @@ def score(names, on_target, outputs, held=None, source=None):
     on_held = of(held) if held is not None else {}
     held_out = (on_held["logits"], on_held["labels"], on_held.get("features")) if on_held else None
     source_features = of(part(source, torch.arange(len(source))))["features"] if "dev" in names else None
-    return compute(names, on_target["logits"], on_target.get("features"), held_out, source_features)
+    return compute(names, target_logits, target_features, held_out, source_features)
 
 
 def chosen(value, held_out):
