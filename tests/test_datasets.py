@@ -75,6 +75,7 @@ def test_visda_runs_synthetic_to_real_and_tables_its_mean_class_accuracy(visda, 
             + f" | {statistics.mean(per_class):.1f} |") in printed
 
 
+@pytest.mark.slow
 def test_office31_rows_record_per_class_accuracy_and_keep_their_metric(tmp_path, capsys):
     root = make_tree(tmp_path / "office31", {"amazon": 4, "webcam": 2}, size=(28, 28))
     [result] = office31.main([f"--data_root={root}", f"--out_dir={tmp_path / 'out'}", *TINY])
