@@ -1,4 +1,5 @@
 """Office-31-shaped trees and checkpoints made by the tests themselves: nothing is downloaded."""
+import multiprocessing
 import os
 import sys
 
@@ -17,6 +18,20 @@ def make_tree(root, domains, classes=CLASSES, **kwargs):
     """The product's tree generator (demo.py) with the tests' three classes: domains {name: images per class},
     flat class colours shifted per domain (layout, size, start_seed, shift as demo.make_tree takes them)."""
     return demo.make_tree(root, domains, classes, **kwargs)
+
+
+def together(target, args, count, timeout):
+    """Start `count` forked processes of target(*args, answers) at once, wait for each to exit cleanly, and return
+    what each put on answers (in the order they put it): for tests of processes racing for one lock."""
+    context = multiprocessing.get_context("fork")
+    answers = context.Queue()
+    children = [context.Process(target=target, args=(*args, answers)) for _ in range(count)]
+    for child in children:
+        child.start()
+    for child in children:
+        child.join(timeout=timeout)
+        assert child.exitcode == 0
+    return [answers.get(timeout=10) for _ in children]
 
 
 def table_file(out, kind):

@@ -1,6 +1,5 @@
 """--cache=disk: the decoded images in a file per domain, read through a memory map: the same batches as the memory
 cache, built once and shared, rebuilt for other data; --cache=auto picks it where memory would not hold the domains."""
-import multiprocessing
 import os
 import time
 
@@ -10,7 +9,7 @@ import torch
 import data_loader
 import office31
 import results
-from conftest import make_tree
+from conftest import make_tree, together
 from errors import UserError
 
 TINY = ["--model=resnet18", "--weights=none", "--resize_size=24", "--crop_size=20", "--epochs=2",
@@ -177,16 +176,8 @@ def build_in_child(root, cache_dir, log, answers):
 
 
 def test_two_processes_starting_together_build_the_cache_once(pair, tmp_path):
-    context = multiprocessing.get_context("fork")
-    answers, log = context.Queue(), tmp_path / "decodes"
-    children = [context.Process(target=build_in_child, args=(pair, str(tmp_path / "cache"), str(log), answers))
-                for _ in range(2)]
-    for child in children:
-        child.start()
-    for child in children:
-        child.join(timeout=120)
-        assert child.exitcode == 0
-    first, second = answers.get(timeout=10), answers.get(timeout=10)
+    log = tmp_path / "decodes"
+    first, second = together(build_in_child, (pair, str(tmp_path / "cache"), str(log)), 2, timeout=120)
     assert first == second and log.read_text() == "decode\n"  # one file, one build; the other read it
     assert [n for n in os.listdir(tmp_path / "cache") if n.endswith(".tmp")] == []
 

@@ -1,6 +1,5 @@
 """Downloads, offline: generated archives stand in for the network fetches (download.fetch_drive_archive for
 Office-31's official archive, download.fetch_url for the mirror's per-domain archives)."""
-import multiprocessing
 import os
 import shutil
 import tarfile
@@ -12,6 +11,7 @@ from PIL import Image
 
 import download
 import office31
+from conftest import together
 from data_loader import OFFICE31_SIZES, UserError, find_domains
 
 CLASSES_31 = [f"class_{i:02d}" for i in range(31)]
@@ -247,16 +247,8 @@ def download_in_child(data_root, archive, fetch_log, delay, answer):
 
 
 def test_shards_starting_together_download_once(tmp_path, full_archive):
-    context = multiprocessing.get_context("fork")
-    answers, log, root = context.Queue(), tmp_path / "fetches", str(tmp_path / "data" / "office31")
-    shards = [context.Process(target=download_in_child, args=(root, full_archive, log, 1.0, answers))
-              for _ in range(3)]
-    for shard in shards:
-        shard.start()
-    for shard in shards:
-        shard.join(timeout=300)
-        assert shard.exitcode == 0
-    assert [answers.get(timeout=10) for _ in shards] == [root] * 3
+    log, root = tmp_path / "fetches", str(tmp_path / "data" / "office31")
+    assert together(download_in_child, (root, full_archive, log, 1.0), 3, timeout=300) == [root] * 3
     assert log.read_text() == "fetch\n"
     assert download.problems(root, "office31") == [] and leftovers(tmp_path / "data") == []
 
