@@ -166,15 +166,14 @@ def limited_epoch_child(root, folder, workers, plain):
 
 
 def limited_epoch(root, folder, cgroup, workers, plain):
-    """(In the child) join the cgroup, drop the file's pages, load the disk cache (which sees the limit), then time
-    one source epoch."""
+    """(In the child) join the cgroup, load the disk cache (which sees the limit; loading touches none of its
+    pages), drop the file's pages, then time one source epoch."""
     with open(os.path.join(cgroup, "cgroup.procs"), "w") as f:
         f.write(str(os.getpid()))
     if plain:
         data_loader.DiskCachedDomain.read_ahead = data_loader.CachedDomain.read_ahead
-    [name] = [n for n in os.listdir(folder) if n.endswith(".uint8")]
-    drop_pages(os.path.join(folder, name))
     disk = load_domain(root, "amazon", 256, "disk", workers, torch.device("cpu"), cache_dir=folder)
+    drop_pages(disk.path)
     g = torch.Generator().manual_seed(0)
     print(json.dumps(images_per_second(disk.train_batches(math.ceil(len(disk) / 32), 32, 224, g))))
 
