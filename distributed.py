@@ -85,9 +85,9 @@ class GlobalBatchNorm(torch.nn.modules.batchnorm._BatchNorm):
         if not self.training and self.track_running_stats:
             return super().forward(x)
         dims, shape = [d for d in range(x.dim()) if d != 1], [1, -1] + [1] * (x.dim() - 2)
-        count = x.numel() // x.shape[1] * size()
-        mean = Summed.apply(x.float().sum(dims)) / count
-        centred = x.float() - mean.view(shape)
+        count, x32 = x.numel() // x.shape[1] * size(), x.float()
+        mean = Summed.apply(x32.sum(dims)) / count
+        centred = x32 - mean.view(shape)
         var = Summed.apply(centred.square().sum(dims)) / count
         if self.training and self.track_running_stats:
             with torch.no_grad():
