@@ -11,6 +11,7 @@ Two interchangeable paths give the same tensors for the same crop and flip:
 Also here: finding domains under a root, and the layout/count checks (downloads: download.py).
 """
 import copy
+import errno
 import hashlib
 import math
 import mmap
@@ -451,13 +452,17 @@ class DiskCachedDomain(CachedDomain):
         """Every image, resize_size x resize_size uint8, in its file (built here if it is not there yet), mapped."""
         shape = (len(samples), 3, resize_size, resize_size)
         self.path = disk_cache_path(self.cache_dir, self.name, self.root, samples, resize_size, interpolation)
-        if not os.path.exists(self.path):
+        if os.path.exists(self.path) and not whole(self.path, shape):
+            print(f"notice: {self.path} has {os.path.getsize(self.path)} bytes, not the {math.prod(shape)} of its "
+                  "images (cut short by a copy or a full disk?): building it again.")
+        if not whole(self.path, shape):
             try:
                 build_disk_cache(self.path, shape, samples, self.name, resize_size, interpolation, num_workers)
-            except OSError as e:  # a read-only data folder, a quota
+            except OSError as e:  # a read-only data folder, a quota, a disk filled by another build meanwhile
+                fix = "free some space there, point --cache_dir at a larger disk" if e.errno in (
+                    errno.ENOSPC, errno.EDQUOT) else "point --cache_dir at a folder you can write to"
                 raise UserError(f"cannot write the disk cache of {self.name} to {os.path.dirname(self.path)} "
-                                f"({e.strerror or e}): point --cache_dir at a folder you can write to, or run with "
-                                "--cache=none.") from None
+                                f"({e.strerror or e}): {fix}, or run with --cache=none.") from None
         else:
             print(f"cache of {self.name}: {self.path}")
         # ACCESS_COPY: pages are read from the file on demand, never written back (torch wants a writable array)
@@ -513,7 +518,7 @@ def build_disk_cache(path, shape, samples, name, resize_size, interpolation, num
     with open(path + ".lock", "a") as lock:
         if fcntl:
             fcntl.flock(lock, fcntl.LOCK_EX)
-        if os.path.exists(path):  # another process built it while this one waited
+        if whole(path, shape):  # another process built it while this one waited
             return
         need, have = math.prod(shape), shutil.disk_usage(os.path.dirname(path) or ".").free
         if need > have:
@@ -521,7 +526,9 @@ def build_disk_cache(path, shape, samples, name, resize_size, interpolation, num
                             f"in {os.path.dirname(path)}: free some space, or point --cache_dir at a larger disk.")
         tmp = f"{path}.{os.getpid()}.tmp"
         try:
-            images = numpy.memmap(tmp, dtype=numpy.uint8, mode="w+", shape=shape)
+            with open(tmp, "wb") as f:  # its blocks taken now: a disk that fills meanwhile (another build, a quota)
+                reserve(f, need)        # stops here with the reason, not later in a write to the map (SIGBUS)
+            images = numpy.memmap(tmp, dtype=numpy.uint8, mode="r+", shape=shape)
             decode_into(torch.from_numpy(images), samples, name, resize_size, interpolation, num_workers)
             images.flush()
             del images
@@ -530,6 +537,23 @@ def build_disk_cache(path, shape, samples, name, resize_size, interpolation, num
             if os.path.exists(tmp):
                 os.remove(tmp)
     print(f"wrote the cache of {name}: {path} ({need / 1e9:.2f} GB)")
+
+
+def whole(path, shape):
+    """Whether the cache file is there with every image's bytes (files are renamed into place whole, so a short one
+    was cut short outside: a copy, a full disk)."""
+    return os.path.exists(path) and os.path.getsize(path) == math.prod(shape)
+
+
+def reserve(f, size):
+    """Give the open file `size` bytes, its blocks allocated on the disk where the system can (posix_fallocate);
+    elsewhere a sparse file of that size."""
+    try:
+        os.posix_fallocate(f.fileno(), 0, size)
+    except (AttributeError, OSError) as e:  # (not on macOS and Windows; a C library that does not emulate it)
+        if isinstance(e, OSError) and e.errno != errno.EOPNOTSUPP:
+            raise
+        f.truncate(size)
 
 
 def part(domain, index):

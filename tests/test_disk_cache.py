@@ -1,5 +1,6 @@
 """--cache=disk: the decoded images in a file per domain, read through a memory map: the same batches as the memory
 cache, built once and shared, rebuilt for other data; --cache=auto picks it where memory would not hold the domains."""
+import errno
 import os
 import time
 
@@ -159,6 +160,57 @@ def test_a_cache_folder_that_cannot_be_written_is_said(pair, tmp_path):
     with pytest.raises(UserError, match=r"cannot write the disk cache of amazon to .*file.*: point --cache_dir at a "
                                         r"folder you can write to, or run with --cache=none"):
         load(pair, "disk", tmp_path / "file" / "cache")
+
+
+def test_a_disk_that_fills_during_the_build_stops_it_before_decoding(pair, tmp_path, monkeypatch):
+    """The free space was there when checked, then another build (or a quota) took it: the file's blocks are
+    reserved before any image is decoded, so the build stops with the reason, where writing into a memory map on a
+    full disk would kill the process (SIGBUS) and leave its temporary file."""
+    def full(fd, offset, size):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    monkeypatch.setattr(data_loader.os, "posix_fallocate", full)
+    monkeypatch.setattr(data_loader, "decode_into", lambda *a: pytest.fail("decoded into a file without its blocks"))
+    with pytest.raises(UserError, match=r"cannot write the disk cache of amazon to .*cache \(No space left on device"
+                                        r"\): free some space there, point --cache_dir at a larger disk, or run with "
+                                        r"--cache=none\."):
+        load(pair, "disk", tmp_path / "cache")
+    assert [name for name in os.listdir(tmp_path / "cache") if not name.endswith(".lock")] == []
+
+
+@pytest.mark.skipif(not hasattr(os, "posix_fallocate"), reason="no posix_fallocate on this system")
+def test_the_files_blocks_are_taken_before_it_is_written(tmp_path):
+    with open(tmp_path / "f", "wb") as f:
+        data_loader.reserve(f, 3 << 20)
+    assert os.path.getsize(tmp_path / "f") == 3 << 20
+    assert os.stat(tmp_path / "f").st_blocks * 512 >= 3 << 20  # (a sparse file of that size has none)
+
+
+@pytest.mark.parametrize("missing", ["function", "EOPNOTSUPP"])
+def test_where_blocks_cannot_be_reserved_a_sparse_file_serves(pair, tmp_path, monkeypatch, missing):
+    def unsupported(fd, offset, size):
+        raise OSError(errno.EOPNOTSUPP, os.strerror(errno.EOPNOTSUPP))
+    if missing == "function":
+        monkeypatch.delattr(data_loader.os, "posix_fallocate", raising=False)
+    else:
+        monkeypatch.setattr(data_loader.os, "posix_fallocate", unsupported)
+    assert torch.equal(load(pair, "disk", tmp_path / "cache").images, load(pair, "memory").images)
+
+
+@pytest.mark.parametrize("kept", [0, 0.5])
+def test_a_cache_file_cut_short_is_built_again(pair, tmp_path, capsys, kept):
+    """A file of the right name but not every image's bytes (a copy cut short, a full disk while copying) would map
+    fewer images than the domain has: it is said and built anew."""
+    first = load(pair, "disk", tmp_path)
+    path, size = first.path, os.path.getsize(first.path)
+    del first  # (unmapped)
+    with open(path, "r+b") as f:
+        f.truncate(int(size * kept))
+    capsys.readouterr()
+    again = load(pair, "disk", tmp_path)
+    printed = capsys.readouterr().out
+    assert f"notice: {path} has {int(size * kept)} bytes, not the {size} of its images" in printed
+    assert "wrote the cache of amazon" in printed
+    assert os.path.getsize(path) == size and torch.equal(again.images, load(pair, "memory").images)
 
 
 def build_in_child(root, cache_dir, log, answers):
