@@ -85,14 +85,19 @@ def resolve_domain(data_root, name):
     found = find_domains(data_root)
     if not found:
         raise UserError(f"no domains found under '{data_root}'. {EXPECTED_TREE}")
-    matches = [d for d in found if d.lower() == name.lower()]
+    return os.path.join(data_root, match_domain(name, found, f"under '{data_root}'; found"))
+
+
+def match_domain(name, domains, where):
+    """The one of these domain names that `name` means (the name or its initial, any case); where: how the error
+    introduces the list."""
+    matches = [d for d in domains if d.lower() == name.lower()]
     if not matches and len(name) == 1:
-        matches = [d for d in found if d[0].lower() == name.lower()]
+        matches = [d for d in domains if d[0].lower() == name.lower()]
     if len(matches) != 1:
         why = "is ambiguous" if matches else "was not found"
-        raise UserError(f"domain '{name}' {why} under '{data_root}'; found: {', '.join(found)}. "
-                        "Use a folder name or its initial.")
-    return os.path.join(data_root, matches[0])
+        raise UserError(f"domain '{name}' {why} {where}: {', '.join(domains)}. Use a folder name or its initial.")
+    return matches[0]
 
 
 def class_difference(source, source_classes, target, target_classes):

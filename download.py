@@ -19,7 +19,7 @@ from torchvision.datasets.utils import download_file_from_google_drive, download
 
 import demo
 from data_loader import (OFFICE31_SIZES, OFFICE_HOME_SIZES, UserError, class_root, count_images, dataset_root,
-                         find_domains, listed, subdirs)
+                         find_domains, listed, match_domain, subdirs)
 
 try:
     import fcntl
@@ -274,8 +274,9 @@ def visible_entries(folder):
     return [name for name in os.listdir(folder) if not name.startswith(".")]
 
 
-def prepare_data_root(data_root, download, dataset="office31"):
-    """The folder to read domains from: data_root, fetching the dataset into it when it is missing or empty."""
+def prepare_data_root(data_root, download, dataset="office31", names=()):
+    """The folder to read domains from: data_root, fetching the dataset into it when it is missing or empty. names:
+    the domains the run asks for, checked against the dataset's before anything is fetched."""
     if os.path.exists(data_root) and not os.path.isdir(data_root):
         raise UserError(f"--data_root={data_root} is a file, not a folder. Point --data_root at the folder that holds "
                         "the domains (or at a folder to download them into), and move the file away if it is in "
@@ -290,6 +291,11 @@ def prepare_data_root(data_root, download, dataset="office31"):
         raise UserError(f"'{data_root}' holds no domain folders with class folders inside.\n{how}")
     if not download:
         raise UserError(f"'{data_root}' does not exist or is empty, and --download=False.\n{how}")
+    for name in names if "domains" in spec else ():  # a mistyped domain found now, not after an 18 GB download
+        try:
+            match_domain(name, list(spec["domains"]), f"in {spec['name']}, whose domains are")
+        except UserError as e:
+            raise UserError(f"{e} Nothing was downloaded.") from None
     with download_lock(data_root):
         if dataset == "demo" and not find_domains(data_root):
             print(f"drawing the demo dataset into '{data_root}' (a second; demo.py).")

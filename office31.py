@@ -117,7 +117,7 @@ from models import (MODELS, build_model, classifier, input_size, make_adaptation
                     weight_names)
 from precision import choose_amp, pick_device  # noqa: E402
 from results import (machine, mean_class_accuracy, not_written, per_class_accuracy, run_label,  # noqa: E402
-                     save_run)
+                     save_run, task_pairs)
 
 
 def resolve(c):
@@ -393,7 +393,8 @@ def main(argv=None):
             sys.stdout = open(os.devnull, "w")
         amp = choose_amp(c["amp"], device)
         print_config(shown, amp)
-        data_root = prepare_data_root(c["data_root"], c["download"], c["dataset"])
+        asked = [name for pair in task_pairs(c) or [] for name in pair]  # (checked before a download)
+        data_root = prepare_data_root(c["data_root"], c["download"], c["dataset"], asked)
         precision = "bf16" if amp[0] else "fp32"
         if c["analyze"]:
             import analysis  # (scikit-learn and matplotlib: only here)

@@ -208,25 +208,34 @@ def domain_name(data_root, name):
     return os.path.basename(resolve_domain(data_root, name))
 
 
+def task_pairs(c):
+    """The (source, target) pairs --tasks, or --source and --target, name, as written (names or initials); None for
+    --tasks=all."""
+    if c["tasks"] == "all":
+        return None
+    if not c["tasks"]:
+        return [(c["source"], c["target"])]
+    pairs = []
+    for task in c["tasks"].split(","):
+        names = task.strip().split("-")
+        if len(names) != 2 or not all(names):
+            raise UserError(f"--tasks: '{task}' is not a task; write SOURCE-TARGET pairs with domain names or "
+                            "initials, separated by commas (e.g. A-W,W-A), or all.")
+        pairs.append(tuple(names))
+    return pairs
+
+
 def plan_runs(c, data_root):
     """The sweep as (source, target, seed) tuples with domain folder names, before sharding."""
-    if c["tasks"] == "all":
+    pairs = task_pairs(c)
+    if pairs is None:
         found = find_domains(data_root)
         if len(found) < 2:
             raise UserError(f"--tasks=all needs at least two domains under '{data_root}'; found: "
                             f"{', '.join(found) or 'none'}.")
         pairs = list(itertools.permutations(found, 2))
-    elif c["tasks"]:
-        pairs = []
-        for task in c["tasks"].split(","):
-            names = task.strip().split("-")
-            if len(names) != 2 or not all(names):
-                raise UserError(f"--tasks: '{task}' is not a task; write SOURCE-TARGET pairs with domain names or "
-                                "initials, separated by commas (e.g. A-W,W-A), or all.")
-            pairs.append(tuple(domain_name(data_root, n) for n in names))
-        pairs = list(dict.fromkeys(pairs))
     else:
-        pairs = [(domain_name(data_root, c["source"]), domain_name(data_root, c["target"]))]
+        pairs = list(dict.fromkeys(tuple(domain_name(data_root, n) for n in pair) for pair in pairs))
     return [(source, target, c["seed"] + k) for source, target in pairs for k in range(c["seeds"])]
 
 

@@ -224,6 +224,32 @@ def test_failed_fetch_explains_manual_steps_and_leaves_nothing(tmp_path, monkeyp
     assert written(tmp_path / "data") == []
 
 
+@pytest.mark.parametrize("dataset, flags, named", [
+    ("office31", ["--source=amazn"], "'amazn' was not found in Office-31, whose domains are: amazon, dslr, webcam"),
+    ("domainnet", ["--tasks=C-S,R-Z"], "'Z' was not found in DomainNet (cleaned), whose domains are: clipart, "
+                                        "infograph, painting, quickdraw, real, sketch"),
+    ("visda2017", ["--target=r", "--source=syn"],
+     "'syn' was not found in VisDA-2017, whose domains are: synthetic, real"),
+    ("office_home", ["--tasks=A-C,C-P,P-A,R-x"], "'x' was not found in Office-Home"),
+])
+def test_a_mistyped_domain_stops_the_run_before_the_download(tmp_path, monkeypatch, capsys, dataset, flags, named):
+    """The dataset's domains are known by name: a run that asks for another stops before fetching gigabytes."""
+    monkeypatch.setattr(download, "download_dataset", lambda *a: pytest.fail("downloaded"))
+    with pytest.raises(SystemExit) as stop:
+        office31.main([f"--dataset={dataset}", f"--data_root={tmp_path / 'data'}", f"--out_dir={tmp_path / 'out'}",
+                       "--device=cpu", *flags])
+    assert f"domain {named}" in str(stop.value) and str(stop.value).endswith(
+        "Use a folder name or its initial. Nothing was downloaded.")
+    assert not (tmp_path / "data").exists()
+
+
+def test_a_right_domain_by_initial_goes_on_to_the_download(tmp_path, monkeypatch):
+    fetched = []
+    monkeypatch.setattr(download, "download_dataset", lambda root, dataset: fetched.append(dataset))
+    download.prepare_data_root(str(tmp_path / "data"), True, "domainnet", ["c", "Sketch", "R"])
+    assert fetched == ["domainnet"]
+
+
 @pytest.mark.slow
 def test_fresh_machine_run_downloads_then_trains(tmp_path, monkeypatch, full_archive):
     serve(monkeypatch, full_archive)
