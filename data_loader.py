@@ -216,13 +216,27 @@ def cgroup_memory_left(proc="/proc/self/cgroup", mount="/sys/fs/cgroup"):
 
 def check_cache_fits(data_root, names, resize_size, device):
     """Stop before decoding when the cache would not fit (the kernel would kill the process mid-decode)."""
-    need, have = cache_bytes(data_root, names, resize_size), available_memory(device)
+    need, (have, where) = cache_bytes(data_root, names, resize_size), memory_for_cache(device)
     if have is not None and need > 0.8 * have:  # a fifth is left for the model, its activations and the rest
-        where = "free GPU memory" if device.type == "cuda" else "available memory"
         raise UserError(f"the cache of {', '.join(names)} at {resize_size}x{resize_size} needs {need / 1e9:.1f} GB, "
                         f"and {have / 1e9:.1f} GB of {where} is here (at most 80% of it is used for the cache). "
                         "Run with --cache=disk (decoded once into a file, read from there) or --cache=none (decoded "
                         "per sample, slower, in little memory), or with a smaller --resize_size.")
+
+
+def memory_for_cache(device):
+    """(bytes, what they are) this process's memory cache may take: the free GPU memory or the available memory,
+    shared with the other processes torchrun started on this node that hold their own cache in it (every one on the
+    CPU; on a GPU, those given the same GPU)."""
+    have, where = available_memory(device), "free GPU memory" if device.type == "cuda" else "available memory"
+    processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    if device.type == "cuda":
+        processes = math.ceil(processes / max(torch.cuda.device_count(), 1))
+    if have is None or processes == 1:
+        return have, where
+    shared = "on this GPU" if device.type == "cuda" else "on this node"
+    return have // processes, f"{where} per process ({have / 1e9:.1f} GB over the {processes} processes torchrun " \
+                              f"started {shared})"
 
 
 CACHES = ("auto", "memory", "disk", "none")
@@ -236,10 +250,9 @@ def choose_cache(cache, data_root, names, resize_size, device):
         check_cache_fits(data_root, names, resize_size, device)
     if cache != "auto":
         return cache
-    need, have = cache_bytes(data_root, names, resize_size), available_memory(device)
+    need, (have, where) = cache_bytes(data_root, names, resize_size), memory_for_cache(device)
     if have is None or need <= 0.8 * have:
         return "memory"
-    where = "free GPU memory" if device.type == "cuda" else "available memory"
     print(f"--cache=auto: the decoded images of {', '.join(names)} take {need / 1e9:.1f} GB, more than 80% of the "
           f"{have / 1e9:.1f} GB of {where} here, so they are kept on disk (--cache_dir) and read from there.")
     return "disk"

@@ -246,6 +246,26 @@ def test_auto_keeps_in_memory_what_fits_and_puts_the_rest_on_disk(pair, tmp_path
         data_loader.choose_cache("memory", pair, names, 24, torch.device("cpu"))
 
 
+@pytest.mark.parametrize("device, gpus, processes, sharing", [
+    ("cpu", 0, "1", 1), ("cpu", 0, "4", 4), ("cuda", 4, "4", 1), ("cuda", 1, "2", 2), ("cuda", 2, "3", 2)])
+def test_under_torchrun_each_process_counts_on_its_share_of_the_memory(pair, monkeypatch, capsys, device, gpus,
+                                                                        processes, sharing):
+    """Every process of a run holds its own memory cache: the processes torchrun started on one node share its
+    memory (on the CPU), or a GPU where there are more processes than GPUs."""
+    need = data_loader.cache_bytes(pair, ["amazon", "webcam"], 24)
+    monkeypatch.setattr(data_loader, "available_memory", lambda device: 2 * need)  # fits one process's cache
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", processes)
+    chosen = data_loader.choose_cache("auto", pair, ["amazon", "webcam"], 24, torch.device(device))
+    assert chosen == ("memory" if sharing == 1 else "disk")
+    where = "GPU" if device == "cuda" else "node"
+    assert (f"per process ({2 * need / 1e9:.1f} GB over the {sharing} processes torchrun started on this {where})"
+            in capsys.readouterr().out) == (sharing > 1)
+    if sharing > 1:
+        with pytest.raises(UserError, match=f"over the {sharing} processes torchrun started on this {where}"):
+            data_loader.choose_cache("memory", pair, ["amazon", "webcam"], 24, torch.device(device))
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("device", ["cpu", pytest.param(
     "cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU"))])
