@@ -203,6 +203,10 @@ class StopOnSignal:
         print(f"\n{self.requested} received: stopping at the end of this step (Ctrl-C again to stop at once).",
               flush=True)
 
+    def who(self):
+        """What stopped the run, for its message: the signal, or (under torchrun) one sent to another process."""
+        return self.requested or "a signal to another of the run's processes"
+
     def __exit__(self, *error):
         for number, handler in self.previous.items():
             signal.signal(number, handler)

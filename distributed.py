@@ -149,12 +149,24 @@ def average_gradients(module):
             p.grad /= size()
 
 
-def mean(value):
-    """The mean over the processes of a number each computed on its (equal) slice."""
-    t = torch.tensor([float(value)], dtype=torch.float64,
+def summed(values):
+    """Each of these numbers summed over the processes (one all-reduce for all of them)."""
+    t = torch.tensor([float(value) for value in values], dtype=torch.float64,
                      device="cuda" if dist.get_backend() == "nccl" else "cpu")  # (NCCL reduces on the GPU only)
     dist.all_reduce(t)
-    return t.item() / size()
+    return t.tolist()
+
+
+def mean(value):
+    """The mean over the processes of a number each computed on its (equal) slice."""
+    return summed([value])[0] / size()
+
+
+def anywhere(*flags):
+    """For each flag, whether any process has it set (this process's flags where it runs alone)."""
+    if size() == 1:
+        return [bool(flag) for flag in flags]
+    return [total > 0 for total in summed(bool(flag) for flag in flags)]
 
 
 def decide(value=None):

@@ -157,13 +157,19 @@ def set_progress(optimizer, progress):
         group["lr"] = annealed(group["initial_lr"], progress)
 
 
-def check_finite(step, terms, several=False):
-    """terms: {name: loss tensor} of one step; raises Diverged(step, {name: value}) if any is nan or inf (several:
-    on any process, on every one at the same step, else the others would wait for it at their next collective)."""
+def check_finite(step, terms, several=False, stopping=False):
+    """terms: {name: loss tensor} of one step; raises Diverged(step, {name: value}) if any is nan or inf. Returns
+    stopping: whether this process was asked to stop. several: both are decided on every process alike (a loss not
+    finite on any, a stop asked of any), in one all-reduce, so that every process stops at the same step, else the
+    others would wait for it at their next collective."""
     values = {name: float(value) for name, value in terms.items()}
     finite = all(math.isfinite(value) for value in values.values())
-    if not (distributed.mean(float(finite)) == 1 if several else finite):
+    if several:
+        diverged, stopping = distributed.anywhere(not finite, stopping)
+        finite = not diverged
+    if not finite:
         raise Diverged(step, values)
+    return stopping
 
 
 def train_one_epoch(model, optimizer, batches, first_step, total_steps, amp, memory_format, adaptation=None,
@@ -171,7 +177,8 @@ def train_one_epoch(model, optimizer, batches, first_step, total_steps, amp, mem
     """One epoch of SGD; returns the mean of each loss term and the accuracy on the (augmented) source batches.
     batches: (x, y) source batches; with an adaptation method, ((x, y), x_target) pairs, pushed through the network
     as one batch (AFN: one per domain; Adaptation.network). Stops with Diverged at the first step whose loss is not
-    finite, and with Stopped(step) at the end of the step during which stop.requested was set (a StopOnSignal)."""
+    finite, and with Stopped(step) at the end of the step during which stop.requested was set (a StopOnSignal;
+    under torchrun, on any process)."""
     model.train()
     for module in model.modules():  # a frozen block's BatchNorm keeps its statistics too: eval mode
         weights = list(module.parameters()) if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) else []
@@ -198,14 +205,13 @@ def train_one_epoch(model, optimizer, batches, first_step, total_steps, amp, mem
         if distributed_run and adaptation:  # (the network's gradients: DistributedDataParallel averaged them)
             distributed.average_gradients(adaptation)
         optimizer.step()
-        if checking:
-            check_finite(*checking, distributed_run)
+        stopping = check_finite(*(checking or (step, {})), distributed_run, stop is not None and bool(stop.requested))
         checking = step, {name: term.detach() for name, term in terms.items()}
         for name, term in terms.items():  # tensors, so the GPU is not synchronised every step
             sums[name] = sums.get(name, 0) + term.detach() * len(y)
         correct += (logits.argmax(1) == y).sum()
         seen += len(y)
-        if stop is not None and stop.requested:
+        if stopping:
             raise Stopped(step)
     if checking:
         check_finite(*checking, distributed_run)
@@ -294,7 +300,7 @@ def fine_tune(c, source, target, device, task, checkpoint=None, stop=None):
         except Stopped as e:
             kept = f"its checkpoint at the end of epoch {saved} is in {checkpoint.path}" if checkpoint and saved \
                 else "no checkpoint was written yet, so it will start from the beginning"
-            raise Stopped(f"{stop.requested} stopped {task} {run_label(c)} at epoch {epoch}, "
+            raise Stopped(f"{stop.who()} stopped {task} {run_label(c)} at epoch {epoch}, "
                           f"step {e.args[0] + 1} of {total_steps}; {kept}. Run the same command again to resume "
                           "it; finished runs are in the results file.") from None
         except Diverged as e:
@@ -406,8 +412,8 @@ def main(argv=None):
     except torch._dynamo.exc.BackendCompilerFailed as e:  # raised at the first step, before any result is written
         sys.exit(f"error: --compile=True, but torch.compile could not build the model: {str(e).strip()}. "
                  "It needs a working C++ compiler on the CPU (Triton on a GPU); run with --compile=False.")
-    except Stopped as e:
-        sys.exit(f"stopped: {e}")
+    except Stopped as e:  # (under torchrun, process 0 says it: it alone knows which checkpoint it wrote)
+        sys.exit(f"stopped: {e}" if distributed.rank() == 0 else 1)
     except KeyboardInterrupt:
         sys.exit("interrupted: the run in progress wrote no result (its last epoch end's checkpoint, if any, resumes "
                  "it when the same command runs again); finished runs are in the results file.")

@@ -61,8 +61,8 @@ def run_sweep(c, data_root, device, results_path, train, precision, plain, flag_
         for setting, source, target, seed in todo:
             run = dict(configs[setting], source=source, target=target, seed=seed)
             task, label = task_name(source, target, labels), run_label(run)
-            if stop.requested:
-                raise Stopped(f"{stop.requested} stopped the sweep before {task} {label}; run the same command again "
+            if distributed.anywhere(stop.requested)[0]:  # (under torchrun: asked of any process, all stop here)
+                raise Stopped(f"{stop.who()} stopped the sweep before {task} {label}; run the same command again "
                               "to go on. Finished runs are in the results file.")
             for name in (source, target):
                 if name not in domains:  # decoded once per process, shared by every task that uses the domain

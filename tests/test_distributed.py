@@ -1,12 +1,15 @@
 """One run on several processes: torchrun with the gloo backend on the CPU, 2 processes, against one process with
 the same global batch."""
 import copy
+import glob
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -86,6 +89,49 @@ def test_batchnorm_normalises_over_the_global_batch(pair, tmp_path, device, tole
     assert all(a == b if device == "cpu" else abs(a - b) <= 1 / 12 for a, b in accuracies)  # (GPU: one image of 12)
 
 
+def worker(torchrun_pid, rank):
+    """The pid of the process of this rank that torchrun started (Linux: read from /proc)."""
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                parent = int(f.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                environment = f.read().split(b"\0")
+        except (OSError, IndexError, ValueError):
+            continue
+        if parent == torchrun_pid and f"RANK={rank}".encode() in environment:
+            return int(pid)
+    return None
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.exists("/proc/self/environ"), reason="finds torchrun's processes in /proc")
+def test_a_signal_to_one_process_stops_the_run_at_one_step_and_it_resumes_to_the_same_numbers(pair, tmp_path):
+    """Ctrl-C or SIGTERM reaching one of the two processes: both stop at the end of the same step, process 0 names
+    the checkpoint of the last epoch end, and the same command resumes it to the numbers of a run never stopped."""
+    argv = [f"--data_root={pair}", *FLAGS, "--epochs=6", "--iters_per_epoch=60", "--checkpoint=True",
+            "--checkpoint_every=0", "--freeze=5", "--validators=none"]
+    torchrun(*argv, f"--out_dir={tmp_path / 'whole'}")
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+               f"--master_port={free_port()}", os.path.join(ROOT, "office31.py"), *argv,
+               f"--out_dir={tmp_path / 'stopped'}"]
+    run = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    deadline = time.time() + 300
+    while not glob.glob(str(tmp_path / "stopped" / "*.ckpt")) and run.poll() is None and time.time() < deadline:
+        time.sleep(0.05)  # (the end of epoch 1: 5 epochs are left to stop in)
+    os.kill(worker(run.pid, 1), signal.SIGINT)
+    _, err = run.communicate(timeout=300)
+    stopped = [line for line in err.splitlines() if line.startswith("stopped: ")]
+    assert run.returncode != 0 and len(stopped) == 1  # (said once, by process 0)
+    assert re.match(r"stopped: a signal to another of the run's processes stopped A→W source_only seed 0 at epoch "
+                    r"\d, step \d+ of 360; its checkpoint at the end of epoch \d is in ", stopped[0])
+    assert results.read_rows(os.path.join(tmp_path / "stopped", "results.jsonl")) == []
+    torchrun(*argv, f"--out_dir={tmp_path / 'stopped'}")
+    (whole, whole_epochs), (resumed, resumed_epochs) = epochs_of(tmp_path / "whole"), epochs_of(tmp_path / "stopped")
+    assert [e["loss"] for e in resumed_epochs] == [e["loss"] for e in whole_epochs]
+    assert (resumed["correct"], resumed["total"]) == (whole["correct"], whole["total"])
+
+
 @pytest.fixture
 def one_process_group():
     """A gloo process group of this process alone (torch.distributed's collectives then run, summing over one)."""
@@ -137,39 +183,54 @@ def test_an_adapting_sweep_on_two_processes_writes_each_run_once(pair, tmp_path,
     assert len([n for n in os.listdir(out) if n.endswith(".json")]) == 2
 
 
-ONE_PROCESS_DIVERGES = """
+ONE_PROCESS_STOPS = """
 import sys
 import torch
 import torch.distributed as dist
 sys.path.insert(0, sys.argv[1])
 import office31
-from checkpoint import Diverged
+from checkpoint import Diverged, Stopped
 dist.init_process_group("gloo")
 torch.manual_seed(0)
 net = torch.nn.Linear(4, 3)
 batches = [(torch.randn(2, 4), torch.tensor([0, 1])) for _ in range(6)]
-if dist.get_rank() == 1:
-    batches[2][0][0, 0] = float("nan")  # this process's loss alone is not finite at step 2
+stop = type("Stop", (), {"requested": None})()
+
+
+def batches_of(rank):  # on one process only: a loss not finite at step 2, or a stop asked during step 2
+    for step, (x, y) in enumerate(batches):
+        if rank == 1 and step == 2:
+            if sys.argv[2] == "nan":
+                x[0, 0] = float("nan")
+            else:
+                stop.requested = "SIGTERM"
+        yield x, y
+
+
 try:
     optimizer = torch.optim.SGD([{"params": net.parameters(), "initial_lr": 0.1}])
-    office31.train_one_epoch(torch.nn.parallel.DistributedDataParallel(net), optimizer, batches, 0, 6, False,
-                             torch.contiguous_format, distributed_run=True)
+    office31.train_one_epoch(torch.nn.parallel.DistributedDataParallel(net), optimizer, batches_of(dist.get_rank()),
+                             0, 6, False, torch.contiguous_format, stop=stop, distributed_run=True)
     print(f"process {dist.get_rank()}: finished")
 except Diverged as e:
     print(f"process {dist.get_rank()}: diverged at step {e.args[0]}")
+except Stopped as e:
+    print(f"process {dist.get_rank()}: stopped at step {e.args[0]}")
 dist.barrier()
 """
 
 
 @pytest.mark.slow
-def test_a_loss_not_finite_on_one_process_stops_every_process_at_that_step(tmp_path):
-    """The finite check is a collective under torchrun: the process whose slice diverged and the one whose slice did
-    not both stop at the same step (checked separately, the second went on alone and the two waited for each other
-    at different collectives)."""
-    (tmp_path / "diverge.py").write_text(ONE_PROCESS_DIVERGES)
-    printed = torchrun(ROOT, script=tmp_path / "diverge.py", timeout=180)
-    said = sorted(re.findall(r"process \d: (?:diverged at step \d+|finished)", printed))  # (the two may share a line)
-    assert said == ["process 0: diverged at step 2", "process 1: diverged at step 2"]
+@pytest.mark.parametrize("what, said", [("nan", "diverged"), ("signal", "stopped")])
+def test_a_loss_not_finite_or_a_stop_on_one_process_stops_every_process_at_that_step(tmp_path, what, said):
+    """The finite check and the stop are decided together under torchrun: the process whose slice diverged (or that
+    a signal reached) and the other both stop at the same step. Checked by each process alone, one went on and the
+    two waited for each other at different collectives: a signal that reaches the processes a moment apart (Ctrl-C
+    at a step's end) would do that too."""
+    (tmp_path / "stop.py").write_text(ONE_PROCESS_STOPS)
+    printed = torchrun(ROOT, what, script=tmp_path / "stop.py", timeout=180)
+    lines = sorted(re.findall(r"process \d: (?:\w+ at step \d+|finished)", printed))  # (the two may share a line)
+    assert lines == [f"process 0: {said} at step 2", f"process 1: {said} at step 2"]
 
 
 def test_what_several_processes_cannot_take_is_refused(monkeypatch):
