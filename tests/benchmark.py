@@ -6,7 +6,7 @@
 Not a test (pytest does not collect it): it prints images/s and ratios against the classic reference
 (ImageFolder + PIL per sample, fp32, NCHW) measured on the same machine in the same run:
   1. data throughput over two source epochs: classic DataLoader vs the cached path in memory and on disk (its
-     pages in the page cache, then dropped first), the disk's own rate reading that file through, and, as root on
+     pages in the page cache, then dropped first), one reader's rate reading that file through, and, as root on
      Linux, an epoch from the disk cache by a process whose memory is limited to a quarter of the file (a memory
      cgroup): data larger than the memory given, with the cache's read-ahead and with a plain memory map;
   2. training-step throughput of alexnet and resnet50 (random init, default crop), the settings taking turns:
@@ -108,7 +108,8 @@ def data_throughput(root, workers, batch_size):
             disk = load_domain(root, "amazon", 256, "disk", workers, device, cache_dir=folder)
             drop_pages(disk.path)
             disk_cold = images_per_second(disk.train_batches(n_batches, batch_size, 224, g))
-            # the ceiling of any reader on this disk: the same file read from start to end, its pages dropped first
+            # one plain reader's rate on this disk, for reference: the same file read from start to end, its pages
+            # dropped first (not a ceiling: read-ahead keeps several reads in flight, and the cache has gone past it)
             path, count = disk.path, len(disk)
             del disk
             drop_pages(path)
@@ -428,7 +429,7 @@ def main():
             print(f"   disk cache, pages dropped first     {cold:7.0f}   {cold / classic:.1f}x   "
                   f"({cold / steady:.2f}x the memory cache: every image read from the disk)")
             print(f"   the file read through, pages dropped {ceiling:6.0f}   {ceiling / classic:.1f}x   "
-                  f"(the disk's own rate, {ceiling / steady:.2f}x the memory cache; the cold disk cache reached "
+                  f"(one reader, start to end, {ceiling / steady:.2f}x the memory cache; the cold disk cache reached "
                   f"{cold / ceiling:.2f} of it)")
         if isinstance(limited[False], str):
             print(f"   (no memory-limited rows: {limited[False]})")
