@@ -48,6 +48,7 @@ def run_sweep(c, data_root, device, results_path, train, precision, plain, flag_
     sweep = c["tasks"] != "" or c["seeds"] > 1 or len(configs) > 1  # a single run always trains, as before
     mine = plan[index::count]
     todo = mine if c["rerun"] or not sweep else [run for run in mine if run not in before]
+    todo = distributed.decide(todo)  # (under torchrun, process 0's: another shard may append rows as they read them)
     for setting, source, target, seed in (run for run in mine if run not in todo):
         print(f"skipping {setting} {task_name(source, target, labels)} seed {seed}: already "
               f"in {results_path} (--rerun=True to redo)")

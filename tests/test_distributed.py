@@ -183,6 +183,32 @@ def test_an_adapting_sweep_on_two_processes_writes_each_run_once(pair, tmp_path,
     assert len([n for n in os.listdir(out) if n.endswith(".json")]) == 2
 
 
+ONE_PROCESS_READS_A_ROW_MORE = """
+import os
+import sys
+sys.path.insert(0, sys.argv[1])
+import office31
+import sweep
+if os.environ["RANK"] == "1":  # as if another shard appended A→W's row between process 0's read and this one's
+    read_rows = sweep.read_rows
+    sweep.read_rows = lambda path: read_rows(sys.argv[2])
+office31.main(sys.argv[3:])
+"""
+
+
+@pytest.mark.slow
+def test_the_processes_of_a_sweep_follow_process_0s_list_of_runs(pair, tmp_path):
+    """Each process reads the results file for the runs left to do; another shard can append a row between their
+    reads. Process 0's list is the one they all train, else each would wait for the other at another run."""
+    argv = [f"--data_root={pair}", *FLAGS, "--freeze=5", "--validators=none"]
+    office31.main([*argv, "--tasks=A-W", f"--out_dir={tmp_path / 'other'}"])
+    (tmp_path / "sweep.py").write_text(ONE_PROCESS_READS_A_ROW_MORE)
+    torchrun(ROOT, str(tmp_path / "other" / "results.jsonl"), *argv, "--tasks=A-W,W-A",
+             f"--out_dir={tmp_path / 'out'}", script=tmp_path / "sweep.py", timeout=300)
+    rows = results.read_rows(os.path.join(tmp_path / "out", "results.jsonl"))
+    assert sorted((r["source"], r["target"]) for r in rows) == [("amazon", "webcam"), ("webcam", "amazon")]
+
+
 ONE_PROCESS_STOPS = """
 import sys
 import torch
