@@ -470,10 +470,10 @@ class DiskCachedDomain(CachedDomain):
         """Every image, resize_size x resize_size uint8, in its file (built here if it is not there yet), mapped."""
         shape = (len(samples), 3, resize_size, resize_size)
         self.path = disk_cache_path(self.cache_dir, self.name, self.root, samples, resize_size, interpolation)
-        if os.path.exists(self.path) and not whole(self.path, shape):
-            print(f"notice: {self.path} has {os.path.getsize(self.path)} bytes, not the {math.prod(shape)} of its "
-                  "images (cut short by a copy or a full disk?): building it again.")
         if not whole(self.path, shape):
+            if os.path.exists(self.path):
+                print(f"notice: {self.path} has {os.path.getsize(self.path)} bytes, not the {math.prod(shape)} of "
+                      "its images (cut short by a copy or a full disk?): building it again.")
             try:
                 build_disk_cache(self.path, shape, samples, self.name, resize_size, interpolation, num_workers)
             except OSError as e:  # a read-only data folder, a quota, a disk filled by another build meanwhile
