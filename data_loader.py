@@ -214,14 +214,17 @@ def cgroup_memory_left(proc="/proc/self/cgroup", mount="/sys/fs/cgroup"):
     return min(left) if left else None
 
 
+CACHE_SHARE = 0.8  # of the memory left, what decoded images may take (a fifth stays for the model and the rest)
+
+
 def check_cache_fits(data_root, names, resize_size, device):
     """Stop before decoding when the cache would not fit (the kernel would kill the process mid-decode)."""
     need, (have, where) = cache_bytes(data_root, names, resize_size), memory_for_cache(device)
-    if have is not None and need > 0.8 * have:  # a fifth is left for the model, its activations and the rest
+    if have is not None and need > CACHE_SHARE * have:
         raise UserError(f"the cache of {', '.join(names)} at {resize_size}x{resize_size} needs {need / 1e9:.1f} GB, "
-                        f"and {have / 1e9:.1f} GB of {where} is here (at most 80% of it is used for the cache). "
-                        "Run with --cache=disk (decoded once into a file, read from there) or --cache=none (decoded "
-                        "per sample, slower, in little memory), or with a smaller --resize_size.")
+                        f"and {have / 1e9:.1f} GB of {where} is here (at most {CACHE_SHARE:.0%} of it is used for the "
+                        "cache). Run with --cache=disk (decoded once into a file, read from there) or --cache=none "
+                        "(decoded per sample, slower, in little memory), or with a smaller --resize_size.")
 
 
 def memory_for_cache(device):
@@ -251,10 +254,11 @@ def choose_cache(cache, data_root, names, resize_size, device):
     if cache != "auto":
         return cache
     need, (have, where) = cache_bytes(data_root, names, resize_size), memory_for_cache(device)
-    if have is None or need <= 0.8 * have:
+    if have is None or need <= CACHE_SHARE * have:
         return "memory"
-    print(f"--cache=auto: the decoded images of {', '.join(names)} take {need / 1e9:.1f} GB, more than 80% of the "
-          f"{have / 1e9:.1f} GB of {where} here, so they are kept on disk (--cache_dir) and read from there.")
+    print(f"--cache=auto: the decoded images of {', '.join(names)} take {need / 1e9:.1f} GB, more than "
+          f"{CACHE_SHARE:.0%} of the {have / 1e9:.1f} GB of {where} here, so they are kept on disk (--cache_dir) and "
+          "read from there.")
     return "disk"
 
 
@@ -487,7 +491,7 @@ class DiskCachedDomain(CachedDomain):
         with open(self.path, "rb") as f:
             self.map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
         have = available_memory(torch.device("cpu"))
-        self.larger_than_memory = have is not None and math.prod(shape) > 0.8 * have
+        self.larger_than_memory = have is not None and math.prod(shape) > CACHE_SHARE * have
         return torch.from_numpy(numpy.frombuffer(self.map, dtype=numpy.uint8).reshape(shape))
 
     def read_ahead(self, batches):
