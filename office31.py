@@ -187,7 +187,8 @@ def train_one_epoch(model, optimizer, batches, first_step, total_steps, amp, mem
     if adaptation:
         adaptation.train()
     sums, correct, seen = {}, 0, 0
-    checking = None  # the previous step's loss terms, read one step late so that a GPU is never left idle waiting
+    # the previous step's loss terms (none before the first), read one step late so that a GPU is never left idle
+    checking = first_step, {}
     for step, batch in enumerate(batches, first_step):
         progress = step / total_steps
         set_progress(optimizer, progress)
@@ -205,7 +206,7 @@ def train_one_epoch(model, optimizer, batches, first_step, total_steps, amp, mem
         if distributed_run and adaptation:  # (the network's gradients: DistributedDataParallel averaged them)
             distributed.average_gradients(adaptation)
         optimizer.step()
-        stopping = check_finite(*(checking or (step, {})), distributed_run, stop is not None and bool(stop.requested))
+        stopping = check_finite(*checking, distributed_run, stop is not None and bool(stop.requested))
         checking = step, {name: term.detach() for name, term in terms.items()}
         for name, term in terms.items():  # tensors, so the GPU is not synchronised every step
             sums[name] = sums.get(name, 0) + term.detach() * len(y)
@@ -213,8 +214,7 @@ def train_one_epoch(model, optimizer, batches, first_step, total_steps, amp, mem
         seen += len(y)
         if stopping:
             raise Stopped(step)
-    if checking:
-        check_finite(*checking, distributed_run)
+    check_finite(*checking, distributed_run)
     return {name: float(total) / seen for name, total in sums.items()}, float(correct) / seen
 
 
