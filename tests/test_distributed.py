@@ -32,12 +32,17 @@ def free_port():
         return s.getsockname()[1]
 
 
-def torchrun(*argv, script=os.path.join(ROOT, "office31.py"), timeout=600):
+def torchrun_command(*argv, script=os.path.join(ROOT, "office31.py")):
     """office31.py (or script) under torchrun, 2 processes on this machine (offline: the rendezvous is on
     localhost)."""
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
-               f"--master_port={free_port()}", str(script), *argv]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+            f"--master_port={free_port()}", str(script), *argv]
+
+
+def torchrun(*argv, script=os.path.join(ROOT, "office31.py"), timeout=600):
+    """The output of torchrun_command, which must succeed."""
+    done = subprocess.run(torchrun_command(*argv, script=script), capture_output=True, text=True, timeout=timeout,
+                          cwd=ROOT)
     assert done.returncode == 0, done.stderr[-3000:]
     return done.stdout
 
@@ -112,10 +117,8 @@ def test_a_signal_to_one_process_stops_the_run_at_one_step_and_it_resumes_to_the
     argv = [f"--data_root={pair}", *FLAGS, "--epochs=6", "--iters_per_epoch=60", "--checkpoint=True",
             "--checkpoint_every=0", "--freeze=5", "--validators=none"]
     torchrun(*argv, f"--out_dir={tmp_path / 'whole'}")
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
-               f"--master_port={free_port()}", os.path.join(ROOT, "office31.py"), *argv,
-               f"--out_dir={tmp_path / 'stopped'}"]
-    run = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    run = subprocess.Popen(torchrun_command(*argv, f"--out_dir={tmp_path / 'stopped'}"), stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True, cwd=ROOT)
     deadline = time.time() + 300
     while not glob.glob(str(tmp_path / "stopped" / "*.ckpt")) and run.poll() is None and time.time() < deadline:
         time.sleep(0.05)  # (the end of epoch 1: 5 epochs are left to stop in)

@@ -232,7 +232,7 @@ def test_failed_fetch_explains_manual_steps_and_leaves_nothing(tmp_path, monkeyp
      "'syn' was not found in VisDA-2017, whose domains are: synthetic, real"),
     ("office_home", ["--tasks=A-C,C-P,P-A,R-x"], "'x' was not found in Office-Home"),
 ])
-def test_a_mistyped_domain_stops_the_run_before_the_download(tmp_path, monkeypatch, capsys, dataset, flags, named):
+def test_a_mistyped_domain_stops_the_run_before_the_download(tmp_path, monkeypatch, dataset, flags, named):
     """The dataset's domains are known by name: a run that asks for another stops before fetching gigabytes."""
     monkeypatch.setattr(download, "download_dataset", lambda *a: pytest.fail("downloaded"))
     with pytest.raises(SystemExit) as stop:
