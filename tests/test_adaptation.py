@@ -116,6 +116,20 @@ def test_bsp_is_cdan_plus_the_weighted_penalty_on_the_features():
     assert terms["bsp"].item() == pytest.approx(terms["cdan"].item() + 2e-4 * penalty.item(), rel=1e-6)
 
 
+@pytest.mark.parametrize("method, entropy, size", [("cdan", False, 6), ("cdan", True, 6), ("cdan", False, 2048),
+                                                   ("bsp", False, 6)])
+def test_cdan_conditions_on_the_predictions_without_a_gradient_through_them(method, entropy, size):
+    """CDAN's discriminator sees f ⊗ softmax(logits), and the softmax is a constant to it (the paper's code detaches
+    it): the domain loss reaches the network through the features alone, reversed, never through the classifier's
+    logits (CDAN+E's entropy weights are made of the same detached predictions; size 2048: the randomized map)."""
+    g = torch.Generator().manual_seed(11)
+    feature = torch.randn(8, size, generator=g).requires_grad_()
+    logits = torch.randn(8, 3, generator=g).requires_grad_()
+    adaptation.Adaptation(method, size, 3, 1.0, entropy, {"bottleneck": feature})(logits, 0.5).backward()
+    assert logits.grad is None  # no path at all from the term back to the logits
+    assert feature.grad is not None and feature.grad.abs().sum() > 0
+
+
 def product_kernel_mmd(fs, ft, gs, gt):
     """JAN's JMMD written out pair by pair: k((f, g), (f', g')) = sum_u exp(-|f - f'|^2 / (scale_u sigma^2)) x
     exp(-|g - g'|^2 / (2 0.92^2)), sigma^2 the mean squared distance between distinct features (a constant, as a

@@ -13,7 +13,6 @@ import office31
 from adaptation import METHODS, tap
 from data_loader import load_domain, normalize
 from models import block_names, build_model, input_size, network_pixels, weight_names
-from test_fast_path import needs_bf16
 
 # one network of each family: (name, the smallest crop the tests give it, where its own classifier is)
 FAMILIES = [("vit_b_16", 224, "heads.head"), ("swin_t", 32, "head"), ("convnext_tiny", 32, "classifier.2"),
@@ -247,7 +246,7 @@ def test_both_memory_layouts_train(tree, tmp_path, name):
         assert result["config"]["channels_last"] == channels_last and math.isfinite(result["epochs"][0]["loss"])
 
 
-@needs_bf16
+@pytest.mark.usefixtures("bf16_anywhere")
 @pytest.mark.parametrize("name", ["swin_t", "convnext_tiny"])
 def test_bf16_trains(tree, tmp_path, name):
     [result] = office31.main([f"--data_root={tree}", *small_run(name, 32), "--amp=bf16", f"--out_dir={tmp_path}"])

@@ -178,11 +178,8 @@ def test_amp_auto_trains_in_the_chosen_precision_and_says_so(tree, tmp_path, mon
         "dtype": name, "why": f"bf16 measured {speedup:.1f}x fp32 on this CPU, 1.3x needed"}
 
 
-# --amp=bf16 refuses a CPU without bf16 kernels (no AVX-512): there these runs cannot be asked for.
-needs_bf16 = pytest.mark.skipif(not torch.ops.mkldnn._is_mkldnn_bf16_supported(), reason="no bf16 on this CPU")
-
-
-@needs_bf16
+@pytest.mark.slow
+@pytest.mark.usefixtures("bf16_anywhere")
 def test_bf16_runs_repeat_and_learn_the_easy_pair(tmp_path):
     from test_train import TINY
     tree = make_tree(tmp_path / "easy", {"amazon": 12, "webcam": 8})
@@ -196,8 +193,13 @@ def test_bf16_runs_repeat_and_learn_the_easy_pair(tmp_path):
     assert first["accuracy"] > 0.8  # chance is 1/3; the fp32 run of test_train learns the same pair past 0.8
 
 
-@needs_bf16
-def test_per_sample_path_runs_end_to_end(tree, tmp_path):
+@pytest.mark.usefixtures("bf16_anywhere")
+def test_per_sample_path_runs_end_to_end(tree, tmp_path, monkeypatch):
+    """--cache=False (the boolean it was) is --cache=none: every batch decoded by PIL, per sample."""
     from test_train import TINY
+    decoded, batches = [], data_loader.ImageFolderDomain.train_batches
+    monkeypatch.setattr(data_loader.ImageFolderDomain, "train_batches",
+                        lambda self, *args, **kwargs: decoded.append(self.name) or batches(self, *args, **kwargs))
     [result] = office31.main([f"--data_root={tree}", *TINY, "--cache=False", "--amp=bf16", f"--out_dir={tmp_path}"])
-    assert result["total"] == 15 and result["config"]["cache"] is False
+    assert result["total"] == 15 and result["config"]["cache"] == "none"
+    assert decoded and set(decoded) == {"amazon"} and result["precision"]["dtype"] == "bf16"
