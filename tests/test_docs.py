@@ -23,6 +23,11 @@ def read(page):
         return f.read()
 
 
+def pytest_options():
+    """The options tests/conftest.py adds to pytest (--bf16-everywhere)."""
+    return set(re.findall(r'addoption\("--([\w-]+)"', read("tests/conftest.py")))
+
+
 def benchmark_flags():
     return set(re.findall(r'add_argument\("--(\w+)"', read("tests/benchmark.py")))
 
@@ -43,7 +48,7 @@ def commands(text):
 @pytest.mark.parametrize("page", PAGES)
 def test_every_flag_a_page_names_exists(page):
     named = set(re.findall(r"(?<![\w-])--([a-zA-Z_][\w-]*)", read(page)))
-    unknown = named - set(office31.FLAGS) - benchmark_flags() - OTHERS - ILLUSTRATIONS
+    unknown = named - set(office31.FLAGS) - benchmark_flags() - OTHERS - pytest_options() - ILLUSTRATIONS
     assert not unknown, f"{page} names flags that do not exist: {sorted(unknown)}"
 
 
