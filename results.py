@@ -251,6 +251,12 @@ def experiment(c):
 LATER_KEYS = {"source_val": 0.0}
 
 
+def stored_config(config):
+    """A row's config with every later key it leaves out (LATER_KEYS: at its default) filled in with that default:
+    what every reader of a stored config reads, so that all of them see the same value."""
+    return {**config, **{key: default for key, default in LATER_KEYS.items() if key not in config}}
+
+
 def same_experiment(row, c, data):
     """Whether a results row is of this experiment on this data. data: {domain: fingerprint} of the data at
     hand. A row of another copy of the dataset (a subset, a rebuilt tree) in a folder of the same name has
@@ -304,10 +310,10 @@ def changed_flags(configs, defaults):
     the labels."""
     changed = {}
     for method, config in configs.items():
+        config = stored_config(config)
         for key in (*EXPERIMENT_KEYS, *LATER_KEYS):
             shown_elsewhere = key in ("method", "entropy", "model", "weights", "precision", *config.get("grid", ()))
-            default = LATER_KEYS.get(key)
-            if not shown_elsewhere and config.get(key, default) != defaults[method].get(key, default):
+            if not shown_elsewhere and config.get(key) != stored_config(defaults[method]).get(key):
                 changed.setdefault(f"{key}={config[key]}", None)
     return list(changed)
 
