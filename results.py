@@ -79,6 +79,8 @@ def read_rows(path):
             raise UserError(f"{path}, line {number}, is not a complete result row of office31.py (a file of "
                             "something else, or a row cut off mid-line). Nothing was changed: move the file away, "
                             "or delete or repair that line, and run again.")
+        if row.get("metric") == "mean class accuracy" and "mean_class_accuracy" not in row and row.get("per_class"):
+            row["mean_class_accuracy"] = mean_class_accuracy(row["per_class"])  # (rows once left out a mean of 0.0)
         rows.append(row)
     return rows
 
@@ -298,7 +300,8 @@ def result_row(c, result, data):
             "target": c["target"], "seed": c["seed"], "accuracy": result["accuracy"], "correct": result["correct"],
             "total": result["total"], "config": config, "data": {n: data[n] for n in (c["source"], c["target"])},
             "machine": result["machine"], "run_file": result["run_file"], "date": result["date"],
-            **{key: result[key] for key in ("per_class", "mean_class_accuracy", "metric") if result.get(key)},
+            **{key: result[key] for key in ("per_class", "mean_class_accuracy", "metric")
+               if result.get(key) is not None},  # (a mean class accuracy of 0.0 too)
             **({"processes": result["processes"]} if result.get("processes", 1) > 1 else {}),  # (torchrun)
             **({"grid": c["grid"]} if c.get("grid") else {}),
             **({"held_out": result["held_out"]} if result.get("held_out") else {})}
