@@ -213,3 +213,26 @@ def test_a_report_reads_rows_of_every_older_shape_and_lists_a_source_val_they_le
                           ("0,0.2", "4 runs of 2 experiments, which differ in source_val:")):
         office31.main([f"--out_dir={out}", "--report", f"--source_val={asked}"])
         assert listed in capsys.readouterr().out, asked
+
+
+def test_a_bare_report_keeps_apart_experiments_that_differ_only_in_the_dataset(tmp_path, capsys):
+    out = tmp_path / "out"
+    for name in ("office31", "mine"):  # the same flags on two data_root folders of different names
+        root = make_tree(tmp_path / name, {"amazon": 2, "webcam": 2}, size=(20, 20))
+        sweep(root, out)  # (a single run: no table of its own)
+    capsys.readouterr()
+    office31.main([f"--out_dir={out}", "--report"])
+    shown = capsys.readouterr().out
+    assert f"{out / 'results.jsonl'}: 2 runs of 2 experiments, which differ in dataset:" in shown
+    assert "  1. dataset=office31: 1 runs, A→W, seeds 0" in shown and "  2. dataset=mine: 1 runs, A→W, seeds 0" in shown
+    assert shown.count("\noffice31, resnet18 (none), source_only, fp32, final model") == 1
+    assert shown.count("\nmine, resnet18 (none), source_only, fp32, final model") == 1
+    assert len([line for line in shown.splitlines() if line.startswith("wrote ")]) == 2
+    sweep(tmp_path / "mine", out, "--method=coral")  # a method the other dataset has not: its own table
+    capsys.readouterr()
+    office31.main([f"--out_dir={out}", "--report"])
+    shown = capsys.readouterr().out
+    assert ": 3 runs of 3 experiments, which differ in dataset, method, trade_off:" in shown
+    assert shown.count("\noffice31, resnet18 (none), source_only, fp32, final model") == 1
+    assert shown.count("\nmine, resnet18 (none), source_only / coral, fp32, final model") == 1
+    assert shown.count("\noffice31, resnet18 (none), ") + shown.count("\nmine, resnet18 (none), ") == 2
