@@ -216,6 +216,10 @@ def task_pairs(c):
     if c["tasks"] == "all":
         return None
     if not c["tasks"]:
+        if same_domain(c["source"], c["target"]):
+            raise UserError(f"--source={c['source']} --target={c['target']}: the task trains and tests on the same "
+                            f"domain, but the target must be a domain the network was not trained on. Give another "
+                            "--target (or --source); an empty one is the dataset's first task's.")
         return [(c["source"], c["target"])]
     pairs = []
     for task in c["tasks"].split(","):
@@ -223,8 +227,20 @@ def task_pairs(c):
         if len(names) != 2 or not all(names):
             raise UserError(f"--tasks: '{task}' is not a task; write SOURCE-TARGET pairs with domain names or "
                             "initials, separated by commas (e.g. A-W,W-A), or all.")
+        if same_domain(*names):
+            raise UserError(f"--tasks: '{task.strip()}' trains and tests on the same domain, but the target must be a "
+                            "domain the network was not trained on. Leave it out (--tasks=all pairs every two "
+                            "different domains).")
         pairs.append(tuple(names))
     return pairs
+
+
+def same_domain(source, target):
+    """Whether two names of a task (domain names or initials, any case) name the same domain, found before the data
+    is: the same name, or a name and its initial (an initial names one domain only, so both name that one; domain
+    folders named by one letter aside)."""
+    source, target = source.strip().lower(), target.strip().lower()
+    return source == target or (min(len(source), len(target)) == 1 and source[0] == target[0])
 
 
 def plan_runs(c, data_root):
