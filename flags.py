@@ -1,7 +1,7 @@
 """Command-line overrides of the flags at the top of office31.py, as nanoGPT's configurator does them: each
---name=value (or --name value; a bare --name for a boolean's True) replaces one flag and is echoed; anything else is
-an error, which names the flag meant where it looks like a typo. Plain Python, so that office31.py reads and checks
-its flags before torch is imported.
+--name=value (or --name value, the same for every flag; a bare --name, before another flag or at the end, for a
+boolean's True) replaces one flag and is echoed; anything else is an error, which names the flag meant where it looks
+like a typo. Plain Python, so that office31.py reads and checks its flags before torch is imported.
 
     config = parse(sys.argv[1:], FLAGS)       # FLAGS: {name: default}; the values take the defaults' types
     parse(["--lr=0.001,0.01"], FLAGS, several=("lr",))   # a grid: kept as the text "0.001,0.01", each value checked
@@ -14,6 +14,7 @@ from errors import UserError
 
 RULE = "# " + "-" * 107  # the lines around the flags at the top of office31.py
 BOOLEAN_WORDS = ("true", "false", "1", "0")
+BOOLEAN_TAKES = "true or false (or 1 or 0, any case)"  # what errors say a boolean takes: BOOLEAN_WORDS
 
 
 def parse_value(name, text, default):
@@ -25,14 +26,17 @@ def parse_value(name, text, default):
             return text.lower() in ("true", "1")
         return type(default)(text)
     except ValueError:
+        if isinstance(default, bool):
+            raise UserError(f"--{name}={text}: a boolean flag takes {BOOLEAN_TAKES}, or no value for true (a bare "
+                            f"--{name}).") from None
         raise UserError(f"--{name}={text}: expected {type(default).__name__} "
                         f"(like the default, {default!r}).") from None
 
 
 def parse_values(name, text, default, several):
-    """One value as parse_value gives it; several comma-separated ones (for a flag in `several`, a string flag's
-    own commas aside) as their text, without spaces, after each parses."""
-    if "," not in text or isinstance(default, str):
+    """One value as parse_value gives it; several comma-separated ones (for a flag in `several`; a string flag not
+    in it keeps its own commas) as their text, without spaces, after each parses."""
+    if "," not in text or (isinstance(default, str) and name not in several):
         return parse_value(name, text, default)
     if name not in several:
         raise UserError(f"--{name}={text}: one value only. Several values (a grid) are taken by "
@@ -43,6 +47,9 @@ def parse_values(name, text, default, several):
         try:
             parse_value(name, value, default)
         except UserError:
+            if isinstance(default, bool):
+                raise UserError(f"--{name}={text}: '{value}' is not a boolean; each of a grid's values must be "
+                                f"{BOOLEAN_TAKES}.") from None
             raise UserError(f"--{name}={text}: '{value}' is not a {type(default).__name__}; each of a grid's values "
                             f"must be one, like the default, {default!r}.") from None
     return ",".join(values)
@@ -76,10 +83,9 @@ def parse(argv, defaults, echo=True, usage=lambda: "", several=()):
         name, eq, text = arg[2:].partition("=")
         if not arg.startswith("--") or name not in defaults:
             raise UserError(unknown_argument(arg, name if arg.startswith("--") else None, defaults))
-        boolean = isinstance(defaults[name], bool)
-        if not eq and args and not args[0].startswith("--") and (not boolean or args[0].lower() in BOOLEAN_WORDS):
-            text = args.pop(0)  # --name value
-        elif not eq and boolean:
+        if not eq and args and not args[0].startswith("--") and args[0] != "-h":
+            text = args.pop(0)  # --name value, read as --name=value whatever the flag (a boolean's "yes" is refused)
+        elif not eq and isinstance(defaults[name], bool):
             text = "true"  # a bare --report
         elif not eq:
             raise UserError(f"--{name} needs a value: --{name}=VALUE or --{name} VALUE (default: {defaults[name]!r}).")

@@ -26,9 +26,10 @@ def varied(c):
 
 
 def settings(c, defaults):
-    """The product of the values of every varied flag, each parsed as its default's type, in the order given:
+    """The product of the values of every varied flag, each parsed as its default's type (spaces around it dropped,
+    however the config was made), in the order given:
     [{name: value}] ([{}] for no grid). defaults: the flags' defaults, whose types the values take."""
     names = varied(c)
-    values = [[flags.parse_value(name, text, defaults[name]) for text in c[name].split(",")] for name in names]
+    values = [[flags.parse_value(name, text.strip(), defaults[name]) for text in c[name].split(",")] for name in names]
     return [dict(zip(names, combination)) for combination in itertools.product(*values)]
 

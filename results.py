@@ -79,6 +79,8 @@ def read_rows(path):
             raise UserError(f"{path}, line {number}, is not a complete result row of office31.py (a file of "
                             "something else, or a row cut off mid-line). Nothing was changed: move the file away, "
                             "or delete or repair that line, and run again.")
+        if row.get("metric") == "mean class accuracy" and "mean_class_accuracy" not in row and row.get("per_class"):
+            row["mean_class_accuracy"] = mean_class_accuracy(row["per_class"])  # (rows once left out a mean of 0.0)
         rows.append(row)
     return rows
 
@@ -214,6 +216,10 @@ def task_pairs(c):
     if c["tasks"] == "all":
         return None
     if not c["tasks"]:
+        if same_domain(c["source"], c["target"]):
+            raise UserError(f"--source={c['source']} --target={c['target']}: the task trains and tests on the same "
+                            f"domain, but the target must be a domain the network was not trained on. Give another "
+                            "--target (or --source); an empty one is the dataset's first task's.")
         return [(c["source"], c["target"])]
     pairs = []
     for task in c["tasks"].split(","):
@@ -221,8 +227,20 @@ def task_pairs(c):
         if len(names) != 2 or not all(names):
             raise UserError(f"--tasks: '{task}' is not a task; write SOURCE-TARGET pairs with domain names or "
                             "initials, separated by commas (e.g. A-W,W-A), or all.")
+        if same_domain(*names):
+            raise UserError(f"--tasks: '{task.strip()}' trains and tests on the same domain, but the target must be a "
+                            "domain the network was not trained on. Leave it out (--tasks=all pairs every two "
+                            "different domains).")
         pairs.append(tuple(names))
     return pairs
+
+
+def same_domain(source, target):
+    """Whether two names of a task (domain names or initials, any case) name the same domain, found before the data
+    is: the same name, or a name and its initial (an initial names one domain only, so both name that one; domain
+    folders named by one letter aside)."""
+    source, target = source.strip().lower(), target.strip().lower()
+    return source == target or (min(len(source), len(target)) == 1 and source[0] == target[0])
 
 
 def plan_runs(c, data_root):
@@ -249,6 +267,12 @@ def experiment(c):
 # Experiment flags added after rows were first written: a row records them only where they are not at their default,
 # so that every older row stays the experiment it was. source_val: the fraction of the source held out of training.
 LATER_KEYS = {"source_val": 0.0}
+
+
+def stored_config(config):
+    """A row's config with every later key it leaves out (LATER_KEYS: at its default) filled in with that default:
+    what every reader of a stored config reads, so that all of them see the same value."""
+    return {**config, **{key: default for key, default in LATER_KEYS.items() if key not in config}}
 
 
 def same_experiment(row, c, data):
@@ -292,7 +316,8 @@ def result_row(c, result, data):
             "target": c["target"], "seed": c["seed"], "accuracy": result["accuracy"], "correct": result["correct"],
             "total": result["total"], "config": config, "data": {n: data[n] for n in (c["source"], c["target"])},
             "machine": result["machine"], "run_file": result["run_file"], "date": result["date"],
-            **{key: result[key] for key in ("per_class", "mean_class_accuracy", "metric") if result.get(key)},
+            **{key: result[key] for key in ("per_class", "mean_class_accuracy", "metric")
+               if result.get(key) is not None},  # (a mean class accuracy of 0.0 too)
             **({"processes": result["processes"]} if result.get("processes", 1) > 1 else {}),  # (torchrun)
             **({"grid": c["grid"]} if c.get("grid") else {}),
             **({"held_out": result["held_out"]} if result.get("held_out") else {})}
@@ -304,10 +329,10 @@ def changed_flags(configs, defaults):
     the labels."""
     changed = {}
     for method, config in configs.items():
+        config = stored_config(config)
         for key in (*EXPERIMENT_KEYS, *LATER_KEYS):
             shown_elsewhere = key in ("method", "entropy", "model", "weights", "precision", *config.get("grid", ()))
-            default = LATER_KEYS.get(key)
-            if not shown_elsewhere and config.get(key, default) != defaults[method].get(key, default):
+            if not shown_elsewhere and config.get(key) != stored_config(defaults[method]).get(key):
                 changed.setdefault(f"{key}={config[key]}", None)
     return list(changed)
 

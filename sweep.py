@@ -26,7 +26,7 @@ from download import DATASETS
 from models import build_model, input_size
 from results import (EXPERIMENT_KEYS, LATER_KEYS, append_row, count_rows, experiment, method_label, not_written,
                      plan_runs, print_table, read_rows, result_row, run_label, same_experiment, select_rows,
-                     short_names, task_name, title)
+                     short_names, stored_config, task_name, title)
 from tables import write_tables
 
 
@@ -218,7 +218,7 @@ def print_report(c, results_path, given, defaults, flag_defaults):
                         "list every experiment it holds.")
     experiments = {}
     for r in chosen:
-        experiments.setdefault(json.dumps([r["dataset"], r["config"]], sort_keys=True), []).append(r)
+        experiments.setdefault(json.dumps([r["dataset"], stored_config(r["config"])], sort_keys=True), []).append(r)
     list_experiments(results_path, list(experiments.values()), len(chosen), older)
     report_tables(c, rows, [table_of(group, defaults, c) for group in tables_of(list(experiments.values()))],
                   results_path)  # (all rows: the notes under a table count those it leaves out)
@@ -230,7 +230,7 @@ PRECISION = {"bf16": "bf16", "off": "fp32"}  # what --amp=bf16 and --amp=off lea
 def wanted(row, c, given, settings):
     """Whether a row is of the experiments, tasks and seeds the flags given (names in `given`) ask for; a flag given
     several values (a grid) asks for any of them (settings: grid.settings of c)."""
-    config = row["config"]
+    config = stored_config(row["config"])
     if given & {"dataset", "data_root"} and row["dataset"] != os.path.basename(os.path.normpath(c["data_root"])):
         return False
     if "method" in given and config["method"] not in methods(c):
@@ -239,7 +239,7 @@ def wanted(row, c, given, settings):
              if key in given or (key == "precision" and c["amp"] in PRECISION)]
     expected = [with_method(dict(c, **setting, precision=PRECISION.get(c["amp"])), config["method"])
                 for setting in settings]
-    if not any(all(config.get(key, LATER_KEYS.get(key)) == one[key] for key in asked) for one in expected):
+    if not any(all(config.get(key) == one[key] for key in asked) for one in expected):
         return False
     if given & {"seed", "seeds"} and not c["seed"] <= row["seed"] < c["seed"] + c["seeds"]:
         return False
@@ -256,9 +256,9 @@ def names(domain, name):
 
 def list_experiments(results_path, experiments, runs, older):
     """Print the experiments of a report: what differs between them, and each one's runs, tasks and seeds."""
-    configs = [dict(group[0]["config"], dataset=group[0]["dataset"]) for group in experiments]
+    configs = [dict(stored_config(group[0]["config"]), dataset=group[0]["dataset"]) for group in experiments]
     differ = [k for k in ("dataset", *EXPERIMENT_KEYS, *LATER_KEYS)
-              if len({json.dumps(c.get(k, LATER_KEYS.get(k))) for c in configs}) > 1]
+              if len({json.dumps(c.get(k)) for c in configs}) > 1]
     print(f"{results_path}: {runs} runs of {len(experiments)} experiment{'s' * (len(experiments) > 1)}"
           + (f", which differ in {', '.join(differ)}:" if differ else ":"))
     for k, (config, group) in enumerate(zip(configs, experiments), 1):
@@ -291,8 +291,10 @@ def tables_of(experiments):
 
 
 def config_of(group):
-    """The config of one experiment's rows, with the names of the flags their grid varied (none before grids)."""
-    return dict(group[0]["config"], grid=list(dict.fromkeys(name for r in group for name in r.get("grid", ()))))
+    """The config of one experiment's rows (results.stored_config: every later key filled in), with the names of the
+    flags their grid varied (none before grids)."""
+    grid = dict.fromkeys(name for r in group for name in r.get("grid", ()))
+    return dict(stored_config(group[0]["config"]), grid=list(grid))
 
 
 PER_METHOD = ("method", "bottleneck", "trade_off", "entropy")

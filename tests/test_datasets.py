@@ -1,6 +1,7 @@
 """VisDA-2017 and DomainNet by name, on generated trees of their real layouts (tiny): the split lists DomainNet
 trains and tests on, the per-class accuracy every run records and VisDA-2017's mean class accuracy in its table,
 and their downloads from generated archives (download.fetch_url stands in for the network)."""
+import json
 import os
 import re
 import shutil
@@ -73,6 +74,25 @@ def test_visda_runs_synthetic_to_real_and_tables_its_mean_class_accuracy(visda, 
     per_class = [statistics.mean(100 * r["per_class"][name] for r in rows) for name in VISDA_CLASSES]
     assert ("| source_only | S→R | " + " | ".join(f"{v:.1f}" for v in per_class)
             + f" | {statistics.mean(per_class):.1f} |") in printed
+
+
+def test_a_mean_class_accuracy_of_zero_is_kept_in_the_row_and_tabled(visda, tmp_path, monkeypatch, capsys):
+    """0.0 is a result, not a missing one: the row keeps it, and the table shows it (a row written when a mean of
+    0.0 was left out gets it back from its per-class accuracies)."""
+    monkeypatch.setattr(office31, "per_class_accuracy", lambda kept, classes: dict.fromkeys(classes, 0.0))
+    out = tmp_path / "out"
+    argv = ["--dataset=visda2017", f"--data_root={visda}", f"--out_dir={out}", *TINY, "--eval_every=0"]
+    office31.main(argv)
+    path = out / "results.jsonl"
+    [row] = results.read_rows(str(path))
+    assert row["mean_class_accuracy"] == 0.0 and row["metric"] == "mean class accuracy"
+    for written in (row, {k: v for k, v in row.items() if k != "mean_class_accuracy"}):  # as rows once were written
+        path.write_text(json.dumps(written) + "\n")
+        capsys.readouterr()
+        office31.main([*argv, "--report=True"])
+        printed = capsys.readouterr().out
+        assert "mean class accuracy, mean ± std over seeds" in printed and "| S→R | 0.00 | 1 |" in printed
+        assert "| source_only | S→R | 0.0 | 0.0 | 0.0 | 0.0 | 0.0 |" in printed
 
 
 @pytest.mark.slow

@@ -7,6 +7,8 @@ import urllib.error
 import pytest
 import torch
 
+import checks
+import grid
 import office31
 from conftest import ROOT, make_tree
 from test_train import TINY, run_script
@@ -37,6 +39,11 @@ def fails_with(argv, capsys, *phrases):
     (["--batch_size=3.5"], ["--batch_size=3.5: expected int"]),
     (["--cache=maybe"], ["--cache=maybe: expected auto (memory where it fits, else disk), memory, disk or none."]),
     (["--momentum=1.5"], ["--momentum=1.5"]),
+    (["--checkpoint", "yes"], ["--checkpoint=yes: a boolean flag takes true or false (or 1 or 0, any case), or no "
+                               "value for true (a bare --checkpoint)."]),
+    (["--checkpoint=yes"], ["--checkpoint=yes: a boolean flag takes true or false"]),
+    (["--method=cdan", "--entropy", "true,maybe"], ["--entropy=true,maybe: 'maybe' is not a boolean; each of a "
+                                                    "grid's values must be true or false (or 1 or 0, any case)."]),
 ])
 def test_bad_flags(argv, phrases, capsys):
     fails_with(argv, capsys, *phrases)
@@ -53,6 +60,21 @@ def test_flags_as_people_type_them(capsys):
     assert office31.resolve(office31.parse_flags(["--weights=AUTO"]))["weights"] == "IMAGENET1K_V1"
     assert office31.parse_flags(["--report", "--epochs=2"])["report"] is True  # a bare boolean before a flag
     assert office31.parse_flags(["--out_dir="])["out_dir"] == ""  # an empty value needs the = form
+
+
+def test_the_space_form_is_the_equals_form_for_every_flag_and_grid_values_lose_their_spaces(capsys):
+    for name, text in (("entropy", "true,false"), ("entropy", "FALSE"), ("report", "0"), ("lr", "0.01, 0.1"),
+                       ("bottleneck", "auto, 256"), ("method", "source_only , dann"), ("tasks", "A-W,W-A")):
+        assert office31.parse_flags([f"--{name}", text], echo=False) == \
+            office31.parse_flags([f"--{name}={text}"], echo=False), (name, text)
+    c = office31.parse_flags(["--method=dann", "--bottleneck=auto, 256", "--entropy", "true,false"], echo=False)
+    assert (c["bottleneck"], c["entropy"]) == ("auto,256", "true,false")
+    assert grid.settings(c, office31.FLAGS) == [{"bottleneck": b, "entropy": e} for b in ("auto", "256")
+                                                for e in (True, False)]
+    checks.check_settings(office31.resolve(dict(c, entropy=False)), office31.FLAGS)  # 256 is a width: no error
+    typed = dict(office31.FLAGS, bottleneck="auto, 256", trade_off=" 0.1 ,1")  # a config not made by the parser
+    assert grid.settings(typed, office31.FLAGS) == [{"bottleneck": b, "trade_off": t} for b in ("auto", "256")
+                                                    for t in (0.1, 1.0)]
 
 
 def test_missing_data_root_explains_the_tree(tmp_path, capsys):

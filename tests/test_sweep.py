@@ -12,6 +12,7 @@ import pytest
 
 import office31
 import results
+import sweep as sweep_module
 from conftest import ROOT, make_tree
 
 FAST = ["--model=resnet18", "--weights=none", "--resize_size=16", "--crop_size=16", "--epochs=1",
@@ -159,6 +160,27 @@ def test_bad_sweep_flags(tmp_path, three, extra, phrase):
         sweep(three, tmp_path / "out", *extra)
     assert str(stop.value.code).startswith("error: ") and phrase in str(stop.value.code)
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("extra, phrase", [
+    (["--source=amazon", "--target=amazon"], "--source=amazon --target=amazon: the task trains and tests on the same "
+                                             "domain, but the target must be a domain the network was not trained on"),
+    (["--source=W"], "--source=W --target=webcam: the task trains and tests on the same domain"),  # target's default
+    (["--source=a", "--target=Amazon"], "--source=a --target=Amazon: the task trains"),
+    (["--tasks=A-W,A-A"], "--tasks: 'A-A' trains and tests on the same domain, but the target must be a domain the "
+                          "network was not trained on"),
+    (["--tasks=A-W, webcam-w"], "--tasks: 'webcam-w' trains and tests on the same domain"),
+    (["--tasks=DSLR-dslr", "--seeds=2"], "--tasks: 'DSLR-dslr' trains"),
+])
+def test_a_task_whose_target_is_its_source_is_refused_before_a_download_or_a_decode(tmp_path, three, monkeypatch,
+                                                                                     extra, phrase):
+    monkeypatch.setattr(office31, "prepare_data_root", lambda *a: pytest.fail("looked for the data"))
+    monkeypatch.setattr(sweep_module, "load_domain", lambda *a, **k: pytest.fail("decoded images"))
+    for root in (three, tmp_path / "office31_to_download"):  # (a missing data_root would be downloaded)
+        with pytest.raises(SystemExit) as stop:
+            sweep(root, tmp_path / "out", *extra)
+        assert str(stop.value.code).startswith("error: ") and phrase in str(stop.value.code)
+    assert not (tmp_path / "out").exists() and not (tmp_path / "office31_to_download").exists()
 
 
 def test_all_needs_two_domains(tmp_path):

@@ -183,3 +183,56 @@ def test_a_bare_report_lists_every_experiment_and_prints_each_table_and_flags_na
         office31.main([f"--out_dir={out}", "--report", "--model=resnet50"])
     with pytest.raises(SystemExit, match="holds no results yet"):
         office31.main([f"--out_dir={tmp_path / 'empty'}", "--report"])
+
+
+def test_a_report_reads_rows_of_every_older_shape_and_lists_a_source_val_they_leave_out_at_its_default(tmp_path,
+                                                                                                      capsys):
+    """Rows leave a later key (results.LATER_KEYS) out at its default: every reader fills it in alike."""
+    root = make_tree(tmp_path / "office31", {"amazon": 5, "webcam": 2}, size=(20, 20))
+    out = tmp_path / "out"
+    sweep(root, out, "--tasks=A-W", "--source_val=0,0.2")  # a grid over source_val: its 0 leaves the key out
+    grid_0, grid_02 = rows_of(out)
+    assert "source_val" not in grid_0["config"] and grid_02["config"]["source_val"] == 0.2
+    assert grid_0["grid"] == grid_02["grid"] == ["source_val"]
+    set_alone = dict({k: v for k, v in grid_02.items() if k != "grid"}, seed=1)  # --source_val=0.2, no grid
+    left_out = dict({k: v for k, v in grid_0.items() if k != "grid"}, seed=2)  # written before source_val, or at 0
+    no_precision = dict(left_out, seed=3, config={k: v for k, v in left_out["config"].items() if k != "precision"})
+    for row in (set_alone, left_out, no_precision):
+        results.append_row(str(out / "results.jsonl"), row)
+    capsys.readouterr()
+    office31.main([f"--out_dir={out}", "--report"])
+    shown = capsys.readouterr().out
+    assert f"{out / 'results.jsonl'}: 4 runs of 2 experiments, which differ in source_val:" in shown
+    assert "  1. source_val=0.0: 2 runs, A→W, seeds 0, 2" in shown
+    assert "  2. source_val=0.2: 2 runs, A→W, seeds 0, 1" in shown
+    assert "(1 more rows were written before rows recorded their precision: in no table.)" in shown
+    assert shown.count("\noffice31, resnet18 (none), ") == 1  # the grid's settings side by side
+    assert re.search(r"^\| source_only source_val=0\.0 \| [\d.]+ ± [\d.]+ \|", shown, re.M)
+    assert re.search(r"^\| source_only source_val=0\.2 \| [\d.]+ ± [\d.]+ \|", shown, re.M)
+    for asked, listed in (("0", "2 runs of 1 experiment:"), ("0.2", "2 runs of 1 experiment:"),
+                          ("0,0.2", "4 runs of 2 experiments, which differ in source_val:")):
+        office31.main([f"--out_dir={out}", "--report", f"--source_val={asked}"])
+        assert listed in capsys.readouterr().out, asked
+
+
+def test_a_bare_report_keeps_apart_experiments_that_differ_only_in_the_dataset(tmp_path, capsys):
+    out = tmp_path / "out"
+    for name in ("office31", "mine"):  # the same flags on two data_root folders of different names
+        root = make_tree(tmp_path / name, {"amazon": 2, "webcam": 2}, size=(20, 20))
+        sweep(root, out)  # (a single run: no table of its own)
+    capsys.readouterr()
+    office31.main([f"--out_dir={out}", "--report"])
+    shown = capsys.readouterr().out
+    assert f"{out / 'results.jsonl'}: 2 runs of 2 experiments, which differ in dataset:" in shown
+    assert "  1. dataset=office31: 1 runs, A→W, seeds 0" in shown and "  2. dataset=mine: 1 runs, A→W, seeds 0" in shown
+    assert shown.count("\noffice31, resnet18 (none), source_only, fp32, final model") == 1
+    assert shown.count("\nmine, resnet18 (none), source_only, fp32, final model") == 1
+    assert len([line for line in shown.splitlines() if line.startswith("wrote ")]) == 2
+    sweep(tmp_path / "mine", out, "--method=coral")  # a method the other dataset has not: its own table
+    capsys.readouterr()
+    office31.main([f"--out_dir={out}", "--report"])
+    shown = capsys.readouterr().out
+    assert ": 3 runs of 3 experiments, which differ in dataset, method, trade_off:" in shown
+    assert shown.count("\noffice31, resnet18 (none), source_only, fp32, final model") == 1
+    assert shown.count("\nmine, resnet18 (none), source_only / coral, fp32, final model") == 1
+    assert shown.count("\noffice31, resnet18 (none), ") + shown.count("\nmine, resnet18 (none), ") == 2
