@@ -335,6 +335,8 @@ def fine_tune(c, source, target, device, task, checkpoint=None, stop=None):
                                 **{name: part.state_dict() for name, part in parts.items()}}):
                 saved = epoch
             saved_at = time.time()  # (a failed save is tried again checkpoint_every minutes later)
+        if several:  # the others wait while process 0 evaluates and saves, as long as that takes
+            distributed.wait_for_first()
     if not first:
         return None  # (process 0 has the result)
     result = {"task": task, "correct": correct, "total": total, "accuracy": correct / total, "config": c,

@@ -328,3 +328,41 @@ def test_each_process_trains_on_its_half_of_every_batch(pair, tmp_path):
     assert [len(s) for s in steps] == [3, 3]
     assert all(a[:2] == b[:2] == ["4", "4"] and a[2:] != b[2:] for a, b in zip(*steps))
 
+
+SLOW_EVALUATION = """
+import datetime
+import sys
+import time
+sys.path.insert(0, sys.argv[1])
+import torch.distributed as dist
+import office31
+init = dist.init_process_group
+dist.init_process_group = lambda backend, **kwargs: init(  # the training's collectives: a short timeout here
+    backend, **dict(kwargs, timeout=datetime.timedelta(seconds=float(sys.argv[2]))))
+evaluate = office31.evaluate
+
+
+def slow(*args, **kwargs):  # process 0's evaluation after epoch 1, slower than that
+    if not slow.done:
+        time.sleep(3 * float(sys.argv[2]))
+    slow.done = True
+    return evaluate(*args, **kwargs)
+
+
+slow.done = False
+office31.evaluate = slow
+office31.main(sys.argv[3:])
+"""
+
+
+@pytest.mark.slow
+def test_the_others_wait_for_an_evaluation_longer_than_a_collective_waits(pair, tmp_path):
+    """Process 0 evaluates alone: the others wait for it however long that takes (a VisDA or DomainNet evaluation
+    takes longer than NCCL's 10 minutes). Here the training's collectives wait 5 s and the evaluation after epoch 1
+    takes 15 s; waiting in one of them, process 1 failed when they timed out."""
+    (tmp_path / "slow.py").write_text(SLOW_EVALUATION)
+    printed = torchrun(ROOT, "5", f"--data_root={pair}", *FLAGS, "--freeze=5", "--validators=none",
+                       f"--out_dir={tmp_path / 'out'}", script=tmp_path / "slow.py", timeout=300)
+    row, epochs = epochs_of(tmp_path / "out")
+    assert row["processes"] == 2 and (row["total"], len(epochs)) == (12, 2)
+    assert all(e["target_acc"] is not None for e in epochs) and printed.count("A→W accuracy: ") == 1
