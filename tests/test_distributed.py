@@ -366,3 +366,30 @@ def test_the_others_wait_for_an_evaluation_longer_than_a_collective_waits(pair, 
     row, epochs = epochs_of(tmp_path / "out")
     assert row["processes"] == 2 and (row["total"], len(epochs)) == (12, 2)
     assert all(e["target_acc"] is not None for e in epochs) and printed.count("A→W accuracy: ") == 1
+
+
+ONE_PROCESS_ERRS = """
+import os
+import sys
+sys.path.insert(0, sys.argv[1])
+import errors
+import office31
+errors.GRACE_SECONDS = 1
+office31.main(sys.argv[2:] + (["--batch_size=7"] if os.environ["RANK"] == "1" else []))
+"""
+
+
+@pytest.mark.parametrize("argv, said", [
+    (["--nonsense=1"], "error: unknown argument '--nonsense=1'."),  # read before torch is imported
+    pytest.param(["--batch_size=7"], "error: --batch_size=7 is the global batch", marks=pytest.mark.slow),
+    pytest.param([], "error: --batch_size=7 is the global batch", marks=pytest.mark.slow)],  # process 1's alone
+    ids=["a flag read before torch", "a flag checked by main", "process 1's alone"])
+def test_a_mistake_under_torchrun_is_said_once(tmp_path, argv, said):
+    """Every process meets a bad flag: process 0 says it, and torchrun ends the other, which waits for that silent
+    (each said it before). A mistake that process 1 alone meets (a test's) it says itself, after a grace period."""
+    (tmp_path / "errs.py").write_text(ONE_PROCESS_ERRS)
+    script = tmp_path / "errs.py" if not argv else os.path.join(ROOT, "office31.py")
+    done = subprocess.run(torchrun_command(*([ROOT] if not argv else []), *argv, "--device=cpu",
+                                           f"--out_dir={tmp_path / 'out'}", script=script),
+                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert done.returncode != 0 and (done.stdout + done.stderr).count(said) == 1, done.stderr[-3000:]
