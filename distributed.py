@@ -11,14 +11,28 @@ process. BatchNorm normalises over the global batch: SyncBatchNorm on CUDA, Glob
 a run without dropout is the one-process run up to rounding; dropout (AlexNet's classifier, the discriminators of
 DANN and CDAN) draws each slice's mask from the same stream, so such a run is another draw of it. Process 0
 evaluates every target image once, computes the validators, saves checkpoints and writes the results; the others
-print nothing. AFN (two forward passes a step) and --compile are refused under torchrun.
+print nothing, and wait for it in a collective of their own (wait_for_first), which waits as long as that can take.
+AFN (two forward passes a step) and --compile are refused under torchrun.
 """
+import datetime
 import os
 
 import torch
 import torch.distributed as dist
 
 from errors import UserError
+
+
+# How long a collective of training (a step, an epoch's means, the decisions between runs) waits for the other
+# processes before the run fails: steps take seconds, but the processes may reach a run's first step minutes apart,
+# each decoding its domains on its own (torch's default: 10 minutes on NCCL, 30 on gloo).
+TIMEOUT = datetime.timedelta(minutes=30)
+# How long the others wait while process 0 evaluates alone (the target, the held-out images, DEV's pass over every
+# source image and its fits) and saves the checkpoint: on DomainNet (up to 175,000 target images, DEV's pass over
+# 120,000 source ones) tens of minutes on a GPU, hours where decoding is slow, more than TIMEOUT. A process 0 that
+# fails ends the others at once (torchrun), so this long wait bounds only a process 0 that hangs.
+EVALUATION_TIMEOUT = datetime.timedelta(hours=12)
+waiting = None  # the gloo group they wait in (start), whose timeout is EVALUATION_TIMEOUT
 
 
 def launched():
@@ -50,7 +64,9 @@ def start(device):
     if cuda:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")) % gpus)
     shared = int(os.environ.get("LOCAL_WORLD_SIZE", "1")) > gpus
-    dist.init_process_group("nccl" if cuda and not shared else "gloo")
+    dist.init_process_group("nccl" if cuda and not shared else "gloo", timeout=TIMEOUT)
+    global waiting
+    waiting = dist.new_group(backend="gloo", timeout=EVALUATION_TIMEOUT)  # (every process makes it, at once)
     return torch.device("cuda", torch.cuda.current_device()) if cuda else torch.device("cpu")
 
 
@@ -127,6 +143,12 @@ def global_batchnorm(module):
             setattr(module, name, layer.train(child.training))
         else:
             global_batchnorm(child)
+
+
+def wait_for_first():
+    """Every process waits here until process 0 gets here too: the others, while it evaluates and saves alone, for
+    up to EVALUATION_TIMEOUT (in a collective of the default group they would fail after TIMEOUT)."""
+    dist.barrier(group=waiting)
 
 
 def shard(batches):

@@ -28,7 +28,7 @@ import time
 
 import flags
 import grid
-from errors import UserError
+from errors import UserError, exit_with
 
 # -----------------------------------------------------------------------------------------------------------
 # data
@@ -97,7 +97,7 @@ if __name__ == "__main__":  # the flags are read before torch is imported: --hel
     try:
         parse_flags(sys.argv[1:], echo=False)
     except UserError as e:
-        sys.exit(f"error: {e}")
+        exit_with(f"error: {e}")  # (under torchrun, by process 0)
 
 # The rest needs torch (a few seconds to import), so it comes after the flags (hence the late imports).
 import torch  # noqa: E402
@@ -335,6 +335,8 @@ def fine_tune(c, source, target, device, task, checkpoint=None, stop=None):
                                 **{name: part.state_dict() for name, part in parts.items()}}):
                 saved = epoch
             saved_at = time.time()  # (a failed save is tried again checkpoint_every minutes later)
+        if several:  # the others wait while process 0 evaluates and saves, as long as that takes
+            distributed.wait_for_first()
     if not first:
         return None  # (process 0 has the result)
     result = {"task": task, "correct": correct, "total": total, "accuracy": correct / total, "config": c,
@@ -408,7 +410,7 @@ def main(argv=None):
                                     results_path, evaluate)
         return sweep.run_sweep(c, data_root, device, results_path, fine_tune, precision, defaults(c), FLAGS)
     except UserError as e:
-        sys.exit(f"error: {user_message(e)}")
+        exit_with(f"error: {user_message(e)}")  # (under torchrun, by process 0)
     except torch._dynamo.exc.BackendCompilerFailed as e:  # raised at the first step, before any result is written
         sys.exit(f"error: --compile=True, but torch.compile could not build the model: {str(e).strip()}. "
                  "It needs a working C++ compiler on the CPU (Triton on a GPU); run with --compile=False.")

@@ -271,3 +271,125 @@ def test_what_several_processes_cannot_take_is_refused(monkeypatch):
         checks.check_config(dict(c, batch_size=32, method="afn"))
     monkeypatch.setenv("WORLD_SIZE", "1")
     checks.check_config(c)  # one process takes any batch
+
+
+@pytest.mark.parametrize("adapting", [False, True])
+def test_each_process_gets_its_own_slice_of_every_batch(monkeypatch, adapting):
+    """distributed.shard on each of 4 processes: a quarter of every global batch, labels with their images, target
+    images too; the quarters are disjoint and together the whole batch, in its order."""
+    x, y, x_target = torch.arange(8).view(8, 1), torch.arange(8) + 100, torch.arange(8) + 200
+    batches = [((x, y), x_target)] if adapting else [(x, y)]
+    slices = []
+    for rank in range(4):
+        monkeypatch.setattr(distributed, "rank", lambda rank=rank: rank)
+        monkeypatch.setattr(distributed, "size", lambda: 4)
+        [batch] = distributed.shard(batches)
+        (images, labels), target_images = batch if adapting else (batch, x_target[2 * rank:2 * rank + 2])
+        assert len(images) == len(labels) == len(target_images) == 2
+        assert torch.equal(labels, images.view(-1) + 100) and torch.equal(target_images, images.view(-1) + 200)
+        slices.append(images.view(-1).tolist())
+    assert [i for part in slices for i in part] == list(range(8))
+
+
+COUNTS_IMAGES = """
+import os
+import sys
+sys.path.insert(0, sys.argv[1])
+import office31
+train = office31.train_one_epoch
+
+
+def counted(model, optimizer, batches, *args, **kwargs):  # this process's source and target images of each step
+    def seen():
+        for batch in batches:
+            (x, _), x_target = batch
+            with open(os.path.join(sys.argv[2], os.environ["RANK"]), "a") as f:
+                f.write(f"{len(x)} {len(x_target)} {float(x.sum())} {float(x_target.sum())}\\n")
+            yield batch
+    return train(model, optimizer, seen(), *args, **kwargs)
+
+
+office31.train_one_epoch = counted
+office31.main(sys.argv[3:])
+"""
+
+
+@pytest.mark.slow
+def test_each_process_trains_on_its_half_of_every_batch(pair, tmp_path):
+    """What each of the two processes' forward passes see: 4 of the 8 source images of every step and 4 of the 8
+    target images, not the other process's. (The equivalence tests cannot tell: with global BatchNorm and averaged
+    gradients, both processes training on the whole batch gives the same numbers.)"""
+    (tmp_path / "count.py").write_text(COUNTS_IMAGES)
+    (tmp_path / "seen").mkdir()
+    torchrun(ROOT, str(tmp_path / "seen"), f"--data_root={pair}", *FLAGS, "--epochs=1", "--method=dann",
+             "--freeze=5", "--validators=none", f"--out_dir={tmp_path / 'out'}", script=tmp_path / "count.py",
+             timeout=300)
+    steps = [[line.split() for line in (tmp_path / "seen" / rank).read_text().splitlines()] for rank in "01"]
+    assert [len(s) for s in steps] == [3, 3]
+    assert all(a[:2] == b[:2] == ["4", "4"] and a[2:] != b[2:] for a, b in zip(*steps))
+
+
+SLOW_EVALUATION = """
+import datetime
+import sys
+import time
+sys.path.insert(0, sys.argv[1])
+import torch.distributed as dist
+import office31
+init = dist.init_process_group
+dist.init_process_group = lambda backend, **kwargs: init(  # the training's collectives: a short timeout here
+    backend, **dict(kwargs, timeout=datetime.timedelta(seconds=float(sys.argv[2]))))
+evaluate = office31.evaluate
+
+
+def slow(*args, **kwargs):  # process 0's evaluation after epoch 1, slower than that
+    if not slow.done:
+        time.sleep(3 * float(sys.argv[2]))
+    slow.done = True
+    return evaluate(*args, **kwargs)
+
+
+slow.done = False
+office31.evaluate = slow
+office31.main(sys.argv[3:])
+"""
+
+
+@pytest.mark.slow
+def test_the_others_wait_for_an_evaluation_longer_than_a_collective_waits(pair, tmp_path):
+    """Process 0 evaluates alone: the others wait for it however long that takes (a VisDA or DomainNet evaluation
+    takes longer than NCCL's 10 minutes). Here the training's collectives wait 5 s and the evaluation after epoch 1
+    takes 15 s; waiting in one of them, process 1 failed when they timed out."""
+    (tmp_path / "slow.py").write_text(SLOW_EVALUATION)
+    printed = torchrun(ROOT, "5", f"--data_root={pair}", *FLAGS, "--freeze=5", "--validators=none",
+                       f"--out_dir={tmp_path / 'out'}", script=tmp_path / "slow.py", timeout=300)
+    row, epochs = epochs_of(tmp_path / "out")
+    assert row["processes"] == 2 and (row["total"], len(epochs)) == (12, 2)
+    assert all(e["target_acc"] is not None for e in epochs) and printed.count("A→W accuracy: ") == 1
+
+
+ONE_PROCESS_ERRS = """
+import os
+import sys
+sys.path.insert(0, sys.argv[1])
+import errors
+import office31
+errors.GRACE_SECONDS = 1
+office31.main(sys.argv[2:] + (["--batch_size=7"] if os.environ["RANK"] == "1" else []))
+"""
+
+
+@pytest.mark.parametrize("argv, said", [
+    (["--nonsense=1"], "error: unknown argument '--nonsense=1'."),  # read before torch is imported
+    pytest.param(["--batch_size=7"], "error: --batch_size=7 is the global batch", marks=pytest.mark.slow),
+    pytest.param([], "error: --batch_size=7 is the global batch", marks=pytest.mark.slow)],  # process 1's alone
+    ids=["a flag read before torch", "a flag checked by main", "process 1's alone"])
+def test_a_mistake_under_torchrun_is_said_once(tmp_path, argv, said):
+    """Every process meets a bad flag: process 0 says it, and torchrun ends the other, which waits for that silent
+    (each said it before). A mistake that process 1 alone meets (a test's) it says itself, after a grace period."""
+    (tmp_path / "errs.py").write_text(ONE_PROCESS_ERRS)
+    script = tmp_path / "errs.py" if not argv else os.path.join(ROOT, "office31.py")
+    done = subprocess.run(torchrun_command(*([ROOT] if not argv else []), *argv, "--device=cpu",
+                                           f"--out_dir={tmp_path / 'out'}", script=script),
+                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert done.returncode != 0 and (done.stdout + done.stderr).count(said) == 1, done.stderr[-3000:]
