@@ -1,10 +1,11 @@
 """The sweep's learning curves as one figure, written next to the results file as curves.png by --report=True and
 at the end of every sweep (only then is matplotlib imported):
 
-    per task, two panels: above, the target accuracy per epoch, one line per method, the mean over its seeds with
-    a band from the lowest to the highest seed (the number of seeds in the legend); below, the source
-    classification loss per epoch (solid) and the method's adaptation term (dashed). Tasks wrap into rows of at
-    most four; a method has the same colour in every figure; epochs are marked in whole numbers.
+    per task, two panels: above, the target accuracy per epoch (by the rows' metric, metric.py: VisDA-2017's mean
+    class accuracy), one line per method, the mean over its seeds with a band from the lowest to the highest seed
+    (the number of seeds in the legend); below, the source classification loss per epoch (solid) and the method's
+    adaptation term (dashed). Tasks wrap into rows of at most four; a method has the same colour in every figure;
+    epochs are marked in whole numbers.
 
 The numbers come from each row's run file (out_dir/<run>.json, "epochs"). A method whose runs evaluated the target
 at fewer than two epochs (eval_every=0 evaluates only the final model) gets no accuracy line: its panel says so.
@@ -16,6 +17,7 @@ import statistics
 import textwrap
 import zlib
 
+from metric import epoch_key, metric_of, name_of
 from results import latest_per_seed, tasks_in_order, write_file
 
 
@@ -65,6 +67,7 @@ def draw(folder, by_method, name_of_task, title, path):
 
     tasks = tasks_in_order(by_method)
     runs = {method: histories(folder, rows) for method, rows in by_method.items()}
+    metric = metric_of([r for rows in by_method.values() for r in rows])  # what the table beside it shows
     rows, columns = grid(len(tasks))
     width = max(6.4, 1 + 3.2 * columns)
     fig, axes = plt.subplots(2 * rows, columns, figsize=(width, 5.6 * rows), squeeze=False, layout="constrained")
@@ -85,14 +88,14 @@ def draw(folder, by_method, name_of_task, title, path):
         for axis in (top, bottom):
             axis.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
         if column == 0:
-            top.set_ylabel("target accuracy (%)")
+            top.set_ylabel(f"{name_of(metric)} (%)")
             bottom.set_ylabel("loss", fontsize=8)
         missing = []
         for method, by_task in runs.items():
             seeds = list(by_task.get(task, {}).values())
             if not seeds:
                 continue
-            epochs, mean, low, high = mean_curve(seeds, "target_acc", 100)
+            epochs, mean, low, high = mean_curve(seeds, epoch_key(metric), 100)
             if len(epochs) > 1:
                 top.plot(epochs, mean, color=colour(method), label=f"{method} ({len(seeds)} seeds)",
                          gid=f"{method}:target")

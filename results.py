@@ -28,6 +28,7 @@ import torch
 import torchvision
 
 from data_loader import UserError, find_domains, resolve_domain
+from metric import final_value, metric_of
 
 ROW_KEYS = {"dataset", "model", "weights", "source", "target", "seed", "accuracy", "correct", "total", "config", "date"}
 
@@ -377,10 +378,9 @@ def print_table(rows, configs, data, labels, runs, results_path, defaults):
                         f"these flags on {dataset} for the planned tasks and seeds; {', '.join(EXPERIMENT_KEYS)}, "
                         "--tasks, --seed, --seeds, the data_root folder name and the data in it must match the "
                         "sweep's.")
-    metric = {r.get("metric", "accuracy") for rows in mine.values() for r in rows}
-    metric = metric.pop() if len(metric) == 1 else "accuracy"
-    if metric == "mean class accuracy":  # VisDA-2017's: every table, file and figure shows it as the accuracy
-        mine = {m: [dict(r, accuracy=r["mean_class_accuracy"]) for r in rows] for m, rows in mine.items()}
+    metric = metric_of([r for rows in mine.values() for r in rows])  # (metric.py: the curves and selection too)
+    if metric != "accuracy":  # VisDA-2017's: the table and its files show it in the accuracy's place
+        mine = {m: [dict(r, accuracy=final_value(r, metric)) for r in rows] for m, rows in mine.items()}
     lines = [f"\n{title(configs, defaults, f'{metric}, mean ± std over seeds')} (from {results_path}):\n"]
     name = lambda source, target: task_name(source, target, labels)  # noqa: E731
     order = {(s, t): k for k, (s, t, _) in enumerate(runs)}

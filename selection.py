@@ -1,15 +1,21 @@
 """The selection table: what each validator (validators.py) would have chosen from a sweep without the target's
 labels, and what that choice is worth on them.
 
-    table = selection(folder, {label: rows}, "dann trade_off=1.0")   # the rows of one table; the default setting
-    print(markdown(table, name_of_task))
+    found = candidates(folder, by_label)                  # by_label: {label: rows}, the rows of one table
+    table = selection(found, by_label, "dann trade_off=1.0")     # and its default setting
+    print(markdown(table, name_of_task, title, scored_by(by_label), unscored(found, by_label)))
 
-The candidates of a task and seed are every evaluated epoch of every setting of the table (methods x the grid's
-values): their validator scores and target accuracies are in the run files (out_dir/<run>.json, "epochs"). Each
-validator picks the candidate it scores highest; the cell is the target accuracy of that pick, the mean over seeds.
-Beside them: the final model of the default setting (what a run of the flags' defaults reports), and the oracle,
-which picks by the target's labels (the best any choice could do, which most published tables report). The last
-column is a validator's average gap to the oracle, in points.
+The candidates of a task and seed are every evaluated epoch with validator scores of every setting of the table
+(methods x the grid's values): their scores and target accuracies are in the run files (out_dir/<run>.json,
+"epochs"). A run without scores (--validators=none; its file gone) is no candidate: unscored() names them, and the
+table says so. Every number is the rows' metric (metric.py: the target's accuracy, VisDA-2017's mean class
+accuracy). Each validator picks the candidate it scores highest among those it scored (source_val_acc and DEV: runs
+with a held-out source part only); the cell is the value of that pick, the mean over the seeds where it picked one.
+Beside them: the final model of the default setting (what a run of the flags' defaults reports), where its run is
+among the candidates, and the oracle, which picks by the target's labels (the best any choice could do, which most
+published tables report). Each row's gap is to the oracle over the candidates that row could pick from, on the same
+tasks and seeds: a validator that scores fewer candidates, or fails on a seed, is measured against what it could
+have had.
 """
 import csv
 import io
@@ -17,62 +23,92 @@ import os
 import statistics
 
 from curves import histories
+from metric import epoch_key, epoch_value, final_value, metric_of, name_of
 from results import PAPER_ORDER, latest_per_seed, write_file
 
 ORACLE = "oracle (target labels)"
 
 
+def scored_by(by_label):
+    """The metric of these rows ({label: rows}; metric.py)."""
+    return metric_of([r for rows in by_label.values() for r in rows])
+
+
 def candidates(folder, by_label):
-    """{(source, target): {seed: [(label, epoch, target accuracy, {validator: score})]}} of every evaluated epoch
-    with validator scores, from the run files of these rows ({label: rows}); a run whose file is gone has none."""
+    """{(source, target): {seed: [(label, epoch, value, {validator: score})]}} of every evaluated epoch with validator
+    scores, from the run files of these rows ({label: rows}), value by the rows' metric; a run whose file is gone has
+    none."""
+    metric = scored_by(by_label)
     found = {}
     for label, rows in by_label.items():
         for task, by_seed in histories(folder, rows).items():
             for seed, epochs in by_seed.items():
-                scored = [(label, e["epoch"], e["target_acc"], e["validators"]) for e in epochs
-                          if e.get("target_acc") is not None and e.get("validators")]
+                scored = [(label, e["epoch"], epoch_value(e, metric), e["validators"]) for e in epochs
+                          if epoch_value(e, metric) is not None and e.get("validators")]
                 if scored:
                     found.setdefault(task, {}).setdefault(seed, []).extend(scored)
     return found
 
 
+def unscored(found, by_label):
+    """{label: {(source, target): [seeds]}} of the runs of these rows that are no candidates (found: candidates()):
+    run with --validators=none, or their run file is gone."""
+    missing = {}
+    for label, rows in by_label.items():
+        for task, by_seed in latest_per_seed(rows).items():
+            for seed in sorted(by_seed):
+                if not any(run[0] == label for run in found.get(task, {}).get(seed, ())):
+                    missing.setdefault(label, {}).setdefault(task, []).append(seed)
+    return missing
+
+
 def selection(found, by_label, default):
-    """{choice: {(source, target): {seed: (label, epoch, target accuracy)}}} for the default setting's final model
-    (labelled "final model: <default>"), each validator that scored the candidates (found: candidates()), and the
-    oracle; the tasks and seeds are those with candidates."""
+    """{choice: {(source, target): {seed: (label, epoch, value, best)}}} for the default setting's final model
+    (labelled "final model: <default>"; only where its run is among the candidates), each validator that scored the
+    candidates (found: candidates()), and the oracle; best is the oracle's value over the candidates that choice
+    picked from (a validator: those it scored; the final model and the oracle: all). The tasks and seeds are those
+    with candidates."""
     names = list(dict.fromkeys(name for by_seed in found.values() for runs in by_seed.values()
                                for *_, scores in runs for name in scores))
     table = {f"final model: {default}": {}}
     table.update({name: {} for name in names})
     table[ORACLE] = {}
+    metric = scored_by(by_label)
     finals = latest_per_seed(by_label.get(default, []))
     for task, by_seed in found.items():
         for seed, runs in by_seed.items():
-            if seed in finals.get(task, {}):
+            best = max(run[2] for run in runs)
+            if seed in finals.get(task, {}) and any(run[0] == default for run in runs):  # (its run has scores)
                 row = finals[task][seed]
-                table[f"final model: {default}"].setdefault(task, {})[seed] = (default, None, row["accuracy"])
+                table[f"final model: {default}"].setdefault(task, {})[seed] = (default, None, final_value(row, metric),
+                                                                              best)
             for name in names:
                 scored = [run for run in runs if run[3].get(name) is not None]  # (None: outputs not finite)
                 if scored:
-                    label, epoch, accuracy, _ = max(scored, key=lambda run: run[3][name])  # (ties: the first)
-                    table[name].setdefault(task, {})[seed] = (label, epoch, accuracy)
-            label, epoch, accuracy, _ = max(runs, key=lambda run: run[2])
-            table[ORACLE].setdefault(task, {})[seed] = (label, epoch, accuracy)
+                    label, epoch, value, _ = max(scored, key=lambda run: run[3][name])  # (ties: the first)
+                    table[name].setdefault(task, {})[seed] = (label, epoch, value, max(run[2] for run in scored))
+            label, epoch, value, _ = max(runs, key=lambda run: run[2])
+            table[ORACLE].setdefault(task, {})[seed] = (label, epoch, value, value)
     return table
 
 
 def cells(table):
-    """{choice: ({task: mean accuracy over seeds, in percent}, average over tasks, gap to the oracle)}: the gap is
-    the mean over tasks of the oracle's cell minus this choice's (the same seeds in both)."""
-    oracle = {task: statistics.mean(100 * pick[2] for pick in by_seed.values())
-              for task, by_seed in table[ORACLE].items()}
+    """{choice: ({task: (mean value over the seeds it picked on, in percent, how many those are, how many the task
+    has)}, average over tasks, its oracle's average, gap)}: its oracle is the mean of each pick's best (the oracle
+    over the candidates it picked from) over the same tasks and seeds, and the gap is its oracle's average minus the
+    row's; those three only where the choice has every task."""
+    seeds = {task: len(by_seed) for task, by_seed in table[ORACLE].items()}
     out = {}
     for choice, by_task in table.items():
-        means = {task: statistics.mean(100 * pick[2] for pick in by_seed.values()) for task, by_seed in by_task.items()}
-        complete = means and means.keys() == oracle.keys()
-        average = statistics.mean(means.values()) if complete else None
-        gap = statistics.mean(oracle[task] - means[task] for task in means) if complete else None
-        out[choice] = means, average, gap
+        means = {task: (statistics.mean(100 * pick[2] for pick in by_seed.values()), len(by_seed), seeds[task])
+                 for task, by_seed in by_task.items()}
+        if means and means.keys() == seeds.keys():
+            average = statistics.mean(mean for mean, _, _ in means.values())
+            oracle = statistics.mean(statistics.mean(100 * pick[3] for pick in by_seed.values())
+                                     for by_seed in by_task.values())
+            out[choice] = means, average, oracle, oracle - average
+        else:
+            out[choice] = means, None, None, None
     return out
 
 
@@ -82,37 +118,54 @@ def ordered(tasks):
     return sorted(tasks, key=lambda task: PAPER_ORDER.index(task) if task in PAPER_ORDER else len(PAPER_ORDER))
 
 
-def markdown(table, name_of_task, title):
-    """The table as printed: one row per choice, one column per task, the average and the gap to the oracle."""
-    numbers = cells(table)
+def markdown(table, name_of_task, title, metric, missing):
+    """The table as printed: one row per choice, one column per task, the average, its oracle and the gap, and notes
+    saying what each is over and which runs are no candidates (missing: unscored())."""
     tasks = ordered(task for by_task in table.values() for task in by_task)
     header = " | ".join(name_of_task(*t) for t in tasks)
-    lines = [f"\n{title}\n", f"| choice | {header} | average | gap to oracle |", "|---" * (len(tasks) + 3) + "|"]
+    lines = [f"\n{title}\n", f"| choice | {header} | average | its oracle | gap |", "|---" * (len(tasks) + 4) + "|"]
     shown = lambda value: "-" if value is None else f"{value:.2f}"  # noqa: E731
-    for choice, (means, average, gap) in numbers.items():
-        lines.append(f"| {choice} | " + " | ".join(shown(means.get(t)) for t in tasks) +
-                     f" | {shown(average)} | {shown(gap)} |")
-    lines.append("\nEach cell: the target accuracy (%) of the model the choice picks among every evaluated epoch of "
-                 "every setting, the mean over seeds; the oracle picks by the target's labels, the validators without "
-                 "them (validators.py); gap: the oracle's average minus the row's, in points.")
+    numbers = cells(table)
+    for choice, (means, average, oracle, gap) in numbers.items():
+        row = [f"{means[t][0]:.2f}" + (f" ({means[t][1]}/{means[t][2]})" if means[t][1] < means[t][2] else "")
+               if t in means else "-" for t in tasks]
+        lines.append(f"| {choice} | " + " | ".join(row) + f" | {shown(average)} | {shown(oracle)} | {shown(gap)} |")
+    partial = "; (k/n): over the k of the n seeds where it picked one" if any(
+        means[t][1] < means[t][2] for means, *_ in numbers.values() for t in means) else ""
+    lines.append(f"\nEach cell: the {name_of(metric)} (%) of the model the choice picks, the mean over seeds{partial}. "
+                 "Candidates: every evaluated epoch with validator scores, of every setting; a validator picks by its "
+                 "score among those it scored (validators.py; source_val_acc, dev: runs with --source_val > 0), the "
+                 "oracle by the target's labels among all. its oracle: the best among the candidates the row picked "
+                 "from (the final model's: all), on the same seeds; gap: its oracle minus the row's average, in "
+                 "points.")
+    if missing:
+        names = ",".join(choice for choice in table if choice != ORACLE and not choice.startswith("final model"))
+        runs = "; ".join(f"{label} (" + ", ".join(f"{name_of_task(*task)} seed{'s' * (len(seeds) > 1)} "
+                                                  + ", ".join(map(str, seeds)) for task, seeds in by_task.items())
+                         + ")" for label, by_task in missing.items())
+        lines.append(f"\nNo validator scores (run with --validators=none, or the run file is gone), so not among the "
+                     f"candidates and in no number above, the final model's included: {runs}. To score them, run those "
+                     f"settings again with --rerun=True and --validators=auto (or --validators={names}).")
     return "\n".join(lines)
 
 
-def csv_text(table, name_of_task):
-    """One line per choice, task and seed: what was picked (setting, epoch) and its target accuracy (%)."""
+def csv_text(table, name_of_task, metric):
+    """One line per choice, task and seed: what was picked (setting, epoch), its value by the metric (%), and the
+    oracle's over the candidates the choice picked from (%)."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(["choice", "task", "seed", "setting", "epoch", "target_acc"])
+    key = epoch_key(metric)  # target_acc, or VisDA-2017's target_class_acc
+    writer.writerow(["choice", "task", "seed", "setting", "epoch", key, f"its_oracle_{key}"])
     for choice, by_task in table.items():
         for task, by_seed in by_task.items():
-            for seed, (label, epoch, accuracy) in sorted(by_seed.items()):
+            for seed, (label, epoch, value, best) in sorted(by_seed.items()):
                 writer.writerow([choice, name_of_task(*task), seed, label, "final" if epoch is None else epoch,
-                                 f"{100 * accuracy:.4f}"])
+                                 f"{100 * value:.4f}", f"{100 * best:.4f}"])
     return out.getvalue()
 
 
-def draw(found, table, name_of_task, path):
-    """Validator score against target accuracy, one point per run and epoch (found: candidates()): a panel per
+def draw(found, table, name_of_task, metric, path):
+    """Validator score against the metric's value, one point per run and epoch (found: candidates()): a panel per
     validator (rows) and task (columns), each validator's picks circled."""
     import matplotlib
     matplotlib.use("Agg")
@@ -126,12 +179,12 @@ def draw(found, table, name_of_task, path):
             runs = [run for runs in found[task].values() for run in runs if run[3].get(name) is not None]
             axis.scatter([run[3][name] for run in runs], [100 * run[2] for run in runs], s=12, alpha=0.6)
             picks = [(found_run[3][name], 100 * found_run[2]) for seed, pick in table[name].get(task, {}).items()
-                     for found_run in found[task][seed] if found_run[:3] == pick]
+                     for found_run in found[task][seed] if found_run[:3] == pick[:3]]
             if picks:
                 axis.scatter(*zip(*picks), s=80, facecolors="none", edgecolors="red")
             axis.set_title(f"{name_of_task(*task)}: {name}", fontsize=9)
             axis.set_xlabel(f"{name} score", fontsize=8)
-            axis.set_ylabel("target accuracy (%)", fontsize=8)
+            axis.set_ylabel(f"{name_of(metric)} (%)", fontsize=8)
             axis.set_gid(f"{name_of_task(*task)}:{name}")
     figure.tight_layout()
     write_file(path, lambda f: figure.savefig(f, format="png", dpi=80))
@@ -145,12 +198,12 @@ def report(folder, by_label, default, name_of_task, title, stem):
     found = candidates(folder, by_label)  # (the run files, read once)
     if all(len(runs) < 2 for by_seed in found.values() for runs in by_seed.values()):
         return []  # nothing to choose from: no scores, or one scored model per task and seed
-    table = selection(found, by_label, default)
-    text = markdown(table, name_of_task, title)
+    table, metric = selection(found, by_label, default), scored_by(by_label)
+    text = markdown(table, name_of_task, title, metric, unscored(found, by_label))
     print(text)
     paths = [os.path.join(folder, f"selection_{stem}.{kind}") for kind in ("md", "csv")]
     write_file(paths[0], lambda f: f.write((text.strip() + "\n").encode()))
-    write_file(paths[1], lambda f: f.write(csv_text(table, name_of_task).encode()))
+    write_file(paths[1], lambda f: f.write(csv_text(table, name_of_task, metric).encode()))
     paths.append(os.path.join(folder, f"validators_{stem}.png"))
-    draw(found, table, name_of_task, paths[-1])
+    draw(found, table, name_of_task, metric, paths[-1])
     return paths

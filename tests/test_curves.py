@@ -44,11 +44,24 @@ def test_one_run_draws_its_accuracy_and_loss_per_epoch(tmp_path):
     fig, [row] = figure_of(out, ["source_only"])
     epochs = epochs_of(out, row)
     top, bottom = panels(fig)["A→W:accuracy"], panels(fig)["A→W:loss"]
-    assert top.get_title() == "A→W"
+    assert top.get_title() == "A→W" and top.get_ylabel() == "target accuracy (%)"
     assert lines_of(top)["source_only:target"] == ([1, 2, 3], [100 * e["target_acc"] for e in epochs])
     assert lines_of(bottom)["source_only:loss"] == ([1, 2, 3], [e["loss"] for e in epochs])
     assert "source_only:adaptation" not in lines_of(bottom)
     assert top.get_legend().get_texts()[0].get_text() == "source_only (1 seeds)"
+
+
+def test_a_visda_curve_is_its_mean_class_accuracy_per_epoch(tmp_path):
+    """Each epoch records both numbers; VisDA-2017's rows are scored by the mean class accuracy, and so is its curve."""
+    epochs = [{"epoch": k + 1, "loss": 1.0 / (k + 1), "target_acc": acc, "target_class_acc": class_acc}
+              for k, (acc, class_acc) in enumerate([(0.5, 0.25), (0.75, 0.4)])]
+    (tmp_path / "run.json").write_text(json.dumps({"epochs": epochs}))
+    row = {"source": "synthetic", "target": "real", "seed": 0, "run_file": "run.json", "accuracy": 0.4,
+           "mean_class_accuracy": 0.4, "metric": "mean class accuracy"}
+    fig = curves.draw(str(tmp_path), {"dann": [row]}, lambda s, t: "S→R", "title", str(tmp_path / "curves.png"))
+    top = panels(fig)["S→R:accuracy"]
+    assert lines_of(top)["dann:target"] == ([1, 2], [25.0, 40.0])
+    assert top.get_ylabel() == "target mean class accuracy (%)"
 
 
 @pytest.mark.slow

@@ -95,6 +95,58 @@ def test_a_mean_class_accuracy_of_zero_is_kept_in_the_row_and_tabled(visda, tmp_
         assert "| source_only | S→R | 0.0 | 0.0 | 0.0 | 0.0 | 0.0 |" in printed
 
 
+def test_mean_class_accuracy_is_the_mean_over_classes_not_over_images():
+    """An imbalanced target, by hand: aeroplane 4 of 6 right, bicycle 0 of 1, bus 2 of 2, car without images."""
+    labels = torch.tensor([0, 0, 0, 0, 0, 0, 1, 2, 2])
+    predicted = torch.tensor([0, 0, 0, 0, 1, 2, 0, 2, 2])
+    kept = {"logits": torch.nn.functional.one_hot(predicted, 4).float(), "labels": labels}
+    per_class = results.per_class_accuracy(kept, VISDA_CLASSES)
+    assert per_class == {"aeroplane": pytest.approx(4 / 6), "bicycle": 0.0, "bus": 1.0, "car": None}
+    assert results.mean_class_accuracy(per_class) == pytest.approx((4 / 6 + 0 + 1) / 3)  # 55.56, where images: 66.67
+
+
+@pytest.mark.slow
+def test_an_imbalanced_visda_run_records_and_selects_by_its_mean_class_accuracy(tmp_path, capsys):
+    """Real: aeroplane 6 images, bicycle 3, bus and car 1: each run's recorded per-class and mean class accuracies
+    equal the test's own count from its saved model, and the selection table's final model, oracle and picks are
+    those numbers, the table's (not the accuracy over images)."""
+    root = make_tree(tmp_path / "visda2017", {"synthetic": 5, "real": 6}, classes=VISDA_CLASSES, layout="flat",
+                     size=(28, 28))
+    for name, keep in {"bicycle": 3, "bus": 1, "car": 1}.items():
+        for file in sorted(os.listdir(os.path.join(root, "real", name)))[keep:]:
+            os.remove(os.path.join(root, "real", name, file))
+    out = tmp_path / "out"
+    office31.main(["--dataset=visda2017", f"--data_root={root}", f"--out_dir={out}", *TINY, "--epochs=2",
+                   "--lr=0.001,0.01", "--validators=entropy", "--save_model"])
+    real = data_loader.load_domain(root, "real", 24, "memory", 0, "cpu")
+    finals = {}
+    for row in results.read_rows(os.path.join(out, "results.jsonl")):
+        net, _ = office31.build_model("resnet18", 4, "none")
+        net.load_state_dict(torch.load(out / row["run_file"].replace(".json", ".pt"), weights_only=True))
+        kept = {}
+        office31.evaluate(net.to(memory_format=torch.channels_last), real.test_batches(5, 20), False,
+                          torch.channels_last, kept)
+        right, seen = [0] * 4, [0] * 4
+        for guess, label in zip(kept["logits"].argmax(1).tolist(), kept["labels"].tolist()):
+            seen[label] += 1
+            right[label] += guess == label
+        assert seen == [6, 3, 1, 1]
+        own = statistics.mean(r / n for r, n in zip(right, seen))
+        assert own != pytest.approx(sum(right) / sum(seen))  # (imbalanced: the two differ here)
+        assert row["per_class"] == {name: pytest.approx(r / n) for name, r, n in zip(VISDA_CLASSES, right, seen)}
+        assert row["mean_class_accuracy"] == pytest.approx(own)
+        with open(out / row["run_file"], encoding="utf-8") as f:
+            epochs = json.load(f)["epochs"]
+        assert epochs[-1]["target_class_acc"] == pytest.approx(own)
+        finals[row["config"]["lr"]] = own, [e["target_class_acc"] for e in epochs]
+    printed = capsys.readouterr().out
+    assert re.search(rf"^\| source_only lr=0.001 \| {100 * finals[0.001][0]:.2f} \|", printed, re.M)
+    chosen = printed.split("choosing without target labels")[1]
+    assert f"| final model: source_only lr=0.001 | {100 * finals[0.001][0]:.2f} |" in chosen
+    best = max(value for _, values in finals.values() for value in values)
+    assert f"| oracle (target labels) | {100 * best:.2f} |" in chosen
+
+
 @pytest.mark.slow
 def test_office31_rows_record_per_class_accuracy_and_keep_their_metric(tmp_path, capsys):
     root = make_tree(tmp_path / "office31", {"amazon": 4, "webcam": 2}, size=(28, 28))

@@ -86,12 +86,8 @@ def test_a_grid_of_two_trade_offs_by_two_epoch_counts_runs_each_once_and_resumes
             for e in json.load(f)["epochs"]:
                 found.setdefault((r["source"], r["target"]), []).append((e["validators"], e["target_acc"]))
     assert all(set(scores) == set(validators.NAMES) for runs in found.values() for scores, _ in runs)
-    shown = {}
     [name] = [n for n in os.listdir(out) if n.startswith("selection_") and n.endswith(".md")]
-    for line in (out / name).read_text().splitlines():
-        cells = [x.strip() for x in line.strip("|").split("|")]
-        if len(cells) == 5 and cells[0] not in ("choice", "---"):
-            shown[cells[0]] = cells[1:]
+    shown = table_cells((out / name).read_text())
     for task, column in {("amazon", "webcam"): 0, ("webcam", "amazon"): 1}.items():
         runs = found[task]
         assert float(shown["oracle (target labels)"][column]) == round(100 * max(a for _, a in runs), 2)
@@ -99,8 +95,9 @@ def test_a_grid_of_two_trade_offs_by_two_epoch_counts_runs_each_once_and_resumes
             best = max(runs, key=lambda run: run[0][v])  # (the first of equals, as selection.py picks)
             assert float(shown[v][column]) == round(100 * best[1], 2), v
     oracle = statistics.mean(float(x) for x in shown["oracle (target labels)"][:2])
-    for choice, cells in shown.items():
-        assert float(cells[3]) == pytest.approx(oracle - statistics.mean(map(float, cells[:2])), abs=0.011)
+    for choice, cells in shown.items():  # (every validator scored every candidate: each one's oracle is the oracle)
+        assert float(cells[3]) == pytest.approx(oracle, abs=0.006)
+        assert float(cells[4]) == pytest.approx(oracle - statistics.mean(map(float, cells[:2])), abs=0.011)
     [default] = [c for c in shown if c.startswith("final model: ")]
     assert default == "final model: dann trade_off=1.0 epochs=1"  # the most grid values at the flags' defaults
     assert os.path.getsize(out / name.replace("selection_", "validators_").replace(".md", ".png")) > 0
@@ -291,26 +288,150 @@ def test_a_runs_recorded_scores_equal_a_recomputation_from_its_saved_model(tmp_p
 # the selection table on rows made by hand
 
 
+def made(folder, label, seed, epochs, task=("amazon", "webcam"), **row):
+    """A row of one setting, task and seed and its run file, made by hand: epochs are its evaluated epochs' records
+    (target_acc, validators, ...), numbered from 1; row: the row's own keys (accuracy, metric, ...)."""
+    name = f"{label}-{task[0]}-{seed}.json".replace(" ", "_")
+    (folder / name).write_text(json.dumps({"epochs": [dict(e, epoch=k + 1) for k, e in enumerate(epochs)]}))
+    return {"source": task[0], "target": task[1], "seed": seed, "run_file": name, **row}
+
+
+def scored(*epochs, name="entropy"):
+    """Evaluated epochs of (target accuracy, the validator's score) pairs."""
+    return [{"target_acc": acc, "validators": {name: score}} for acc, score in epochs]
+
+
+def table_cells(text):
+    """{choice: its cells} of a printed selection table."""
+    rows = [[x.strip() for x in line.strip("|").split("|")] for line in text.splitlines() if line.startswith("| ")]
+    return {cells[0]: cells[1:] for cells in rows if cells[0] not in ("choice", "---")}
+
+
 def test_selection_picks_each_validators_best_and_the_oracle(tmp_path):
     def row(label, seed, final, epochs):
-        name = f"{label}-{seed}.json".replace(" ", "_")
-        (tmp_path / name).write_text(json.dumps({"epochs": [
-            {"epoch": k + 1, "target_acc": acc, "validators": {"entropy": score}} for k, (acc, score) in
-            enumerate(epochs)]}))
-        return {"source": "amazon", "target": "webcam", "seed": seed, "accuracy": final, "run_file": name}
+        return made(tmp_path, label, seed, scored(*epochs), accuracy=final)
     by_label = {"dann trade_off=0.1": [row("a", 0, 0.5, [(0.4, -3), (0.5, -1)]), row("a", 1, 0.6, [(0.6, -2)])],
                 "dann trade_off=1.0": [row("b", 0, 0.7, [(0.9, -4), (0.7, -2)]), row("b", 1, 0.2, [(0.2, -1)])]}
     table = selection.selection(selection.candidates(str(tmp_path), by_label), by_label, "dann trade_off=1.0")
     task = ("amazon", "webcam")
-    assert table["entropy"][task] == {0: ("dann trade_off=0.1", 2, 0.5), 1: ("dann trade_off=1.0", 1, 0.2)}
-    assert table[selection.ORACLE][task] == {0: ("dann trade_off=1.0", 1, 0.9), 1: ("dann trade_off=0.1", 1, 0.6)}
-    assert table["final model: dann trade_off=1.0"][task] == {0: ("dann trade_off=1.0", None, 0.7),
-                                                             1: ("dann trade_off=1.0", None, 0.2)}
+    assert table["entropy"][task] == {0: ("dann trade_off=0.1", 2, 0.5, 0.9), 1: ("dann trade_off=1.0", 1, 0.2, 0.6)}
+    assert table[selection.ORACLE][task] == {0: ("dann trade_off=1.0", 1, 0.9, 0.9),
+                                             1: ("dann trade_off=0.1", 1, 0.6, 0.6)}
+    assert table["final model: dann trade_off=1.0"][task] == {0: ("dann trade_off=1.0", None, 0.7, 0.9),
+                                                             1: ("dann trade_off=1.0", None, 0.2, 0.6)}
     numbers = selection.cells(table)
-    assert numbers["entropy"][1] == pytest.approx(35.0) and numbers["entropy"][2] == pytest.approx(75.0 - 35.0)
-    text = selection.markdown(table, lambda s, t: "A→W", "title")
-    assert re.search(r"^\| entropy \| 35\.00 \| 35\.00 \| 40\.00 \|$", text, re.M)
-    assert re.search(r"^\| oracle \(target labels\) \| 75\.00 \| 75\.00 \| 0\.00 \|$", text, re.M)
+    assert numbers["entropy"][1:] == pytest.approx((35.0, 75.0, 75.0 - 35.0))
+    text = selection.markdown(table, lambda s, t: "A→W", "title", "accuracy", {})
+    assert re.search(r"^\| entropy \| 35\.00 \| 35\.00 \| 75\.00 \| 40\.00 \|$", text, re.M)
+    assert re.search(r"^\| oracle \(target labels\) \| 75\.00 \| 75\.00 \| 75\.00 \| 0\.00 \|$", text, re.M)
+    assert "Each cell: the target accuracy (%)" in text and "(k/n)" not in text and "--rerun" not in text
+
+
+def test_a_visda_selection_table_its_oracle_its_files_and_figure_score_by_the_mean_class_accuracy(tmp_path):
+    """Each epoch records both numbers; on VisDA-2017 every pick, the oracle, the final model, the csv and the figure
+    take the mean class accuracy, the number its table shows: here the oracle by accuracy would pick another epoch."""
+    def epoch(acc, class_acc, score):
+        return {"target_acc": acc, "target_class_acc": class_acc, "validators": {"entropy": score}}
+    visda = {"metric": "mean class accuracy"}
+    by_label = {"dann lr=0.001": [made(tmp_path, "a", 0, [epoch(0.9, 0.3, -1), epoch(0.6, 0.7, -2)], accuracy=0.6,
+                                       mean_class_accuracy=0.7, **visda)],
+                "dann lr=0.01": [made(tmp_path, "b", 0, [epoch(0.5, 0.4, -3)], accuracy=0.5, mean_class_accuracy=0.4,
+                                      **visda)]}
+    found = selection.candidates(str(tmp_path), by_label)
+    table = selection.selection(found, by_label, "dann lr=0.001")
+    task = ("amazon", "webcam")
+    assert table[selection.ORACLE][task] == {0: ("dann lr=0.001", 2, 0.7, 0.7)}  # by accuracy: epoch 1
+    assert table["entropy"][task] == {0: ("dann lr=0.001", 1, 0.3, 0.7)}
+    assert table["final model: dann lr=0.001"][task] == {0: ("dann lr=0.001", None, 0.7, 0.7)}
+    # the rows as the table of final models hands them over (the mean class accuracy in the accuracy's place)
+    for rows in by_label.values():
+        rows[:] = [dict(r, accuracy=r["mean_class_accuracy"]) for r in rows]
+    paths = selection.report(str(tmp_path), by_label, "dann lr=0.001", lambda s, t: "S→R", "title", "visda")
+    shown = table_cells(open(paths[0], encoding="utf-8").read())
+    assert shown["entropy"] == ["30.00", "30.00", "70.00", "40.00"]
+    assert shown["final model: dann lr=0.001"] == shown[selection.ORACLE] == ["70.00", "70.00", "70.00", "0.00"]
+    assert "Each cell: the target mean class accuracy (%)" in open(paths[0], encoding="utf-8").read()
+    with open(paths[1], encoding="utf-8") as f:
+        lines = list(csv.DictReader(f))
+    assert [(line["choice"], line["target_class_acc"]) for line in lines] == [
+        ("final model: dann lr=0.001", "70.0000"), ("entropy", "30.0000"), (selection.ORACLE, "70.0000")]
+    figure = selection.draw(found, table, lambda s, t: "S→R", "mean class accuracy", str(tmp_path / "v.png"))
+    [axis] = figure.axes
+    assert axis.get_ylabel() == "target mean class accuracy (%)"
+    assert sorted(axis.collections[0].get_offsets()[:, 1].tolist()) == pytest.approx([30.0, 40.0, 70.0])
+
+
+def test_runs_without_scores_are_named_and_no_oracle_or_gap_leaves_them_out_silently(tmp_path):
+    """The default setting ran first with --validators=none, a grid with scores after: its final model is no
+    candidate, so it is not set against an oracle that could not have picked it; the table names it, and says how
+    to score it."""
+    final = made(tmp_path, "a", 0, [{"target_acc": 0.2}, {"target_acc": 0.29}], accuracy=0.29)
+    by_label = {"dann lr=0.001": [final, made(tmp_path, "a", 0, [{"target_acc": 0.5}], ("webcam", "amazon"),
+                                              accuracy=0.5)],
+                "dann lr=0.01": [made(tmp_path, "b", 0, scored((0.2, -1), (0.1, -2)), accuracy=0.1),
+                                 made(tmp_path, "b", 1, scored((0.3, -1), (0.4, -2)), accuracy=0.4)]}
+    found = selection.candidates(str(tmp_path), by_label)
+    assert selection.unscored(found, by_label) == {"dann lr=0.001": {("amazon", "webcam"): [0],
+                                                                      ("webcam", "amazon"): [0]}}
+    table = selection.selection(found, by_label, "dann lr=0.001")
+    assert table["final model: dann lr=0.001"] == {}  # no candidate: not beside an oracle of 20.00
+    text = selection.markdown(table, lambda s, t: f"{s[0].upper()}→{t[0].upper()}", "title", "accuracy",
+                              selection.unscored(found, by_label))
+    assert table_cells(text)["final model: dann lr=0.001"] == ["-", "-", "-", "-"]
+    assert table_cells(text)[selection.ORACLE] == ["30.00", "30.00", "30.00", "0.00"]
+    assert ("No validator scores (run with --validators=none, or the run file is gone), so not among the candidates "
+            "and in no number above, the final model's included: dann lr=0.001 (A→W seed 0, W→A seed 0). To score "
+            "them, run those settings again with --rerun=True and --validators=auto (or --validators=entropy).") in text
+
+
+@pytest.mark.slow
+def test_the_default_run_without_scores_then_a_grid_with_them(tmp_path, shifted, capsys):
+    """The sweep reuses the unscored run of the default setting (validators are no experiment flag): the selection
+    table says so rather than set its final model against the other setting's oracle."""
+    argv = [f"--data_root={shifted}", f"--out_dir={tmp_path}", *TINY, "--epochs=2", "--tasks=A-W"]
+    office31.main([*argv, "--validators=none"])
+    capsys.readouterr()
+    office31.main([*argv, "--lr=0.001,0.01", "--validators=entropy,infomax"])
+    text = capsys.readouterr().out.split("choosing without target labels")[1]
+    assert table_cells(text)["final model: dann lr=0.001"] == ["-"] * 4
+    assert "the final model's included: dann lr=0.001 (A→W seed 0). To score them, run those settings again with " \
+           "--rerun=True and --validators=auto (or --validators=entropy,infomax)." in text
+
+
+def test_a_validator_without_a_score_on_a_seed_is_compared_on_the_seeds_it_has(tmp_path):
+    """snd has no score on the hard seed (outputs not finite): its cell says 1/2 seeds, and its gap is to the oracle
+    on that seed only, not to the oracle's mean over both (which would put it above the oracle)."""
+    def epoch(acc, entropy, snd):
+        return {"target_acc": acc, "validators": {"entropy": entropy, "snd": snd}}
+    by_label = {"dann": [made(tmp_path, "a", 0, [epoch(0.9, -1, 2), epoch(0.8, -2, 1)], accuracy=0.8),
+                         made(tmp_path, "a", 1, [epoch(0.3, -1, None), epoch(0.2, -2, None)], accuracy=0.2)]}
+    table = selection.selection(selection.candidates(str(tmp_path), by_label), by_label, "dann")
+    assert list(table["snd"][("amazon", "webcam")]) == [0]
+    means, average, oracle, gap = selection.cells(table)["snd"]
+    assert means == {("amazon", "webcam"): (90.0, 1, 2)} and (average, oracle, gap) == pytest.approx((90, 90, 0))
+    assert selection.cells(table)[selection.ORACLE][1:] == pytest.approx((60, 60, 0))
+    text = selection.markdown(table, lambda s, t: "A→W", "title", "accuracy", {})
+    assert table_cells(text)["snd"] == ["90.00 (1/2)", "90.00", "90.00", "0.00"]
+    assert table_cells(text)["entropy"] == ["60.00", "60.00", "60.00", "0.00"]
+    assert "(k/n): over the k of the n seeds where it picked one" in text
+
+
+def test_each_validators_gap_is_to_the_oracle_over_the_candidates_it_could_pick_from(tmp_path):
+    """source_val_acc scores only the setting with a held-out source part; the best model is in the other: its gap is
+    to the best of the candidates it scored, and the table says over what."""
+    def epoch(acc, **scores):
+        return {"target_acc": acc, "validators": scores}
+    by_label = {"dann source_val=0.0": [made(tmp_path, "a", 0, [epoch(0.9, entropy=-2)], accuracy=0.9)],
+                "dann source_val=0.1": [made(tmp_path, "b", 0, [epoch(0.6, entropy=-1, source_val_acc=0.5),
+                                                                  epoch(0.7, entropy=-3, source_val_acc=0.4)],
+                                             accuracy=0.7)]}
+    table = selection.selection(selection.candidates(str(tmp_path), by_label), by_label, "dann source_val=0.0")
+    text = selection.markdown(table, lambda s, t: "A→W", "title", "accuracy", {})
+    assert table_cells(text)["source_val_acc"] == ["60.00", "60.00", "70.00", "10.00"]  # not 30.00: 90 it could not pick
+    assert table_cells(text)["entropy"] == ["60.00", "60.00", "90.00", "30.00"]
+    assert table_cells(text)[selection.ORACLE] == ["90.00", "90.00", "90.00", "0.00"]
+    assert "its oracle: the best among the candidates the row picked from" in text
+    assert "source_val_acc, dev: runs with --source_val > 0" in text
 
 
 # -------------------------------------------------------------------------------------------------------------------
