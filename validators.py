@@ -138,14 +138,14 @@ def compute(names, target_logits, target_features=None, held_out=None, source_fe
 
 def score(names, target_logits, target_features, outputs, held=None, source=None):
     """compute() for a model, from its logits and features on every target image (not their labels), and from
-    outputs(domain, kept), which evaluates the model on a domain into kept (office31.py): its outputs on the held-out
-    source images (held) for source_val_acc and DEV, and on the source's training images for DEV's domain classifier
-    (where the source has a test list, not those)."""
+    outputs(domain, kept), which evaluates the model on a domain into kept (office31.py), only where a validator named
+    reads it: its outputs on the held-out source images (held) for source_val_acc and DEV, and on the source's
+    training images for DEV's domain classifier (where the source has a test list, not those)."""
     def of(domain):
         kept = {}
         outputs(domain, kept)
         return kept
-    on_held = of(held) if held is not None else {}
+    on_held = of(held) if held is not None and set(names) & set(HELD_OUT) else {}
     held_out = (on_held["logits"], on_held["labels"], on_held.get("features")) if on_held else None
     source_features = of(part(source, torch.arange(len(source))))["features"] if "dev" in names else None
     return compute(names, target_logits, target_features, held_out, source_features)
