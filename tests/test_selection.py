@@ -234,7 +234,7 @@ def test_an_evaluation_runs_only_the_passes_its_validators_read(tmp_path, shifte
     """The target pass always; the held-out source pass for source_val_acc and DEV only; the pass over the source's
     training images for DEV only; features (the classifier's input) only for DEV."""
     c = config(data_root=str(shifted), model="resnet18", weights="none", resize_size=24, crop_size=20, epochs=1,
-               iters_per_epoch=1, batch_size=6, num_workers=0, source_val=0.25, out_dir=str(tmp_path))
+               iters_per_epoch=1, batch_size=6, num_workers=0, source_val=0.25, amp="off", out_dir=str(tmp_path))
     source, target = (data_loader.load_domain(shifted, name, 24, True, 0, "cpu") for name in ("amazon", "webcam"))
     real, passes = office31.evaluate, []
 
@@ -260,7 +260,8 @@ def test_an_evaluation_runs_only_the_passes_its_validators_read(tmp_path, shifte
 @pytest.mark.slow
 def test_shuffling_the_target_labels_changes_no_validator_score(tmp_path, shifted):
     c = config(data_root=str(shifted), model="resnet18", weights="none", resize_size=24, crop_size=20, epochs=2,
-               iters_per_epoch=2, batch_size=6, num_workers=0, method="dann", source_val=0.25, out_dir=str(tmp_path))
+               iters_per_epoch=2, batch_size=6, num_workers=0, method="dann", source_val=0.25, out_dir=str(tmp_path),
+               amp="off")  # (auto's CPU measurement, in the first run only, draws from the seeded global generator)
     source, target = (data_loader.load_domain(shifted, name, 24, True, 0, "cpu") for name in ("amazon", "webcam"))
     shuffled = copy.copy(target)
     shuffled.labels = target.labels[torch.randperm(len(target), generator=torch.Generator().manual_seed(5))]
