@@ -22,7 +22,7 @@ import signal
 import torch
 
 from data_loader import UserError
-from results import experiment, run_label, run_stem
+from results import experiment, remove_run_temporaries, run_label, run_stem
 
 try:
     import fcntl
@@ -51,6 +51,7 @@ class Checkpoint:
                          "data": {name: data[name] for name in (c["source"], c["target"])}}
         digest = hashlib.sha1(json.dumps([dataset, key], sort_keys=True).encode()).hexdigest()[:10]
         self.path = os.path.join(c["out_dir"], f"{run_stem(c)}_{digest}.ckpt")
+        self.run_files = os.path.join(c["out_dir"], run_stem(c))  # where the names of its JSON and weights begin
         self.name = f"{task} {run_label(c)}"
         self.warned = False  # a checkpoint that could not be written is said once per run
 
@@ -113,10 +114,12 @@ class Checkpoint:
 
     def remove_temporaries(self):
         """Delete what a process killed while writing this run's checkpoint left (<name>.ckpt.<pid>.tmp: up to the
-        checkpoint's size). Called under the run's lock, when no other process can be writing one."""
+        checkpoint's size), and while writing its JSON or weights (results.remove_run_temporaries: of processes gone).
+        Called under the run's lock, when no other process can be writing its checkpoint."""
         for path in glob.glob(glob.escape(self.path) + ".*.tmp"):
             print(f"removing {path}, left by a process stopped while writing a checkpoint of {self.name}")
             os.remove(path)
+        remove_run_temporaries(self.run_files)
 
     @contextlib.contextmanager
     def lock(self):

@@ -463,8 +463,9 @@ class DiskCachedDomain(CachedDomain):
     """The cached path with its decoded images in a file instead of memory: one uint8 file per domain, resize and
     interpolation under cache_dir, built once (by one process, under a lock, then renamed into place) and read
     through a memory map by every run and process after it. Its name holds a digest of the images' paths, sizes and
-    times, so other data gets a file of its own. Crops are cut on the CPU, page by page, then moved to the device; the
-    same generator draws the same crops and flips as in memory."""
+    times, so other data gets a file of its own, and DISK_CACHE_FORMAT, so pixels made by other code do too. Crops
+    are cut on the CPU, page by page, then moved to the device; the same generator draws the same crops and flips as
+    in memory."""
 
     def __init__(self, root, name, resize_size, num_workers, device, interpolation="bilinear", cache_dir=".cache"):
         self.cache_dir = cache_dir
@@ -522,15 +523,21 @@ class DiskCachedDomain(CachedDomain):
             self.map.madvise(advice, start, i * size + size - start)
 
 
+# How a disk cache file's pixels are made from the images: bump it whenever decoding, resizing or the file's layout
+# changes, so that the files of the old pixels are built again rather than read (their names hold it).
+DISK_CACHE_FORMAT = 1
+
+
 def disk_cache_path(cache_dir, name, root, samples, resize_size, interpolation):
-    """<cache_dir>/<domain>_<resize>_<interpolation>_<digest>.uint8, the digest of each image's path (under root),
-    size, modification time and label: a changed, added or removed image makes another file (a copied tree too,
-    once, unless the copy kept the times)."""
+    """<cache_dir>/<domain>_<resize>_<interpolation>_v<format>_<digest>.uint8, format DISK_CACHE_FORMAT and the
+    digest of each image's path (under root), size, modification time and label: a changed, added or removed image
+    makes another file (a copied tree too, once, unless the copy kept the times), and so does another format."""
     digest = hashlib.sha1()
     for path, label in samples:
         stat = os.stat(path)
         digest.update(f"{os.path.relpath(path, root)}\t{stat.st_size}\t{stat.st_mtime_ns}\t{label}\n".encode())
-    return os.path.join(cache_dir, f"{name}_{resize_size}_{interpolation}_{digest.hexdigest()[:12]}.uint8")
+    return os.path.join(cache_dir, f"{name}_{resize_size}_{interpolation}_v{DISK_CACHE_FORMAT}_"
+                                   f"{digest.hexdigest()[:12]}.uint8")
 
 
 def build_disk_cache(path, shape, samples, name, resize_size, interpolation, num_workers):

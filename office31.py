@@ -275,9 +275,9 @@ def fine_tune(c, source, target, device, task, checkpoint=None, stop=None):
     layer = classifier(new_layer(net)) if "dev" in names else None  # DEV reads its input by a hook: uncompiled net
     evaluated = net if layer or several else model
 
-    def outputs(domain, kept):  # (correct, total) over every image of a domain; their outputs kept (evaluate)
+    def outputs(domain, kept, features=True):  # (correct, total) over every image of a domain; outputs kept (evaluate)
         batches = domain.test_batches(c["eval_batch_size"], c["crop_size"], pixels)
-        return evaluate(evaluated, batches, amp, memory_format, kept, layer)
+        return evaluate(evaluated, batches, amp, memory_format, kept, layer if features else None)
 
     total_steps = c["epochs"] * c["iters_per_epoch"]
     parts = {"model": net, "method": adaptation or torch.nn.Module(), "optimizer": optimizer}
@@ -316,13 +316,13 @@ def fine_tune(c, source, target, device, task, checkpoint=None, stop=None):
         row = {"epoch": epoch, "loss": loss, "adaptation_loss": losses.get("adaptation"), "source_acc": source_acc,
                "target_acc": None}
         if first and (epoch == c["epochs"] or (c["eval_every"] and epoch % c["eval_every"] == 0)):
-            kept = {}  # every target image's logits and label: the per-class accuracy and the validators
-            correct, total = outputs(target, kept)
+            kept = {}  # every tested target image's logits and label: the per-class accuracy (and the validators')
+            correct, total = outputs(target, kept, validators.scores_tested(target))
             row["target_acc"] = correct / total
             per_class = per_class_accuracy(kept, target.classes) if kept else None  # (empty where a test stands
             row["target_class_acc"] = mean_class_accuracy(per_class) if kept else None  # in for evaluate)
             if kept and names:
-                row["validators"] = validators.score(names, kept["logits"], kept.get("features"), outputs, held, source)
+                row["validators"] = validators.score(names, kept, outputs, target, held, source)
         row["seconds"] = time.time() - start
         history.append(row)
         shown = "-" if row["target_acc"] is None else f"{100 * row['target_acc']:.1f}%"

@@ -11,6 +11,7 @@ print.
 """
 import datetime
 import functools
+import glob
 import itertools
 import json
 import os
@@ -451,10 +452,17 @@ def code_revision():
 # A run's own file: its config, per-epoch numbers and result as JSON (and its weights)
 
 
+# This machine, in the names of temporary files: in a folder that machines share, only this one's processes can be
+# told gone or running.
+HOST = platform.node().split(".")[0] or "host"
+
+
 def write_new(path, write):
     """Create path by write(file) into a temporary file that is then linked into place: a reader never sees half a
-    file, and an existing file is never replaced (FileExistsError: another run took the name first)."""
-    tmp = f"{path}.{os.getpid()}.tmp"
+    file, and an existing file is never replaced (FileExistsError: another run took the name first). The temporary's
+    name, <path>.<host>.<pid>.tmp, says whose it is: one that a killed process left is removed by the next run of its
+    stem on the same machine (remove_temporaries)."""
+    tmp = f"{path}.{HOST}.{os.getpid()}.tmp"
     try:
         with open(tmp, "wb") as f:
             write(f)
@@ -467,7 +475,8 @@ def write_new(path, write):
 def save_run(c, result, weights=None):
     """Write the run's JSON (and its state_dict, if given) as out_dir/<source>-<target>_<model>_<method>_
     seed<seed>_<time>[-k].json (and .pt), k counting up from 1 while the name is taken: full domain names, so
-    that tasks never share a name, and never over another run's file. Sets result["run_file"]; returns the stem."""
+    that tasks never share a name, and never over another run's file. Sets result["run_file"]; returns the stem.
+    The two are written both or neither: a JSON that cannot be written (a full disk) takes the weights with it."""
     os.makedirs(c["out_dir"], exist_ok=True)
     base = os.path.join(c["out_dir"], f"{run_stem(c)}_{datetime.datetime.now():%Y%m%d-%H%M%S}")
     for stem in (f"{base}-{k}" if k else base for k in itertools.count()):
@@ -479,11 +488,40 @@ def save_run(c, result, weights=None):
             continue
         try:
             write_new(stem + ".json", lambda f: f.write(json.dumps(result, indent=1, ensure_ascii=False).encode()))
-        except FileExistsError:  # the weights went in first: they are this name's no more
+        except BaseException as e:  # taken by another run first, or not written: the weights are this name's no more
             if weights is not None:
                 os.remove(stem + ".pt")
-            continue
+            if isinstance(e, FileExistsError):
+                continue
+            raise
         return stem
+
+
+def remove_run_temporaries(start):
+    """Delete the temporaries of the run files whose names begin with start (out_dir/<run_stem>: every run of one
+    task, method and seed) that a process killed while writing them left (write_new; a .pt: up to the weights' size):
+    those of this machine's processes that are gone. A running process's are left (another setting of a grid has the
+    same stem), and so are another machine's."""
+    start = glob.escape(start)
+    for path in sorted(glob.glob(f"{start}_*.json.{glob.escape(HOST)}.*.tmp") +
+                       glob.glob(f"{start}_*.pt.{glob.escape(HOST)}.*.tmp")):
+        pid = path[:-len(".tmp")].rsplit(".", 1)[1]
+        if pid.isdigit() and not running(int(pid)):
+            print(f"removing {path}, left by a process stopped while writing a run's file")
+            os.remove(path)
+
+
+def running(pid):
+    """Whether a process of this id runs on this machine (on Windows, where signal 0 would end it: assumed so)."""
+    if os.name != "posix":
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's
+        return True
+    return True
 
 
 def not_written(result, where, error):

@@ -5,10 +5,11 @@ next to its paper's formula. Every score is higher-is-better (entropy and DEV, w
     scores = compute(NAMES, target_logits, target_features, (logits, labels, features) of the held-out source,
                      features of the source's training images)
 
-office31.py computes them at every evaluation (--validators), from the network's outputs on every target image and,
-for source_val_acc and DEV, on the source images that --source_val holds out of training. The target's labels never
-reach this file: it is given the target's logits and features only. selection.py reads the scores back from the run
-files and shows what each one would have chosen.
+office31.py computes them at every evaluation (--validators), from the network's outputs on the target's training
+images, the unlabelled ones adaptation sees (every target image; where the target has a test list, its train list)
+and, for source_val_acc and DEV, on the source images that --source_val holds out of training. The target's labels
+never reach this file: it is given the target's logits and features only. selection.py reads the scores back from
+the run files and shows what each one would have chosen.
 """
 import math
 
@@ -114,9 +115,9 @@ def logistic_regression(x, y, decay, steps=100):
 
 def compute(names, target_logits, target_features=None, held_out=None, source_features=None):
     """{name: score} of the validators named (NAMES), higher better (None where an output is not finite).
-    target_logits (and target_features, the input of the classifier, for DEV): every target image's; held_out:
-    (logits, labels, features) of the source images held out of training; source_features: those of the source's
-    training images (DEV's domain classifier)."""
+    target_logits (and target_features, the input of the classifier, for DEV): the target's training images';
+    held_out: (logits, labels, features) of the source images held out of training; source_features: those of the
+    source's training images (DEV's domain classifier)."""
     outputs = [target_logits, target_features, *(held_out or ()), source_features]
     if not all(torch.isfinite(x).all() for x in outputs if x is not None and x.is_floating_point()):
         return dict.fromkeys(names)  # a model whose outputs are not finite is scored by none: None
@@ -136,19 +137,29 @@ def compute(names, target_logits, target_features=None, held_out=None, source_fe
     # score, as for outputs that are not finite: a density ratio can overflow where the domains separate)
 
 
-def score(names, target_logits, target_features, outputs, held=None, source=None):
-    """compute() for a model, from its logits and features on every target image (not their labels), and from
-    outputs(domain, kept), which evaluates the model on a domain into kept (office31.py): its outputs on the held-out
-    source images (held) for source_val_acc and DEV, and on the source's training images for DEV's domain classifier
-    (where the source has a test list, not those)."""
+def score(names, tested, outputs, target, held=None, source=None):
+    """compute() for a model, from outputs(domain, kept), which evaluates the model on a domain into kept (office31.py),
+    with only the passes the validators named read. The target's: tested, what the evaluation just kept of its tested
+    images, where those are its training images; where it has a test list of its own (DomainNet), one more pass, over
+    its training images (the train list): the validators score the unlabelled images adaptation sees, as
+    pytorch-adapt and SND's paper do, and the test list's accuracy is what is reported. The held-out source images'
+    (held), for source_val_acc and DEV; the source's training images' (where it has a test list, not those), for
+    DEV's domain classifier."""
     def of(domain):
         kept = {}
         outputs(domain, kept)
         return kept
-    on_held = of(held) if held is not None else {}
+    on_target = tested if scores_tested(target) else of(part(target, torch.arange(len(target))))
+    on_held = of(held) if held is not None and set(names) & set(HELD_OUT) else {}
     held_out = (on_held["logits"], on_held["labels"], on_held.get("features")) if on_held else None
     source_features = of(part(source, torch.arange(len(source))))["features"] if "dev" in names else None
-    return compute(names, target_logits, target_features, held_out, source_features)
+    return compute(names, on_target["logits"], on_target.get("features"), held_out, source_features)
+
+
+def scores_tested(target):
+    """Whether the validators score the target's tested images, that is, its training images (a domain without a test
+    list of its own): the evaluation then keeps their features, else score() makes a pass of its own."""
+    return target.test_index is None
 
 
 def chosen(value, held_out):

@@ -1,6 +1,7 @@
 """VisDA-2017 and DomainNet by name, on generated trees of their real layouts (tiny): the split lists DomainNet
 trains and tests on, the per-class accuracy every run records and VisDA-2017's mean class accuracy in its table,
 and their downloads from generated archives (download.fetch_url stands in for the network)."""
+import copy
 import json
 import os
 import re
@@ -17,6 +18,7 @@ import data_loader
 import download
 import office31
 import results
+import validators
 from conftest import make_tree
 from errors import UserError
 
@@ -175,6 +177,43 @@ def test_domainnet_trains_on_its_train_lists_and_tests_on_its_test_lists(tmp_pat
     held = data_loader.held_out(domain, 0.34)[1]  # a held-out part comes from the train list
     assert set(held.index.tolist()) < set(domain.index.tolist()) and held.test_index is None
     assert data_loader.fingerprint(root, "clipart").endswith("15 images, split 9 / 6 (train / test)")
+
+
+def test_the_validators_score_the_targets_train_list_and_read_none_of_its_labels(tmp_path):
+    """Where the target has a test list, the validators score the images adaptation sees (its train list, one more
+    pass), not the test list whose accuracy is reported; scrambling the target's labels changes no score."""
+    root = domainnet_tree(tmp_path / "domainnet")
+    c = office31.resolve(dict(office31.FLAGS, dataset="domainnet", data_root=str(root), source="clipart",
+                              target="sketch", model="resnet18", weights="none", resize_size=24, crop_size=20,
+                              epochs=1, iters_per_epoch=2, batch_size=6, num_workers=0, device="cpu", amp="off",
+                              method="dann", source_val=0.34, save_model=True))
+    c = office31.with_method(dict(c, precision="fp32", grid=[]), "dann")
+    source, target = (data_loader.load_domain(root, name, 24, "memory", 0, "cpu") for name in ("clipart", "sketch"))
+    scrambled = copy.copy(target)
+    scrambled.labels = target.labels[torch.randperm(len(target.labels), generator=torch.Generator().manual_seed(5))]
+    runs = [office31.fine_tune(dict(c, out_dir=str(tmp_path / name)), source, domain, torch.device("cpu"), "C→S")
+            for name, domain in (("plain", target), ("scrambled", scrambled))]
+    recorded = runs[0]["epochs"][-1]["validators"]
+    assert recorded == runs[1]["epochs"][-1]["validators"] and runs[0]["total"] == 6  # (the test list's accuracy)
+    net, new_layer = office31.build_model("resnet18", 3, "none", c["bottleneck"])
+    net.load_state_dict(torch.load(tmp_path / "plain" / runs[0]["run_file"].replace(".json", ".pt"), weights_only=True))
+    net = net.to(memory_format=torch.channels_last)
+
+    def outputs(domain):
+        kept = {}
+        office31.evaluate(net, domain.test_batches(256, 20), False, torch.channels_last, kept,
+                          office31.classifier(new_layer(net)))
+        return kept
+    train, held = data_loader.held_out(source, 0.34)
+    on_held, on_source = outputs(held), outputs(train)
+
+    def scores(on_target):
+        return validators.compute(validators.NAMES, on_target["logits"], on_target["features"],
+                                  (on_held["logits"], on_held["labels"], on_held["features"]), on_source["features"])
+    on_train_list = outputs(data_loader.part(target, torch.arange(len(target))))
+    assert len(on_train_list["logits"]) == 9 and set(recorded) == set(validators.NAMES)
+    assert recorded == pytest.approx(scores(on_train_list), rel=1e-4)
+    assert recorded["entropy"] != pytest.approx(scores(outputs(target))["entropy"], rel=1e-4)  # not the test list's
 
 
 def test_domainnet_lists_that_do_not_match_the_tree_are_said(tmp_path):

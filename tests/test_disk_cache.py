@@ -147,6 +147,19 @@ def test_other_data_gets_a_file_of_its_own_and_a_killed_build_leaves_nothing_use
     assert len(third) == len(first) - 1 and third.path not in (first.path, second.path)
 
 
+def test_a_file_of_another_cache_format_is_built_again_not_reused(pair, tmp_path, monkeypatch, capsys):
+    """A change to decoding or resizing bumps DISK_CACHE_FORMAT: the old format's file, whole and of the same data,
+    holds the old pixels, and is not read."""
+    old = load(pair, "disk", tmp_path)
+    with open(old.path, "r+b") as f:  # the old code's pixels: not what decoding gives now
+        f.write(bytes(64))
+    capsys.readouterr()
+    monkeypatch.setattr(data_loader, "DISK_CACHE_FORMAT", data_loader.DISK_CACHE_FORMAT + 1)
+    new = load(pair, "disk", tmp_path)
+    assert new.path != old.path and "wrote the cache of amazon" in capsys.readouterr().out
+    assert torch.equal(new.images, load(pair, "memory").images)
+
+
 def test_a_full_disk_is_said_before_decoding(pair, tmp_path, monkeypatch):
     monkeypatch.setattr(data_loader.shutil, "disk_usage", lambda path: type("U", (), {"free": 1000})())
     with pytest.raises(UserError, match=r"the disk cache of amazon needs 0\.0 GB, and 0\.0 GB are free in .*: free "

@@ -227,6 +227,29 @@ def test_compute_scores_every_validator_and_none_for_outputs_that_are_not_finite
     assert validators.compute(["entropy", "bnm"], logits) == {"entropy": None, "bnm": None}
 
 
+def test_an_evaluation_runs_only_the_passes_its_validators_read(tmp_path, shifted, monkeypatch):
+    """The target pass always; the held-out source pass for source_val_acc and DEV only; the pass over the source's
+    training images for DEV only; features (the classifier's input) only for DEV."""
+    c = config(data_root=str(shifted), model="resnet18", weights="none", resize_size=24, crop_size=20, epochs=1,
+               iters_per_epoch=1, batch_size=6, num_workers=0, source_val=0.25, amp="off", out_dir=str(tmp_path))
+    source, target = (data_loader.load_domain(shifted, name, 24, True, 0, "cpu") for name in ("amazon", "webcam"))
+    real, passes = office31.evaluate, []
+
+    def counted(model, batches, amp, memory_format, kept=None, layer=None):
+        correct, total = real(model, batches, amp, memory_format, kept, layer)
+        passes.append((total, layer is not None))  # (images, features kept)
+        return correct, total
+    monkeypatch.setattr(office31, "evaluate", counted)
+    target_pass, held_pass, source_pass = 18, 6, 18  # webcam's 18; amazon's 24, a quarter of each class held out
+    for chosen, expected in [("none", [(target_pass, False)]), ("entropy,snd", [(target_pass, False)]),
+                             ("source_val_acc,bnm", [(target_pass, False), (held_pass, False)]),
+                             ("dev", [(target_pass, True), (held_pass, True), (source_pass, True)])]:
+        passes.clear()
+        result = office31.fine_tune(dict(c, validators=chosen), source, target, torch.device("cpu"), "A→W")
+        assert passes == expected, chosen
+        assert set(result["epochs"][-1].get("validators", ())) == set(validators.chosen(chosen, True))
+
+
 # -------------------------------------------------------------------------------------------------------------------
 # no validator reads a target label; none changes training
 
@@ -234,7 +257,8 @@ def test_compute_scores_every_validator_and_none_for_outputs_that_are_not_finite
 @pytest.mark.slow
 def test_shuffling_the_target_labels_changes_no_validator_score(tmp_path, shifted):
     c = config(data_root=str(shifted), model="resnet18", weights="none", resize_size=24, crop_size=20, epochs=2,
-               iters_per_epoch=2, batch_size=6, num_workers=0, method="dann", source_val=0.25, out_dir=str(tmp_path))
+               iters_per_epoch=2, batch_size=6, num_workers=0, method="dann", source_val=0.25, out_dir=str(tmp_path),
+               amp="off")  # (auto's CPU measurement, in the first run only, draws from the seeded global generator)
     source, target = (data_loader.load_domain(shifted, name, 24, True, 0, "cpu") for name in ("amazon", "webcam"))
     shuffled = copy.copy(target)
     shuffled.labels = target.labels[torch.randperm(len(target), generator=torch.Generator().manual_seed(5))]

@@ -1,9 +1,12 @@
 """Every table cell traceable to its runs, every row comparable, and no input that ends in a traceback."""
 import datetime
+import errno
 import json
 import os
 import re
 import statistics
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -167,6 +170,33 @@ def test_run_files_are_created_exclusively_and_saved_whole(tmp_path, monkeypatch
     with pytest.raises(KeyboardInterrupt):
         results.save_run(c, {"run": 3}, {"w": torch.ones(2)})
     assert sorted(os.listdir(tmp_path)) == before  # no half .pt, no .tmp, no JSON
+
+
+def test_a_json_that_cannot_be_written_takes_the_weights_with_it(tmp_path, monkeypatch):
+    c = dict(office31.FLAGS, out_dir=str(tmp_path), source="amazon", target="webcam")
+
+    def full_disk(*args, **kwargs):  # the JSON's write, the weights already in place
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(results.json, "dumps", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        results.save_run(c, {"run": 1}, {"w": torch.ones(2)})
+    assert os.listdir(tmp_path) == []  # no .pt without its JSON, no temporary
+
+
+def test_temporaries_of_run_files_left_by_a_killed_process_are_removed_when_the_run_starts_again(three, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          check=True).stdout.strip()  # a process that has ended
+    stem = "amazon-webcam_resnet18_source_only_seed0_20260101-120000"  # a run of the same task, method and seed
+    stale = [f"{stem}.json.{results.HOST}.{gone}.tmp", f"{stem}-1.pt.{results.HOST}.{gone}.tmp"]
+    left = [f"{stem}.json.{results.HOST}.{os.getpid()}.tmp",  # a running process's: it may be writing it now
+            f"{stem}.json.{results.HOST}x.{gone}.tmp",  # another machine's, whose processes are not seen from here
+            f"amazon-webcam_resnet18_source_only_seed1_20260101-120000.json.{results.HOST}.{gone}.tmp"]  # another run
+    for name in stale + left:
+        (out / name).write_bytes(b"half a file")
+    sweep(three, out, "--tasks=A-W")
+    assert sorted(p.name for p in out.iterdir() if p.name.endswith(".tmp")) == sorted(left)
 
 
 def test_class_problems_of_every_planned_task_stop_the_sweep_before_the_first_run(tmp_path, monkeypatch):
