@@ -25,6 +25,7 @@ import statistics
 from curves import histories
 from metric import epoch_key, epoch_value, final_value, metric_of, name_of
 from results import PAPER_ORDER, latest_per_seed, write_file
+from validators import HELD_OUT
 
 ORACLE = "oracle (target labels)"
 
@@ -139,13 +140,15 @@ def markdown(table, name_of_task, title, metric, missing):
                  "from (the final model's: all), on the same seeds; gap: its oracle minus the row's average, in "
                  "points.")
     if missing:
-        names = ",".join(choice for choice in table if choice != ORACLE and not choice.startswith("final model"))
+        names = ",".join(choice for choice in table if choice != ORACLE and not choice.startswith("final model")
+                         and choice not in HELD_OUT)  # (those need --source_val > 0, which auto adds where it is)
         runs = "; ".join(f"{label} (" + ", ".join(f"{name_of_task(*task)} seed{'s' * (len(seeds) > 1)} "
                                                   + ", ".join(map(str, seeds)) for task, seeds in by_task.items())
                          + ")" for label, by_task in missing.items())
         lines.append(f"\nNo validator scores (run with --validators=none, or the run file is gone), so not among the "
                      f"candidates and in no number above, the final model's included: {runs}. To score them, run those "
-                     f"settings again with --rerun=True and --validators=auto (or --validators={names}).")
+                     f"settings again with --rerun=True and --validators=auto"
+                     + (f" (or --validators={names})." if names else "."))
     return "\n".join(lines)
 
 

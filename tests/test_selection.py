@@ -406,6 +406,10 @@ def test_runs_without_scores_are_named_and_no_oracle_or_gap_leaves_them_out_sile
     assert ("No validator scores (run with --validators=none, or the run file is gone), so not among the candidates "
             "and in no number above, the final model's included: dann lr=0.001 (A→W seed 0, W→A seed 0). To score "
             "them, run those settings again with --rerun=True and --validators=auto (or --validators=entropy).") in text
+    table = dict(table, source_val_acc=table["entropy"], dev=table["entropy"])  # held-out ones: refused without
+    text = selection.markdown(table, lambda s, t: f"{s[0].upper()}→{t[0].upper()}", "title", "accuracy",  # a split
+                              selection.unscored(found, by_label))
+    assert "--rerun=True and --validators=auto (or --validators=entropy)." in text
 
 
 @pytest.mark.slow
