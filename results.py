@@ -457,43 +457,46 @@ def code_revision():
 HOST = platform.node().split(".")[0] or "host"
 
 
-def write_new(path, write):
-    """Create path by write(file) into a temporary file that is then linked into place: a reader never sees half a
-    file, and an existing file is never replaced (FileExistsError: another run took the name first). The temporary's
-    name, <path>.<host>.<pid>.tmp, says whose it is: one that a killed process left is removed by the next run of its
-    stem on the same machine (remove_temporaries)."""
-    tmp = f"{path}.{HOST}.{os.getpid()}.tmp"
+def write_new(files):
+    """Create each file of files ([(path, write)]) by write(f) into a temporary file, and link them into place one
+    after the other once every temporary is whole: a reader never sees half a file, a write that fails (a full disk)
+    or is killed leaves none of them (a killed one's temporaries only, which the next run removes), and an existing
+    file is never replaced (FileExistsError: another run took a name first; the files linked before it go again).
+    A temporary's name, <path>.<host>.<pid>.tmp, says whose it is (remove_run_temporaries)."""
+    temporaries = [f"{path}.{HOST}.{os.getpid()}.tmp" for path, _ in files]
+    linked = []
     try:
-        with open(tmp, "wb") as f:
-            write(f)
-        os.link(tmp, path)  # fails if path exists, where a rename would replace it
+        for tmp, (_, write) in zip(temporaries, files):
+            with open(tmp, "wb") as f:
+                write(f)
+        for tmp, (path, _) in zip(temporaries, files):
+            os.link(tmp, path)  # fails if path exists, where a rename would replace it
+            linked.append(path)
+    except BaseException:
+        for path in linked:
+            os.remove(path)
+        raise
     finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        for tmp in temporaries:
+            if os.path.exists(tmp):
+                os.remove(tmp)
 
 
 def save_run(c, result, weights=None):
     """Write the run's JSON (and its state_dict, if given) as out_dir/<source>-<target>_<model>_<method>_
     seed<seed>_<time>[-k].json (and .pt), k counting up from 1 while the name is taken: full domain names, so
     that tasks never share a name, and never over another run's file. Sets result["run_file"]; returns the stem.
-    The two are written both or neither: a JSON that cannot be written (a full disk) takes the weights with it."""
+    The two are written both or neither (write_new): only a kill between their two links leaves the weights alone."""
     os.makedirs(c["out_dir"], exist_ok=True)
     base = os.path.join(c["out_dir"], f"{run_stem(c)}_{datetime.datetime.now():%Y%m%d-%H%M%S}")
     for stem in (f"{base}-{k}" if k else base for k in itertools.count()):
         result["run_file"] = os.path.basename(stem) + ".json"
+        files = [(stem + ".pt", lambda f: torch.save(weights, f))] if weights is not None else []
+        files.append((stem + ".json", lambda f: f.write(json.dumps(result, indent=1, ensure_ascii=False).encode())))
         try:
-            if weights is not None:
-                write_new(stem + ".pt", lambda f: torch.save(weights, f))
+            write_new(files)
         except FileExistsError:
             continue
-        try:
-            write_new(stem + ".json", lambda f: f.write(json.dumps(result, indent=1, ensure_ascii=False).encode()))
-        except BaseException as e:  # taken by another run first, or not written: the weights are this name's no more
-            if weights is not None:
-                os.remove(stem + ".pt")
-            if isinstance(e, FileExistsError):
-                continue
-            raise
         return stem
 
 

@@ -4,6 +4,7 @@ import errno
 import json
 import os
 import re
+import signal
 import statistics
 import subprocess
 import sys
@@ -181,6 +182,19 @@ def test_a_json_that_cannot_be_written_takes_the_weights_with_it(tmp_path, monke
     with pytest.raises(OSError, match="No space left"):
         results.save_run(c, {"run": 1}, {"w": torch.ones(2)})
     assert os.listdir(tmp_path) == []  # no .pt without its JSON, no temporary
+
+
+def test_a_process_killed_while_writing_the_json_leaves_no_weights_without_it(tmp_path):
+    """The weights are linked into place only once the JSON is whole beside them: a kill before leaves temporaries
+    only (which the next run of the stem removes), never a .pt that no row or JSON names."""
+    code = ("import json, os, signal, sys, torch; sys.path.insert(0, sys.argv[1]); import office31, results; "
+            "json.dumps = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL); "
+            "results.save_run(dict(office31.FLAGS, out_dir=sys.argv[2], source='amazon', target='webcam'), {}, "
+            "{'w': torch.ones(1000)})")
+    killed = subprocess.run([sys.executable, "-c", code, ROOT, str(tmp_path)], capture_output=True)
+    assert killed.returncode == -signal.SIGKILL
+    left = os.listdir(tmp_path)
+    assert left and all(name.endswith(".tmp") for name in left), left
 
 
 def test_temporaries_of_run_files_left_by_a_killed_process_are_removed_when_the_run_starts_again(three, tmp_path):
