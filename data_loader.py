@@ -524,20 +524,22 @@ class DiskCachedDomain(CachedDomain):
 
 
 # How a disk cache file's pixels are made from the images: bump it whenever decoding, resizing or the file's layout
-# changes, so that the files of the old pixels are built again rather than read (their names hold it).
+# changes, so that the files of the old pixels are built again rather than read (their names hold it). Format 1's
+# names hold none: the files written before formats were named are format 1, and stay in use.
 DISK_CACHE_FORMAT = 1
 
 
 def disk_cache_path(cache_dir, name, root, samples, resize_size, interpolation):
-    """<cache_dir>/<domain>_<resize>_<interpolation>_v<format>_<digest>.uint8, format DISK_CACHE_FORMAT and the
-    digest of each image's path (under root), size, modification time and label: a changed, added or removed image
-    makes another file (a copied tree too, once, unless the copy kept the times), and so does another format."""
+    """<cache_dir>/<domain>_<resize>_<interpolation>[_v<format>]_<digest>.uint8, format DISK_CACHE_FORMAT (from 2
+    on) and the digest of each image's path (under root), size, modification time and label: a changed, added or
+    removed image makes another file (a copied tree too, once, unless the copy kept the times), and so does another
+    format."""
     digest = hashlib.sha1()
     for path, label in samples:
         stat = os.stat(path)
         digest.update(f"{os.path.relpath(path, root)}\t{stat.st_size}\t{stat.st_mtime_ns}\t{label}\n".encode())
-    return os.path.join(cache_dir, f"{name}_{resize_size}_{interpolation}_v{DISK_CACHE_FORMAT}_"
-                                   f"{digest.hexdigest()[:12]}.uint8")
+    version = f"_v{DISK_CACHE_FORMAT}" if DISK_CACHE_FORMAT > 1 else ""
+    return os.path.join(cache_dir, f"{name}_{resize_size}_{interpolation}{version}_{digest.hexdigest()[:12]}.uint8")
 
 
 def build_disk_cache(path, shape, samples, name, resize_size, interpolation, num_workers):

@@ -2,6 +2,7 @@
 cache, built once and shared, rebuilt for other data; --cache=auto picks it where memory would not hold the domains."""
 import errno
 import os
+import re
 import time
 
 import pytest
@@ -158,6 +159,13 @@ def test_a_file_of_another_cache_format_is_built_again_not_reused(pair, tmp_path
     new = load(pair, "disk", tmp_path)
     assert new.path != old.path and "wrote the cache of amazon" in capsys.readouterr().out
     assert torch.equal(new.images, load(pair, "memory").images)
+
+
+def test_format_1_keeps_the_names_of_files_written_before_formats_were_named(pair, tmp_path):
+    """The pixels of format 1 are those of every file written before: their names (no version) stay theirs, so an
+    update of the code neither rebuilds them nor leaves them behind."""
+    assert data_loader.DISK_CACHE_FORMAT == 1
+    assert re.fullmatch(r"amazon_24_bilinear_[0-9a-f]{12}\.uint8", os.path.basename(load(pair, "disk", tmp_path).path))
 
 
 def test_a_full_disk_is_said_before_decoding(pair, tmp_path, monkeypatch):
