@@ -59,7 +59,7 @@ def choose_amp(amp, device):
         found = f"{torch.cuda.get_device_name(device)}, compute capability {major}.{minor}"
         why = f"{found}: bf16 {'runs natively' if fast else 'is emulated (slow)'}"
     else:
-        supported = device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+        supported = device.type == "cpu" and cpu_has_bf16()
         speedup = machine_bf16_speedup() if supported and amp == "auto" else None
         fast = speedup is not None and speedup >= BF16_MARGIN
         why = (f"bf16 measured {speedup:.1f}x fp32 on this CPU, {BF16_MARGIN}x needed" if speedup is not None
@@ -69,6 +69,12 @@ def choose_amp(amp, device):
     if amp != "auto":
         return amp == "bf16", f"--amp={amp}"
     return fast, why
+
+
+def cpu_has_bf16():
+    """Whether this CPU has bf16 kernels (AVX512-BF16 or AMX: oneDNN's check). Without them bf16 autocast still runs,
+    converting to fp32 and back, only slower; --amp=bf16 is refused there."""
+    return torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
 
 def machine_bf16_speedup():

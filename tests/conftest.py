@@ -10,6 +10,7 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import demo  # noqa: E402  (from the repository root, just put on the path)
+import precision  # noqa: E402
 from demo import draw  # noqa: E402,F401  (tests draw single images too)
 
 CLASSES = ["back_pack", "bike", "calculator"]
@@ -47,8 +48,7 @@ def cpu_bf16_speedup(request, monkeypatch):
     """What --amp=auto measures on a CPU, made to say that bf16 runs 2.5x or 0.6x as fast as fp32 on a CPU with
     bf16 kernels, whatever CPU runs the tests: both branches of the choice are tested on every machine. Every other
     test pins --amp=off (or bf16) where its numbers or titles depend on the precision."""
-    import precision
-    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
+    monkeypatch.setattr(precision, "cpu_has_bf16", lambda: True)
     monkeypatch.setattr(precision, "cpu_bf16_speedup", lambda: request.param)
     return request.param
 
@@ -58,7 +58,7 @@ def bf16_anywhere(monkeypatch):
     """--amp=bf16 allowed on any CPU: bf16 autocast runs on every x86 CPU (with bf16 kernels, or converted to fp32
     and back where it has none, slower), so the bf16 tests run on every machine, not only where the CPU has
     AVX512-BF16 or AMX. Only the product's refusal to be asked for bf16 on such a CPU is lifted."""
-    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
+    monkeypatch.setattr(precision, "cpu_has_bf16", lambda: True)
 
 
 def pytest_addoption(parser):
@@ -71,8 +71,7 @@ def pytest_addoption(parser):
 def bf16_everywhere(request, monkeypatch):
     """pytest --bf16-everywhere: the whole suite as it runs on a CPU whose bf16 kernels --amp=auto chooses."""
     if request.config.getoption("--bf16-everywhere"):
-        import precision
-        monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
+        monkeypatch.setattr(precision, "cpu_has_bf16", lambda: True)
         monkeypatch.setattr(precision, "cpu_bf16_speedup", functools.cache(lambda: 5.0))
 
 

@@ -95,14 +95,14 @@ def test_fused_sgd_makes_the_same_updates():
 
 def test_amp_auto_on_cpu_follows_the_measurement(monkeypatch):
     cpu = torch.device("cpu")
-    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
+    monkeypatch.setattr(precision, "cpu_has_bf16", lambda: True)
     for speedup, chosen in ((4.2, True), (1.3, True), (1.2, False), (0.6, False)):
         monkeypatch.setattr(precision, "machine_bf16_speedup", lambda: speedup)
         bf16, why = office31.choose_amp("auto", cpu)
         assert bf16 is chosen and f"{speedup:.1f}x fp32" in why
         assert office31.choose_amp("bf16", cpu)[0] is True and office31.choose_amp("off", cpu)[0] is False
     monkeypatch.setattr(precision, "machine_bf16_speedup", lambda: pytest.fail("measured without bf16 support"))
-    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
+    monkeypatch.setattr(precision, "cpu_has_bf16", lambda: False)
     assert office31.choose_amp("auto", cpu)[0] is False
     with pytest.raises(data_loader.UserError, match="does not support bf16"):
         office31.choose_amp("bf16", cpu)
@@ -110,7 +110,7 @@ def test_amp_auto_on_cpu_follows_the_measurement(monkeypatch):
 
 def test_amp_auto_measures_once_per_machine_so_the_processes_of_a_sweep_agree(monkeypatch):
     cpu = torch.device("cpu")
-    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
+    monkeypatch.setattr(precision, "cpu_has_bf16", lambda: True)
     monkeypatch.setattr(precision, "cpu_bf16_speedup", lambda: 1.34)  # near the margin: the next could say 1.26
     assert office31.choose_amp("auto", cpu)[0] is True
     path = os.path.join(os.environ["TORCH_HOME"], "office31-bf16.json")
