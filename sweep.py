@@ -18,7 +18,7 @@ import tempfile
 
 import distributed
 import grid
-from adaptation import methods, with_method
+from adaptation import METHODS, methods, with_method
 from checkpoint import Checkpoint, Diverged, StopOnSignal, Stopped
 from data_loader import (UserError, choose_cache, class_counts, class_difference, find_domains,
                          fingerprint, load_domain)
@@ -345,15 +345,18 @@ def report_tables(c, rows, tables, results_path):
 
 
 def default_setting(configs, plain):
-    """The label of the setting a run of the flags' defaults would make: the first with the most grid values at the
-    defaults' (plain: {label: the defaults' config})."""
-    return max(configs, key=lambda label: sum(configs[label][name] == plain[label][name]
-                                              for name in configs[label].get("grid", ())))  # (ties: the first)
+    """The label of the setting a run of the flags' defaults would make: the one with the most grid values at the
+    defaults' (plain: {label: the defaults' config}), and among those the method listed first in METHODS (source
+    only, the flags' default, where the table has it): the same setting whatever order a sweep named its methods in
+    or the results file holds their rows."""
+    return max(configs, key=lambda label: (sum(configs[label][name] == plain[label][name]
+                                               for name in configs[label].get("grid", ())),
+                                           -METHODS.index(configs[label]["method"])))  # (ties: the first)
 
 
 def table_name(configs, runs):
     """<dataset>_<model>_<precision>_<hash of the experiments and runs>: the name of one table's files."""
     config = next(iter(configs.values()))
-    shown = [experiment(config) for config in configs.values()], sorted(runs)
+    shown = sorted(json.dumps(experiment(config), sort_keys=True) for config in configs.values()), sorted(runs)
     digest = hashlib.sha1(json.dumps(shown, sort_keys=True, default=str).encode()).hexdigest()[:8]
     return f"{experiment(config)[0]}_{config['model']}_{config['precision']}_{digest}"

@@ -412,6 +412,24 @@ def test_runs_without_scores_are_named_and_no_oracle_or_gap_leaves_them_out_sile
     assert "--rerun=True and --validators=auto (or --validators=entropy)." in text
 
 
+def test_a_sweep_and_its_report_name_the_same_default_and_files_in_any_order(tmp_path, shifted, capsys):
+    """The final model beside the validators is the flags' defaults' (source only), and the files the same, whether
+    the sweep named dann first or the results file holds dann's row first."""
+    argv = [f"--data_root={shifted}", f"--out_dir={tmp_path}", *TINY, "--epochs=1", "--tasks=A-W"]
+    office31.main(argv)  # dann's row first in the results file
+    capsys.readouterr()
+    office31.main([*argv, "--method=dann,source_only"])
+    swept = capsys.readouterr().out
+    office31.main([*argv, "--method=source_only,dann", "--report=True"])
+    reported = capsys.readouterr().out
+
+    def written(printed):
+        return sorted(re.search(r"^wrote (.*)$", printed, re.M).group(1).split(", "))
+    for printed in (swept, reported):
+        assert "| final model: source_only |" in printed.split("choosing without target labels")[1]
+    assert written(swept) == written(reported)
+
+
 @pytest.mark.slow
 def test_the_default_run_without_scores_then_a_grid_with_them(tmp_path, shifted, capsys):
     """The sweep reuses the unscored run of the default setting (validators are no experiment flag): the selection
