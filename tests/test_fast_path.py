@@ -133,7 +133,9 @@ def test_amp_auto_measures_once_per_machine_so_the_processes_of_a_sweep_agree(mo
 @pytest.mark.slow
 def test_cpu_bf16_speedup_is_measured_once_per_process():
     precision.cpu_bf16_speedup.cache_clear()
+    state = torch.get_rng_state()
     first = precision.cpu_bf16_speedup()
+    assert torch.equal(torch.get_rng_state(), state)  # a run seeded before it draws the same numbers after
     assert first > 0 and precision.cpu_bf16_speedup() == first
     assert precision.cpu_bf16_speedup.cache_info().misses == 1
 
