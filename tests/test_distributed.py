@@ -246,6 +246,7 @@ except Diverged as e:
 except Stopped as e:
     print(f"process {dist.get_rank()}: stopped at step {e.args[0]}")
 dist.barrier()
+dist.destroy_process_group()  # (left to the interpreter's exit, gloo's threads once aborted a process: SIGABRT)
 """
 
 
