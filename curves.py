@@ -67,7 +67,7 @@ def draw(folder, by_method, name_of_task, title, path):
 
     tasks = tasks_in_order(by_method)
     runs = {method: histories(folder, rows) for method, rows in by_method.items()}
-    metric = metric_of([r for rows in by_method.values() for r in rows])  # what the table beside it shows
+    metric = metric_of(by_method)  # what the table beside it shows
     rows, columns = grid(len(tasks))
     width = max(6.4, 1 + 3.2 * columns)
     fig, axes = plt.subplots(2 * rows, columns, figsize=(width, 5.6 * rows), squeeze=False, layout="constrained")

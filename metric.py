@@ -4,7 +4,7 @@ none before metrics were recorded: accuracy), both numbers of its final model ("
 and each evaluated epoch both of its own ("target_acc", "target_class_acc"); the tables, the learning curves and the
 selection table read the one the metric names, and label it so:
 
-    scored = metric_of(rows)                 # "accuracy" or "mean class accuracy"
+    scored = metric_of(by_label)             # {label: rows} -> "accuracy" or "mean class accuracy"
     final_value(row, scored)                 # the row's final model, by that metric (0 to 1)
     epoch_value(epoch, scored)               # an evaluated epoch's (None where it has none)
     name_of(scored)                          # "target accuracy" or "target mean class accuracy"
@@ -17,10 +17,10 @@ KEYS = {"accuracy": ("accuracy", "target_acc", "target accuracy"),
         "mean class accuracy": ("mean_class_accuracy", "target_class_acc", "target mean class accuracy")}
 
 
-def metric_of(rows):
-    """The metric these rows are scored by: the one they all record; accuracy where they record none (rows written
-    before the metric was) or not the same one."""
-    found = {row.get("metric", "accuracy") for row in rows}
+def metric_of(by_label):
+    """The metric the rows of one table ({label: rows}) are scored by: the one they all record; accuracy where they
+    record none (rows written before the metric was) or not the same one."""
+    found = {row.get("metric", "accuracy") for rows in by_label.values() for row in rows}
     return found.pop() if len(found) == 1 else "accuracy"
 
 

@@ -379,7 +379,7 @@ def print_table(rows, configs, data, labels, runs, results_path, defaults):
                         f"these flags on {dataset} for the planned tasks and seeds; {', '.join(EXPERIMENT_KEYS)}, "
                         "--tasks, --seed, --seeds, the data_root folder name and the data in it must match the "
                         "sweep's.")
-    metric = metric_of([r for rows in mine.values() for r in rows])  # (metric.py: the curves and selection too)
+    metric = metric_of(mine)  # (metric.py: the curves and selection too)
     if metric != "accuracy":  # VisDA-2017's: the table and its files show it in the accuracy's place
         mine = {m: [dict(r, accuracy=final_value(r, metric)) for r in rows] for m, rows in mine.items()}
     lines = [f"\n{title(configs, defaults, f'{metric}, mean ± std over seeds')} (from {results_path}):\n"]

@@ -3,7 +3,7 @@ labels, and what that choice is worth on them.
 
     found = candidates(folder, by_label)                  # by_label: {label: rows}, the rows of one table
     table = selection(found, by_label, "dann trade_off=1.0")     # and its default setting
-    print(markdown(table, name_of_task, title, scored_by(by_label), unscored(found, by_label)))
+    print(markdown(table, name_of_task, title, metric_of(by_label), unscored(found, by_label)))
 
 The candidates of a task and seed are every evaluated epoch with validator scores of every setting of the table
 (methods x the grid's values): their scores and target accuracies are in the run files (out_dir/<run>.json,
@@ -30,16 +30,11 @@ from validators import HELD_OUT
 ORACLE = "oracle (target labels)"
 
 
-def scored_by(by_label):
-    """The metric of these rows ({label: rows}; metric.py)."""
-    return metric_of([r for rows in by_label.values() for r in rows])
-
-
 def candidates(folder, by_label):
     """{(source, target): {seed: [(label, epoch, value, {validator: score})]}} of every evaluated epoch with validator
     scores, from the run files of these rows ({label: rows}), value by the rows' metric; a run whose file is gone has
     none."""
-    metric = scored_by(by_label)
+    metric = metric_of(by_label)
     found = {}
     for label, rows in by_label.items():
         for task, by_seed in histories(folder, rows).items():
@@ -74,7 +69,7 @@ def selection(found, by_label, default):
     table = {f"final model: {default}": {}}
     table.update({name: {} for name in names})
     table[ORACLE] = {}
-    metric = scored_by(by_label)
+    metric = metric_of(by_label)
     finals = latest_per_seed(by_label.get(default, []))
     for task, by_seed in found.items():
         for seed, runs in by_seed.items():
@@ -201,7 +196,7 @@ def report(folder, by_label, default, name_of_task, title, stem):
     found = candidates(folder, by_label)  # (the run files, read once)
     if all(len(runs) < 2 for by_seed in found.values() for runs in by_seed.values()):
         return []  # nothing to choose from: no scores, or one scored model per task and seed
-    table, metric = selection(found, by_label, default), scored_by(by_label)
+    table, metric = selection(found, by_label, default), metric_of(by_label)
     text = markdown(table, name_of_task, title, metric, unscored(found, by_label))
     print(text)
     paths = [os.path.join(folder, f"selection_{stem}.{kind}") for kind in ("md", "csv")]
