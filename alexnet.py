@@ -12,7 +12,7 @@ The papers' network is caffe_alexnet.py (--model=caffe_alexnet).
 from torch import nn
 from torchvision import models
 
-from adaptation import new_head
+from common.layers import new_head
 
 WEIGHTS = ("IMAGENET1K_V1", "none")
 BLOCKS = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7")  # what --freeze counts, in order

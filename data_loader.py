@@ -27,7 +27,7 @@ from torchvision import datasets, transforms
 from torchvision.transforms.functional import pil_to_tensor
 from tqdm import tqdm
 
-from errors import UserError  # (its own file, so that office31.py checks flags before torch is imported)
+from common.errors import UserError  # (its own file, so that office31.py checks flags before torch is imported)
 
 try:
     import fcntl

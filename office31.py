@@ -26,9 +26,9 @@ import os
 import sys
 import time
 
-import flags
-import grid
-from errors import UserError, exit_with
+from runs import flags
+from runs import grid
+from common.errors import UserError, exit_with
 
 # -----------------------------------------------------------------------------------------------------------
 # data
@@ -104,20 +104,23 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-import demo  # noqa: E402
-import distributed  # noqa: E402
-import sweep  # noqa: E402
-import validators  # noqa: E402
-from adaptation import methods, with_method  # noqa: E402
-from checkpoint import Diverged, Stopped, random_states, resume  # noqa: E402
-from checks import check_settings  # noqa: E402
+from datasets import demo  # noqa: E402
+from runs import distributed  # noqa: E402
+from runs import report
+from runs import sweep  # noqa: E402
+from selection import validators  # noqa: E402
+from methods.adaptation import methods, with_method  # noqa: E402
+from runs.checkpoint import Diverged, Stopped, random_states, resume  # noqa: E402
+from runs.checks import check_settings  # noqa: E402
 from data_loader import CACHE_WORDS, check_same_classes, held_out  # noqa: E402
-from download import DATASETS, prepare_data_root  # noqa: E402
-from models import (MODELS, build_model, classifier, input_size, make_adaptation, network_pixels,  # noqa: E402
-                    weight_names)
-from precision import choose_amp, pick_device  # noqa: E402
-from results import (machine, mean_class_accuracy, not_written, per_class_accuracy, run_label,  # noqa: E402
-                     save_run, task_pairs)
+from datasets.download import DATASETS, prepare_data_root  # noqa: E402
+from networks.models import MODELS, build_model, classifier, input_size, make_adaptation, network_pixels, weight_names  # noqa: E402
+from runs.precision import choose_amp, pick_device  # noqa: E402
+from runs.machine import machine  # noqa: E402
+from results.store import mean_class_accuracy, per_class_accuracy
+from results.run_files import not_written, save_run
+from results.experiments import run_label
+from results.tasks import task_pairs
 
 
 def resolve(c):
@@ -394,7 +397,7 @@ def main(argv=None):
                             "--tasks or --seeds (--source, --target and --seed name the run).")
         if c["report"]:
             print_config(shown)
-            return sweep.print_report(c, results_path, flags.given(argv, FLAGS), defaults, FLAGS)
+            return report.print_report(c, results_path, flags.given(argv, FLAGS), defaults, FLAGS)
         sweep.check_out_dir(c["out_dir"], results_path)
         device = distributed.start(c["device"]) if distributed.launched() > 1 else pick_device(c["device"])
         if distributed.rank() > 0:  # under torchrun, process 0 speaks for all
@@ -405,7 +408,7 @@ def main(argv=None):
         data_root = prepare_data_root(c["data_root"], c["download"], c["dataset"], asked)
         precision = "bf16" if amp[0] else "fp32"
         if c["analyze"]:
-            import analysis  # (scikit-learn and matplotlib: only here)
+            from selection import analysis  # (scikit-learn and matplotlib: only here)
             return analysis.analyze(with_method(dict(c, precision=precision), methods(c)[0]), data_root, device,
                                     results_path, evaluate)
         return sweep.run_sweep(c, data_root, device, results_path, fine_tune, precision, defaults(c), FLAGS)

@@ -11,7 +11,7 @@ IMAGENET1K_V1 (top-1 76.13 for ResNet-50) is what every paper-era PyTorch baseli
 from torch import nn
 from torchvision import models
 
-from adaptation import new_head
+from common.layers import new_head
 
 DEPTHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 BLOCKS = ("stem", "layer1", "layer2", "layer3", "layer4")  # what --freeze counts, in order

@@ -45,9 +45,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import office31  # noqa: E402
-from adaptation import METHODS  # noqa: E402
-from checkpoint import Checkpoint, random_states  # noqa: E402
-from results import device_name  # noqa: E402
+from methods.adaptation import METHODS  # noqa: E402
+from runs.checkpoint import Checkpoint, random_states  # noqa: E402
+from runs.machine import device_name  # noqa: E402
 import data_loader  # noqa: E402
 from data_loader import load_domain  # noqa: E402
 
@@ -347,7 +347,7 @@ def validator_cost(device, batches=3):
     """{what: seconds} of one A→W evaluation with resnet50 (random init, the defaults' precision): the target pass
     (at the images/s of `batches` timed batches of 64), each validator's computing on outputs of A→W's sizes, and
     the forward passes that source_val_acc and DEV add."""
-    import validators
+    from selection import validators
     net, _ = office31.build_model("resnet50", CLASSES, "none")
     net = net.to(device, memory_format=torch.channels_last).eval()
     amp, _ = office31.choose_amp("auto", device)

@@ -9,9 +9,9 @@ import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-import demo  # noqa: E402  (from the repository root, just put on the path)
-import precision  # noqa: E402
-from demo import draw  # noqa: E402,F401  (tests draw single images too)
+from datasets import demo  # noqa: E402  (from the repository root, just put on the path)
+from runs import precision  # noqa: E402
+from datasets.demo import draw  # noqa: E402,F401  (tests draw single images too)
 
 CLASSES = ["back_pack", "bike", "calculator"]
 
@@ -84,7 +84,7 @@ def tree(tmp_path):
 @pytest.fixture(autouse=True)
 def no_network(monkeypatch):
     """Every fetch fails (datasets, ImageNet checkpoints, caffemodels) unless a test serves its own files."""
-    import download
+    from datasets import download
 
     def offline(*args, **kwargs):
         raise OSError("the tests never touch the network")

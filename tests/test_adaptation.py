@@ -8,10 +8,9 @@ import pytest
 import torch
 from torch import nn
 
-import adaptation
+from methods import adaptation
 import office31
-from adaptation import (batch_spectral_penalty, class_confusion, coral, feature_norm_step, joint_mmd, linear_mmd,
-                        margin_disparity, mean_entropy, multi_kernel_mmd)
+from methods.adaptation import batch_spectral_penalty, class_confusion, coral, feature_norm_step, joint_mmd, linear_mmd, margin_disparity, mean_entropy, multi_kernel_mmd
 from conftest import ROOT, make_tree
 from data_loader import CachedDomain, load_domain
 from test_train import TINY
@@ -621,7 +620,7 @@ def test_a_sweep_of_todays_baselines_prints_one_row_each_in_the_papers_layout(tm
 
 
 def test_methods_table_cells():
-    from results import methods_table
+    from results.tables import methods_table
     rows = {"source_only": [{"source": "amazon", "target": "webcam", "seed": s, "accuracy": a}
                             for s, a in ((0, 0.5), (1, 0.7))] +
                            [{"source": "webcam", "target": "amazon", "seed": 0, "accuracy": 0.4}],

@@ -7,10 +7,10 @@ import pytest
 import torch
 from PIL import Image
 
-import adaptation
-import caffe_alexnet
+from methods import adaptation
+from networks import caffe_alexnet
 import office31
-from adaptation import Adaptation
+from methods.adaptation import Adaptation
 from test_train import TINY
 
 CLASSES = ["back_pack", "bike", "calculator"]

@@ -7,12 +7,12 @@ import pytest
 import torch
 from torchvision import models
 
-import backbone
-import checks
+from networks import backbone
+from runs import checks
 import office31
-from adaptation import METHODS, tap
+from methods.adaptation import METHODS, tap
 from data_loader import load_domain, normalize
-from models import block_names, build_model, input_size, network_pixels, weight_names
+from networks.models import block_names, build_model, input_size, network_pixels, weight_names
 
 # one network of each family: (name, the smallest crop the tests give it, where its own classifier is)
 FAMILIES = [("vit_b_16", 224, "heads.head"), ("swin_t", 32, "head"), ("convnext_tiny", 32, "classifier.2"),

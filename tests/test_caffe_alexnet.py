@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-import caffe_alexnet
+from networks import caffe_alexnet
 import data_loader
 import office31
 from conftest import make_tree

@@ -7,9 +7,9 @@ import sys
 
 import pytest
 
-import curves
+from results import curves
 from conftest import ROOT, make_tree, table_file
-from results import latest_per_seed
+from results.store import latest_per_seed
 from test_sweep import rows_of, sweep
 
 

@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 
 import data_loader
-import download
+from datasets import download
 from conftest import CLASSES, make_tree
 from data_loader import UserError, check_same_classes, load_domain
 

@@ -15,12 +15,12 @@ import pytest
 import torch
 
 import data_loader
-import download
+from datasets import download
 import office31
-import results
-import validators
+from results import store
+from selection import validators
 from conftest import make_tree
-from errors import UserError
+from common.errors import UserError
 
 TINY = ["--model=resnet18", "--weights=none", "--resize_size=24", "--crop_size=20", "--epochs=1",
         "--iters_per_epoch=2", "--batch_size=6", "--num_workers=0", "--device=cpu", "--amp=off"]
@@ -55,7 +55,7 @@ def test_visda_runs_synthetic_to_real_and_tables_its_mean_class_accuracy(visda, 
             "--save_model"]
     done = office31.main(argv)
     assert [r["task"] for r in done] == ["S→R", "S→R"]
-    rows = results.read_rows(os.path.join(tmp_path / "out", "results.jsonl"))
+    rows = store.read_rows(os.path.join(tmp_path / "out", "results.jsonl"))
     for row in rows:  # per class, recomputed from the saved model's predictions on every real image
         assert row["metric"] == "mean class accuracy" and list(row["per_class"]) == VISDA_CLASSES
         net, _ = office31.build_model("resnet18", 4, "none")
@@ -86,7 +86,7 @@ def test_a_mean_class_accuracy_of_zero_is_kept_in_the_row_and_tabled(visda, tmp_
     argv = ["--dataset=visda2017", f"--data_root={visda}", f"--out_dir={out}", *TINY, "--eval_every=0"]
     office31.main(argv)
     path = out / "results.jsonl"
-    [row] = results.read_rows(str(path))
+    [row] = store.read_rows(str(path))
     assert row["mean_class_accuracy"] == 0.0 and row["metric"] == "mean class accuracy"
     for written in (row, {k: v for k, v in row.items() if k != "mean_class_accuracy"}):  # as rows once were written
         path.write_text(json.dumps(written) + "\n")
@@ -102,9 +102,9 @@ def test_mean_class_accuracy_is_the_mean_over_classes_not_over_images():
     labels = torch.tensor([0, 0, 0, 0, 0, 0, 1, 2, 2])
     predicted = torch.tensor([0, 0, 0, 0, 1, 2, 0, 2, 2])
     kept = {"logits": torch.nn.functional.one_hot(predicted, 4).float(), "labels": labels}
-    per_class = results.per_class_accuracy(kept, VISDA_CLASSES)
+    per_class = store.per_class_accuracy(kept, VISDA_CLASSES)
     assert per_class == {"aeroplane": pytest.approx(4 / 6), "bicycle": 0.0, "bus": 1.0, "car": None}
-    assert results.mean_class_accuracy(per_class) == pytest.approx((4 / 6 + 0 + 1) / 3)  # 55.56, where images: 66.67
+    assert store.mean_class_accuracy(per_class) == pytest.approx((4 / 6 + 0 + 1) / 3)  # 55.56, where images: 66.67
 
 
 @pytest.mark.slow
@@ -122,7 +122,7 @@ def test_an_imbalanced_visda_run_records_and_selects_by_its_mean_class_accuracy(
                    "--lr=0.001,0.01", "--validators=entropy", "--save_model"])
     real = data_loader.load_domain(root, "real", 24, "memory", 0, "cpu")
     finals = {}
-    for row in results.read_rows(os.path.join(out, "results.jsonl")):
+    for row in store.read_rows(os.path.join(out, "results.jsonl")):
         net, _ = office31.build_model("resnet18", 4, "none")
         net.load_state_dict(torch.load(out / row["run_file"].replace(".json", ".pt"), weights_only=True))
         kept = {}

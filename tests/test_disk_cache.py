@@ -10,9 +10,9 @@ import torch
 
 import data_loader
 import office31
-import results
+from results import store
 from conftest import make_tree, together
-from errors import UserError
+from common.errors import UserError
 
 TINY = ["--model=resnet18", "--weights=none", "--resize_size=24", "--crop_size=20", "--epochs=2",
         "--iters_per_epoch=2", "--batch_size=6", "--num_workers=0", "--device=cpu", "--amp=off"]
@@ -300,5 +300,5 @@ def test_a_run_from_the_disk_cache_gives_the_same_numbers(pair, tmp_path, device
     assert losses[1] == (losses[0] if device == "cpu" else pytest.approx(losses[0], rel=1e-3))
     assert runs["memory"]["accuracy"] == runs["disk"]["accuracy"]
     assert sorted(os.listdir(tmp_path / "cache"))[0].startswith("amazon_24_bilinear_")
-    assert results.read_rows(os.path.join(tmp_path / "disk", "results.jsonl"))[0]["config"] == \
-        results.read_rows(os.path.join(tmp_path / "memory", "results.jsonl"))[0]["config"]  # the same experiment
+    assert store.read_rows(os.path.join(tmp_path / "disk", "results.jsonl"))[0]["config"] == \
+        store.read_rows(os.path.join(tmp_path / "memory", "results.jsonl"))[0]["config"]  # the same experiment

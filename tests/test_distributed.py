@@ -15,12 +15,12 @@ import pytest
 import torch
 import torch.distributed as dist
 
-import checks
-import distributed
+from runs import checks
+from runs import distributed
 import office31
-import results
+from results import store
 from conftest import ROOT, make_tree
-from errors import UserError
+from common.errors import UserError
 
 FLAGS = ["--model=resnet18", "--weights=none", "--resize_size=36", "--crop_size=32", "--epochs=2",
          "--iters_per_epoch=3", "--batch_size=8", "--num_workers=0", "--device=cpu", "--amp=off", "--checkpoint=False"]
@@ -48,7 +48,7 @@ def torchrun(*argv, script=os.path.join(ROOT, "office31.py"), timeout=600):
 
 
 def epochs_of(out):
-    [row] = results.read_rows(os.path.join(out, "results.jsonl"))
+    [row] = store.read_rows(os.path.join(out, "results.jsonl"))
     with open(os.path.join(out, row["run_file"]), encoding="utf-8") as f:
         return row, json.load(f)["epochs"]
 
@@ -128,7 +128,7 @@ def test_a_signal_to_one_process_stops_the_run_at_one_step_and_it_resumes_to_the
     assert run.returncode != 0 and len(stopped) == 1  # (said once, by process 0)
     assert re.match(r"stopped: a signal to another of the run's processes stopped A→W source_only seed 0 at epoch "
                     r"\d, step \d+ of 360; its checkpoint at the end of epoch \d is in ", stopped[0])
-    assert results.read_rows(os.path.join(tmp_path / "stopped", "results.jsonl")) == []
+    assert store.read_rows(os.path.join(tmp_path / "stopped", "results.jsonl")) == []
     torchrun(*argv, f"--out_dir={tmp_path / 'stopped'}")
     (whole, whole_epochs), (resumed, resumed_epochs) = epochs_of(tmp_path / "whole"), epochs_of(tmp_path / "stopped")
     assert [e["loss"] for e in resumed_epochs] == [e["loss"] for e in whole_epochs]
@@ -180,7 +180,7 @@ def test_an_adapting_sweep_on_two_processes_writes_each_run_once(pair, tmp_path,
     out = tmp_path / "out"
     printed = torchrun(f"--data_root={pair}", *FLAGS, "--method=dann", "--tasks=A-W,W-A", f"--out_dir={out}",
                        f"--device={device}")
-    rows = results.read_rows(os.path.join(out, "results.jsonl"))
+    rows = store.read_rows(os.path.join(out, "results.jsonl"))
     assert sorted((r["source"], r["target"]) for r in rows) == [("amazon", "webcam"), ("webcam", "amazon")]
     assert all(r["processes"] == 2 for r in rows) and printed.count("| dann |") == 0
     assert len([n for n in os.listdir(out) if n.endswith(".json")]) == 2
@@ -191,7 +191,7 @@ import os
 import sys
 sys.path.insert(0, sys.argv[1])
 import office31
-import sweep
+from runs import sweep
 if os.environ["RANK"] == "1":  # as if another shard appended A→W's row between process 0's read and this one's
     read_rows = sweep.read_rows
     sweep.read_rows = lambda path: read_rows(sys.argv[2])
@@ -208,7 +208,7 @@ def test_the_processes_of_a_sweep_follow_process_0s_list_of_runs(pair, tmp_path)
     (tmp_path / "sweep.py").write_text(ONE_PROCESS_READS_A_ROW_MORE)
     torchrun(ROOT, str(tmp_path / "other" / "results.jsonl"), *argv, "--tasks=A-W,W-A",
              f"--out_dir={tmp_path / 'out'}", script=tmp_path / "sweep.py", timeout=300)
-    rows = results.read_rows(os.path.join(tmp_path / "out", "results.jsonl"))
+    rows = store.read_rows(os.path.join(tmp_path / "out", "results.jsonl"))
     assert sorted((r["source"], r["target"]) for r in rows) == [("amazon", "webcam"), ("webcam", "amazon")]
 
 
@@ -218,7 +218,7 @@ import torch
 import torch.distributed as dist
 sys.path.insert(0, sys.argv[1])
 import office31
-from checkpoint import Diverged, Stopped
+from runs.checkpoint import Diverged, Stopped
 dist.init_process_group("gloo")
 torch.manual_seed(0)
 net = torch.nn.Linear(4, 3)
@@ -373,7 +373,7 @@ ONE_PROCESS_ERRS = """
 import os
 import sys
 sys.path.insert(0, sys.argv[1])
-import errors
+from common import errors
 import office31
 errors.GRACE_SECONDS = 1
 office31.main(sys.argv[2:] + (["--batch_size=7"] if os.environ["RANK"] == "1" else []))

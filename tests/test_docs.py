@@ -7,7 +7,7 @@ import shlex
 
 import pytest
 
-import flags
+from runs import flags
 import office31
 from conftest import ROOT
 

@@ -9,7 +9,7 @@ import urllib.error
 import pytest
 from PIL import Image
 
-import download
+from datasets import download
 import office31
 from conftest import together
 from data_loader import OFFICE31_SIZES, UserError, find_domains

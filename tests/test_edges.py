@@ -7,13 +7,14 @@ import os
 import pytest
 import torch
 
-import checkpoint
-import checks
+from runs import checkpoint
+from runs import checks
 import office31
-import results
-import sweep
-import tables
-from checkpoint import Checkpoint
+from common import files
+from results import run_files
+from runs import sweep
+from results import tables
+from runs.checkpoint import Checkpoint
 from conftest import make_tree
 from test_resume import RUN
 from test_sweep import rows_of
@@ -83,7 +84,7 @@ def test_a_result_that_cannot_be_written_prints_the_numbers_and_leaves_no_row(pa
                                                                                where):
     no_space = OSError(28, "No space left on device")
     if where == "run file":
-        monkeypatch.setattr(results, "write_new", lambda *a: (_ for _ in ()).throw(no_space))
+        monkeypatch.setattr(run_files, "write_new", lambda *a: (_ for _ in ()).throw(no_space))
     else:
         monkeypatch.setattr(sweep, "append_row", lambda *a: (_ for _ in ()).throw(no_space))
     with pytest.raises(SystemExit) as stop:
@@ -187,13 +188,13 @@ def test_two_processes_writing_the_same_table_and_figure_both_succeed(tmp_path, 
 
 def test_write_file_leaves_the_old_file_whole_when_writing_fails(tmp_path):
     path = tmp_path / "table.md"
-    results.write_file(str(path), lambda f: f.write(b"old"))
+    files.write_file(str(path), lambda f: f.write(b"old"))
 
     def fails(f):
         f.write(b"half")
         raise OSError(28, "No space left on device")
     with pytest.raises(OSError):
-        results.write_file(str(path), fails)
+        files.write_file(str(path), fails)
     assert path.read_text() == "old" and os.listdir(tmp_path) == ["table.md"]
 
 

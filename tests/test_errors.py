@@ -7,8 +7,8 @@ import urllib.error
 import pytest
 import torch
 
-import checks
-import grid
+from runs import checks
+from runs import grid
 import office31
 from conftest import ROOT, make_tree
 from test_train import TINY, run_script

@@ -9,14 +9,15 @@ import torch
 
 import data_loader
 import office31
-import results
+from results import store
+from results.tasks import short_names
 from conftest import make_tree
 from test_sweep import rows_of, sweep
 from test_train import TINY, run_script
 
 
 def no_decoding(monkeypatch):
-    monkeypatch.setattr("sweep.load_domain", lambda *a, **k: pytest.fail("decoded images"))
+    monkeypatch.setattr("runs.sweep.load_domain", lambda *a, **k: pytest.fail("decoded images"))
 
 
 @pytest.mark.parametrize("where", ["a file", "under a file", "under /proc"])
@@ -117,13 +118,13 @@ def test_rows_without_fingerprint_are_their_own_group(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_task_names_stay_apart_when_initials_collide(tmp_path, capsys):
-    assert results.short_names(["amazon", "dslr", "webcam"]) == {"amazon": "A", "dslr": "D", "webcam": "W"}
-    assert results.short_names(["Art", "Clipart", "Product", "Real_World"]) == \
+    assert short_names(["amazon", "dslr", "webcam"]) == {"amazon": "A", "dslr": "D", "webcam": "W"}
+    assert short_names(["Art", "Clipart", "Product", "Real_World"]) == \
            {"Art": "A", "Clipart": "C", "Product": "P", "Real_World": "R"}
-    assert results.short_names(["mnist", "mnistm", "svhn"]) == {"mnist": "Mnist", "mnistm": "Mnistm", "svhn": "Svhn"}
-    assert results.short_names(["sketch", "real", "quickdraw", "painting"]) == \
+    assert short_names(["mnist", "mnistm", "svhn"]) == {"mnist": "Mnist", "mnistm": "Mnistm", "svhn": "Svhn"}
+    assert short_names(["sketch", "real", "quickdraw", "painting"]) == \
            {"sketch": "S", "real": "R", "quickdraw": "Q", "painting": "P"}
-    assert results.short_names(["clip", "clipart"]) == {"clip": "Clip", "clipart": "Clipa"}
+    assert short_names(["clip", "clipart"]) == {"clip": "Clip", "clipart": "Clipa"}
     root = make_tree(tmp_path / "digits", {"mnist": 1, "mnistm": 1, "svhn": 1}, size=(20, 20))
     done = sweep(root, tmp_path / "out", "--tasks=all")
     tasks = [r["task"] for r in done]
@@ -143,17 +144,17 @@ def test_run_json_is_utf8(tree, tmp_path):
 
 def test_reading_the_results_file_waits_for_a_writer(tmp_path):
     path = tmp_path / "results.jsonl"
-    results.append_row(str(path), {k: 1 for k in results.ROW_KEYS})
+    store.append_row(str(path), {k: 1 for k in store.ROW_KEYS})
     read = []
     with open(path, "a") as writer:
-        results.fcntl.flock(writer, results.fcntl.LOCK_EX)
-        reader = threading.Thread(target=lambda: read.append(results.read_rows(str(path))))
+        store.fcntl.flock(writer, store.fcntl.LOCK_EX)
+        reader = threading.Thread(target=lambda: read.append(store.read_rows(str(path))))
         reader.start()
         time.sleep(0.5)
         assert read == []  # still waiting for the writer's lock
-        writer.write(json.dumps({k: 2 for k in results.ROW_KEYS}) + "\n")
+        writer.write(json.dumps({k: 2 for k in store.ROW_KEYS}) + "\n")
         writer.flush()
-        results.fcntl.flock(writer, results.fcntl.LOCK_UN)
+        store.fcntl.flock(writer, store.fcntl.LOCK_UN)
     reader.join(timeout=10)
     assert [row["seed"] for row in read[0]] == [1, 2]
 

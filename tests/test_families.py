@@ -8,10 +8,10 @@ import torch
 import torch.nn.functional as F
 import torchvision
 
-import caffe_alexnet
-import checks
+from networks import caffe_alexnet
+from runs import checks
 import office31
-from models import MODELS, architecture, block_names, build_model, on_meta
+from networks.models import MODELS, architecture, block_names, build_model, on_meta
 from test_backbones import FAMILIES, weights_before_and_after
 
 pytestmark = pytest.mark.slow

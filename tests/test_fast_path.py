@@ -8,8 +8,8 @@ from torchvision import transforms
 
 import data_loader
 import office31
-import precision
-import results
+from runs import precision
+from runs import machine
 from conftest import make_tree
 from data_loader import load_domain
 
@@ -115,7 +115,7 @@ def test_amp_auto_measures_once_per_machine_so_the_processes_of_a_sweep_agree(mo
     assert office31.choose_amp("auto", cpu)[0] is True
     path = os.path.join(os.environ["TORCH_HOME"], "office31-bf16.json")
     with open(path, encoding="utf-8") as f:
-        assert json.load(f) == {"cpu": results.device_name(cpu), "torch": torch.__version__, "speedup": 1.34,
+        assert json.load(f) == {"cpu": machine.device_name(cpu), "torch": torch.__version__, "speedup": 1.34,
                                 "bf16": True, "margin": 1.3}
     monkeypatch.setattr(precision, "cpu_bf16_speedup", lambda: pytest.fail("measured again"))
     assert office31.choose_amp("auto", cpu) == (True, "bf16 measured 1.3x fp32 on this CPU, 1.3x needed")

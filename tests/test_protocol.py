@@ -8,7 +8,7 @@ from torchvision import transforms
 
 import data_loader
 import office31
-import results
+from results import experiments
 from conftest import make_tree
 from data_loader import load_domain
 from test_train import TINY
@@ -122,7 +122,7 @@ def short(source, target):
 
 
 def test_table_uses_sample_std_and_lets_a_rerun_replace_its_row():
-    from results import markdown_table
+    from results.tables import markdown_table
     rows = rows_for({("amazon", "webcam"): [(0, 0.5), (1, 0.6), (2, 0.9)],
                      ("webcam", "amazon"): [(0, 0.7), (1, 0.7), (2, 0.4), (2, 0.1)]})  # seed 2 re-run: 0.1
     # A→W: 50, 60, 90: mean 66.67, sample std sqrt(866.67 / 2) = 20.82 (the population std would be 17.00)
@@ -134,7 +134,7 @@ def test_table_uses_sample_std_and_lets_a_rerun_replace_its_row():
 
 
 def test_table_average_is_the_mean_of_the_cells_shown():
-    from results import markdown_table
+    from results.tables import markdown_table
     rows = rows_for({("amazon", "webcam"): [(0, 0.5), (1, 0.6)], ("amazon", "dslr"): [(0, 0.25)]})
     assert markdown_table(rows, short).splitlines()[2:] == [  # seeds differ: no spread over seeds, no count
         "| A→W | 55.00 ± 7.07 | 2 |", "| A→D | 25.00 | 1 |", "| average | 40.00 | - |"]
@@ -142,7 +142,7 @@ def test_table_average_is_the_mean_of_the_cells_shown():
 
 def test_report_prints_the_expected_cells_from_a_results_file(tree, tmp_path, capsys):
     c = office31.parse_flags([f"--data_root={tree}", f"--out_dir={tmp_path}", *TINY])
-    dataset, config = results.experiment(office31.with_method(dict(c, precision="fp32"), "source_only"))
+    dataset, config = experiments.experiment(office31.with_method(dict(c, precision="fp32"), "source_only"))
     data = {name: data_loader.fingerprint(tree, name) for name in ("amazon", "webcam")}
     lines = []
     for (source, target), runs in {("amazon", "webcam"): [(0, 0.5), (1, 0.6), (2, 0.9)],

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 import office31
-import results
-import sweep
-from checkpoint import Checkpoint, StopOnSignal
+from results import store
+from results import tasks
+from runs.checkpoint import Checkpoint, StopOnSignal
 from conftest import ROOT, make_tree
 from test_sweep import rows_of
 
@@ -125,13 +125,13 @@ def test_checkpoint_names_never_collide_and_a_run_in_progress_is_not_taken(tmp_p
     assert len(set(paths)) == len(runs)
     flags = office31.resolve(office31.parse_flags([f"--data_root={pair}", f"--out_dir={tmp_path}", *RUN]))
     mine = office31.with_method(dict(flags, precision="fp32"), "source_only")
-    fingerprints = sweep.names_and_fingerprints(pair)[1]
+    fingerprints = tasks.names_and_fingerprints(pair)[1]
     with Checkpoint(mine, fingerprints, "A→W").lock() as free:  # another process's run
         assert free
         assert office31.main([f"--data_root={pair}", f"--out_dir={tmp_path}", *RUN, "--seeds=2"])[0]["config"][
             "seed"] == 1
     assert "skipping A→W source_only seed 0: another process is training it now" in capsys.readouterr().out
-    assert [r["seed"] for r in results.read_rows(str(tmp_path / "results.jsonl"))] == [1]
+    assert [r["seed"] for r in store.read_rows(str(tmp_path / "results.jsonl"))] == [1]
 
 
 @pytest.mark.slow

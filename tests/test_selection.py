@@ -13,13 +13,13 @@ import pytest
 import torch
 
 import data_loader
-import grid
+from runs import grid
 import office31
-import results
-import selection
-import validators
+from results import store
+from selection import selection_table
+from selection import validators
 from conftest import make_tree
-from errors import UserError
+from common.errors import UserError
 
 TINY = ["--model=resnet18", "--weights=none", "--resize_size=24", "--crop_size=20", "--iters_per_epoch=2",
         "--batch_size=6", "--num_workers=0", "--device=cpu", "--amp=off", "--method=dann"]
@@ -66,7 +66,7 @@ def test_a_grid_of_two_trade_offs_by_two_epoch_counts_runs_each_once_and_resumes
     argv = [f"--data_root={shifted}", f"--out_dir={out}", *TINY, "--trade_off=0.1,1", "--epochs=1,2",
             "--source_val=0.25", "--tasks=A-W,W-A"]
     done = office31.main(argv)
-    rows = results.read_rows(os.path.join(out, "results.jsonl"))
+    rows = store.read_rows(os.path.join(out, "results.jsonl"))
     settings = sorted((r["config"]["trade_off"], r["config"]["epochs"], r["source"], r["target"]) for r in rows)
     assert settings == sorted((t, e, s, d) for t in (0.1, 1.0) for e in (1, 2)
                               for s, d in [("amazon", "webcam"), ("webcam", "amazon")])
@@ -277,7 +277,7 @@ def test_shuffling_the_target_labels_changes_no_validator_score(tmp_path, shifte
 def test_a_runs_recorded_scores_equal_a_recomputation_from_its_saved_model(tmp_path, shifted):
     office31.main([f"--data_root={shifted}", f"--out_dir={tmp_path}", *TINY, "--epochs=1", "--source_val=0.25",
                    "--save_model"])
-    [row] = results.read_rows(os.path.join(tmp_path, "results.jsonl"))
+    [row] = store.read_rows(os.path.join(tmp_path, "results.jsonl"))
     with open(tmp_path / row["run_file"], encoding="utf-8") as f:
         recorded = json.load(f)["epochs"][-1]["validators"]
     net, new_layer = office31.build_model("resnet18", 3, "none", 256)
@@ -336,16 +336,16 @@ def test_selection_picks_each_validators_best_and_the_oracle(tmp_path):
         return made(tmp_path, label, seed, scored(*epochs), accuracy=final)
     by_label = {"dann trade_off=0.1": [row("a", 0, 0.5, [(0.4, -3), (0.5, -1)]), row("a", 1, 0.6, [(0.6, -2)])],
                 "dann trade_off=1.0": [row("b", 0, 0.7, [(0.9, -4), (0.7, -2)]), row("b", 1, 0.2, [(0.2, -1)])]}
-    table = selection.selection(selection.candidates(str(tmp_path), by_label), by_label, "dann trade_off=1.0")
+    table = selection_table.selection(selection_table.candidates(str(tmp_path), by_label), by_label, "dann trade_off=1.0")
     task = ("amazon", "webcam")
     assert table["entropy"][task] == {0: ("dann trade_off=0.1", 2, 0.5, 0.9), 1: ("dann trade_off=1.0", 1, 0.2, 0.6)}
-    assert table[selection.ORACLE][task] == {0: ("dann trade_off=1.0", 1, 0.9, 0.9),
+    assert table[selection_table.ORACLE][task] == {0: ("dann trade_off=1.0", 1, 0.9, 0.9),
                                              1: ("dann trade_off=0.1", 1, 0.6, 0.6)}
     assert table["final model: dann trade_off=1.0"][task] == {0: ("dann trade_off=1.0", None, 0.7, 0.9),
                                                              1: ("dann trade_off=1.0", None, 0.2, 0.6)}
-    numbers = selection.cells(table)
+    numbers = selection_table.cells(table)
     assert numbers["entropy"][1:] == pytest.approx((35.0, 75.0, 75.0 - 35.0))
-    text = selection.markdown(table, lambda s, t: "A→W", "title", "accuracy", {})
+    text = selection_table.markdown(table, lambda s, t: "A→W", "title", "accuracy", {})
     assert re.search(r"^\| entropy \| 35\.00 \| 35\.00 \| 75\.00 \| 40\.00 \|$", text, re.M)
     assert re.search(r"^\| oracle \(target labels\) \| 75\.00 \| 75\.00 \| 75\.00 \| 0\.00 \|$", text, re.M)
     assert "Each cell: the target accuracy (%)" in text and "(k/n)" not in text and "--rerun" not in text
@@ -361,25 +361,25 @@ def test_a_visda_selection_table_its_oracle_its_files_and_figure_score_by_the_me
                                        mean_class_accuracy=0.7, **visda)],
                 "dann lr=0.01": [made(tmp_path, "b", 0, [epoch(0.5, 0.4, -3)], accuracy=0.5, mean_class_accuracy=0.4,
                                       **visda)]}
-    found = selection.candidates(str(tmp_path), by_label)
-    table = selection.selection(found, by_label, "dann lr=0.001")
+    found = selection_table.candidates(str(tmp_path), by_label)
+    table = selection_table.selection(found, by_label, "dann lr=0.001")
     task = ("amazon", "webcam")
-    assert table[selection.ORACLE][task] == {0: ("dann lr=0.001", 2, 0.7, 0.7)}  # by accuracy: epoch 1
+    assert table[selection_table.ORACLE][task] == {0: ("dann lr=0.001", 2, 0.7, 0.7)}  # by accuracy: epoch 1
     assert table["entropy"][task] == {0: ("dann lr=0.001", 1, 0.3, 0.7)}
     assert table["final model: dann lr=0.001"][task] == {0: ("dann lr=0.001", None, 0.7, 0.7)}
     # the rows as the table of final models hands them over (the mean class accuracy in the accuracy's place)
     for rows in by_label.values():
         rows[:] = [dict(r, accuracy=r["mean_class_accuracy"]) for r in rows]
-    paths = selection.report(str(tmp_path), by_label, "dann lr=0.001", lambda s, t: "S→R", "title", "visda")
+    paths = selection_table.report(str(tmp_path), by_label, "dann lr=0.001", lambda s, t: "S→R", "title", "visda")
     shown = table_cells(open(paths[0], encoding="utf-8").read())
     assert shown["entropy"] == ["30.00", "30.00", "70.00", "40.00"]
-    assert shown["final model: dann lr=0.001"] == shown[selection.ORACLE] == ["70.00", "70.00", "70.00", "0.00"]
+    assert shown["final model: dann lr=0.001"] == shown[selection_table.ORACLE] == ["70.00", "70.00", "70.00", "0.00"]
     assert "Each cell: the target mean class accuracy (%)" in open(paths[0], encoding="utf-8").read()
     with open(paths[1], encoding="utf-8") as f:
         lines = list(csv.DictReader(f))
     assert [(line["choice"], line["target_class_acc"]) for line in lines] == [
-        ("final model: dann lr=0.001", "70.0000"), ("entropy", "30.0000"), (selection.ORACLE, "70.0000")]
-    figure = selection.draw(found, table, lambda s, t: "S→R", "mean class accuracy", str(tmp_path / "v.png"))
+        ("final model: dann lr=0.001", "70.0000"), ("entropy", "30.0000"), (selection_table.ORACLE, "70.0000")]
+    figure = selection_table.draw(found, table, lambda s, t: "S→R", "mean class accuracy", str(tmp_path / "v.png"))
     [axis] = figure.axes
     assert axis.get_ylabel() == "target mean class accuracy (%)"
     assert sorted(axis.collections[0].get_offsets()[:, 1].tolist()) == pytest.approx([30.0, 40.0, 70.0])
@@ -394,21 +394,21 @@ def test_runs_without_scores_are_named_and_no_oracle_or_gap_leaves_them_out_sile
                                               accuracy=0.5)],
                 "dann lr=0.01": [made(tmp_path, "b", 0, scored((0.2, -1), (0.1, -2)), accuracy=0.1),
                                  made(tmp_path, "b", 1, scored((0.3, -1), (0.4, -2)), accuracy=0.4)]}
-    found = selection.candidates(str(tmp_path), by_label)
-    assert selection.unscored(found, by_label) == {"dann lr=0.001": {("amazon", "webcam"): [0],
+    found = selection_table.candidates(str(tmp_path), by_label)
+    assert selection_table.unscored(found, by_label) == {"dann lr=0.001": {("amazon", "webcam"): [0],
                                                                       ("webcam", "amazon"): [0]}}
-    table = selection.selection(found, by_label, "dann lr=0.001")
+    table = selection_table.selection(found, by_label, "dann lr=0.001")
     assert table["final model: dann lr=0.001"] == {}  # no candidate: not beside an oracle of 20.00
-    text = selection.markdown(table, lambda s, t: f"{s[0].upper()}→{t[0].upper()}", "title", "accuracy",
-                              selection.unscored(found, by_label))
+    text = selection_table.markdown(table, lambda s, t: f"{s[0].upper()}→{t[0].upper()}", "title", "accuracy",
+                              selection_table.unscored(found, by_label))
     assert table_cells(text)["final model: dann lr=0.001"] == ["-", "-", "-", "-"]
-    assert table_cells(text)[selection.ORACLE] == ["30.00", "30.00", "30.00", "0.00"]
+    assert table_cells(text)[selection_table.ORACLE] == ["30.00", "30.00", "30.00", "0.00"]
     assert ("No validator scores (run with --validators=none, or the run file is gone), so not among the candidates "
             "and in no number above, the final model's included: dann lr=0.001 (A→W seed 0, W→A seed 0). To score "
             "them, run those settings again with --rerun=True and --validators=auto (or --validators=entropy).") in text
     table = dict(table, source_val_acc=table["entropy"], dev=table["entropy"])  # held-out ones: refused without
-    text = selection.markdown(table, lambda s, t: f"{s[0].upper()}→{t[0].upper()}", "title", "accuracy",  # a split
-                              selection.unscored(found, by_label))
+    text = selection_table.markdown(table, lambda s, t: f"{s[0].upper()}→{t[0].upper()}", "title", "accuracy",  # a split
+                              selection_table.unscored(found, by_label))
     assert "--rerun=True and --validators=auto (or --validators=entropy)." in text
 
 
@@ -451,12 +451,12 @@ def test_a_validator_without_a_score_on_a_seed_is_compared_on_the_seeds_it_has(t
         return {"target_acc": acc, "validators": {"entropy": entropy, "snd": snd}}
     by_label = {"dann": [made(tmp_path, "a", 0, [epoch(0.9, -1, 2), epoch(0.8, -2, 1)], accuracy=0.8),
                          made(tmp_path, "a", 1, [epoch(0.3, -1, None), epoch(0.2, -2, None)], accuracy=0.2)]}
-    table = selection.selection(selection.candidates(str(tmp_path), by_label), by_label, "dann")
+    table = selection_table.selection(selection_table.candidates(str(tmp_path), by_label), by_label, "dann")
     assert list(table["snd"][("amazon", "webcam")]) == [0]
-    means, average, oracle, gap = selection.cells(table)["snd"]
+    means, average, oracle, gap = selection_table.cells(table)["snd"]
     assert means == {("amazon", "webcam"): (90.0, 1, 2)} and (average, oracle, gap) == pytest.approx((90, 90, 0))
-    assert selection.cells(table)[selection.ORACLE][1:] == pytest.approx((60, 60, 0))
-    text = selection.markdown(table, lambda s, t: "A→W", "title", "accuracy", {})
+    assert selection_table.cells(table)[selection_table.ORACLE][1:] == pytest.approx((60, 60, 0))
+    text = selection_table.markdown(table, lambda s, t: "A→W", "title", "accuracy", {})
     assert table_cells(text)["snd"] == ["90.00 (1/2)", "90.00", "90.00", "0.00"]
     assert table_cells(text)["entropy"] == ["60.00", "60.00", "60.00", "0.00"]
     assert "(k/n): over the k of the n seeds where it picked one" in text
@@ -471,11 +471,11 @@ def test_each_validators_gap_is_to_the_oracle_over_the_candidates_it_could_pick_
                 "dann source_val=0.1": [made(tmp_path, "b", 0, [epoch(0.6, entropy=-1, source_val_acc=0.5),
                                                                   epoch(0.7, entropy=-3, source_val_acc=0.4)],
                                              accuracy=0.7)]}
-    table = selection.selection(selection.candidates(str(tmp_path), by_label), by_label, "dann source_val=0.0")
-    text = selection.markdown(table, lambda s, t: "A→W", "title", "accuracy", {})
+    table = selection_table.selection(selection_table.candidates(str(tmp_path), by_label), by_label, "dann source_val=0.0")
+    text = selection_table.markdown(table, lambda s, t: "A→W", "title", "accuracy", {})
     assert table_cells(text)["source_val_acc"] == ["60.00", "60.00", "70.00", "10.00"]  # not 30.00: 90 it could not pick
     assert table_cells(text)["entropy"] == ["60.00", "60.00", "90.00", "30.00"]
-    assert table_cells(text)[selection.ORACLE] == ["90.00", "90.00", "90.00", "0.00"]
+    assert table_cells(text)[selection_table.ORACLE] == ["90.00", "90.00", "90.00", "0.00"]
     assert "its oracle: the best among the candidates the row picked from" in text
     assert "source_val_acc, dev: runs with --source_val > 0" in text
 
@@ -507,7 +507,7 @@ def test_analyze_a_saved_run_prints_the_proxy_a_distance_and_writes_its_t_sne(tm
 
 
 def test_proxy_a_distance_is_two_for_separable_domains_and_near_zero_for_one():
-    from analysis import proxy_a_distance
+    from selection.analysis import proxy_a_distance
     generator = torch.Generator().manual_seed(6)
     same = torch.randn(400, 4, generator=generator)
     assert proxy_a_distance(same[:200], same[200:])[0] < 0.4

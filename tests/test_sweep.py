@@ -11,8 +11,8 @@ import time
 import pytest
 
 import office31
-import results
-import sweep as sweep_module
+from results import store
+from runs import sweep as sweep_module
 from conftest import ROOT, make_tree
 
 FAST = ["--model=resnet18", "--weights=none", "--resize_size=16", "--crop_size=16", "--epochs=1",
@@ -24,7 +24,7 @@ def sweep(root, out, *extra):
 
 
 def rows_of(out):
-    return results.read_rows(os.path.join(out, "results.jsonl"))
+    return store.read_rows(os.path.join(out, "results.jsonl"))
 
 
 @pytest.fixture
@@ -133,7 +133,7 @@ def test_shard_with_nothing_to_do_exits_cleanly(tmp_path, three):
 
 def append_many(path, worker):
     for k in range(40):
-        results.append_row(path, {"worker": worker, "k": k, "padding": "x" * 20000})
+        store.append_row(path, {"worker": worker, "k": k, "padding": "x" * 20000})
 
 
 def test_concurrent_appends_never_interleave(tmp_path):

@@ -7,8 +7,8 @@ import statistics
 import pytest
 
 import office31
-import results
-import tables
+from results import store
+from results import tables
 from conftest import make_tree, table_file
 from test_sweep import rows_of, sweep
 
@@ -92,7 +92,7 @@ def test_csv_and_every_table_show_the_sample_std_of_the_seeds():
     assert (a_w["task"], a_w["mean"], a_w["std"]) == ("A→W", "60.0000", "14.1421")  # sample std of 50 and 70
     assert a_w["accuracies"] == "50.0000 70.0000"
     assert float(w_a["std"]) == round(statistics.stdev([60, 60, 90]), 4) == 17.3205 and w_a["seeds"] == "3"
-    printed = results.methods_table(by_method, name_of_task)
+    printed = tables.methods_table(by_method, name_of_task)
     assert "| dann | 60.00 ± 14.14 (2) | 70.00 ± 17.32 (3) |" in printed
     latex = tables.latex_text([("fp32", by_method, name_of_task)])
     assert "dann & 60.0 $\\pm$ 14.1 & 70.0 $\\pm$ 17.3 & 65.0 \\\\" in latex
@@ -128,7 +128,7 @@ def test_a_one_method_table_and_its_figure_name_the_method(tmp_path, capsys, mon
     out = tmp_path / "out"
     sweep(root, out, "--tasks=A-W,W-A", "--method=coral", "--amp=off")
     capsys.readouterr()
-    import curves
+    from results import curves
     drawn = []
     monkeypatch.setattr(curves, "draw", lambda *args: drawn.append(args[3]))
     sweep(root, out, "--tasks=A-W,W-A", "--method=coral", "--amp=off", "--report=True")
@@ -187,7 +187,7 @@ def test_a_bare_report_lists_every_experiment_and_prints_each_table_and_flags_na
 
 def test_a_report_reads_rows_of_every_older_shape_and_lists_a_source_val_they_leave_out_at_its_default(tmp_path,
                                                                                                       capsys):
-    """Rows leave a later key (results.LATER_KEYS) out at its default: every reader fills it in alike."""
+    """Rows leave a later key (experiments.LATER_KEYS) out at its default: every reader fills it in alike."""
     root = make_tree(tmp_path / "office31", {"amazon": 5, "webcam": 2}, size=(20, 20))
     out = tmp_path / "out"
     sweep(root, out, "--tasks=A-W", "--source_val=0,0.2")  # a grid over source_val: its 0 leaves the key out
@@ -198,7 +198,7 @@ def test_a_report_reads_rows_of_every_older_shape_and_lists_a_source_val_they_le
     left_out = dict({k: v for k, v in grid_0.items() if k != "grid"}, seed=2)  # written before source_val, or at 0
     no_precision = dict(left_out, seed=3, config={k: v for k, v in left_out["config"].items() if k != "precision"})
     for row in (set_alone, left_out, no_precision):
-        results.append_row(str(out / "results.jsonl"), row)
+        store.append_row(str(out / "results.jsonl"), row)
     capsys.readouterr()
     office31.main([f"--out_dir={out}", "--report"])
     shown = capsys.readouterr().out

@@ -12,11 +12,13 @@ import sys
 import pytest
 import torch
 
-import checks
+from runs import checks
 import data_loader
-import download
+from datasets import download
 import office31
-import results
+from results import experiments
+from results import run_files
+from results import tables
 from conftest import ROOT, draw, make_tree
 from test_sweep import rows_of, sweep
 
@@ -74,12 +76,12 @@ def test_average_has_a_spread_only_when_every_task_has_the_same_seeds():
     same = [{"source": s, "target": t, "seed": k, "accuracy": a} for (s, t), values in
             {("amazon", "webcam"): [0.5, 0.6], ("webcam", "amazon"): [0.7, 0.9]}.items() for k, a in enumerate(values)]
     # per seed: (50 + 70) / 2 = 60 and (60 + 90) / 2 = 75: mean 67.5, sample std 10.61; the cells' mean is 67.5 too
-    assert results.methods_table({"m": same}, name).splitlines()[2] == \
+    assert tables.methods_table({"m": same}, name).splitlines()[2] == \
         "| m | 55.00 ± 7.07 | 80.00 ± 14.14 | 67.50 ± 10.61 |"
-    assert results.markdown_table(same, name).splitlines()[-1] == "| average | 67.50 ± 10.61 | 2 |"
+    assert tables.markdown_table(same, name).splitlines()[-1] == "| average | 67.50 ± 10.61 | 2 |"
     uneven = same[:3]  # W→A has seed 0 only
-    assert results.methods_table({"m": uneven}, name).splitlines()[2] == "| m | 55.00 ± 7.07 (2) | 70.00 (1) | 62.50 |"
-    assert results.markdown_table(uneven, name).splitlines()[-1] == "| average | 62.50 | - |"
+    assert tables.methods_table({"m": uneven}, name).splitlines()[2] == "| m | 55.00 ± 7.07 (2) | 70.00 (1) | 62.50 |"
+    assert tables.markdown_table(uneven, name).splitlines()[-1] == "| average | 62.50 | - |"
 
 
 def test_rows_record_precision_machine_and_run_file_and_precision_splits_experiments(tmp_path, three, monkeypatch):
@@ -114,7 +116,7 @@ def test_rows_without_a_precision_are_left_out_and_counted(tmp_path, three, caps
 def test_the_sweep_notes_list_the_real_experiment_keys():
     readme = open(os.path.join(ROOT, "docs", "sweeps.md"), encoding="utf-8").read()
     [listed] = re.findall(r"these keys of the row's `config`: (.*?)\.\n", readme, re.S)
-    assert tuple(re.findall(r"`(\w+)`", listed)) == results.EXPERIMENT_KEYS
+    assert tuple(re.findall(r"`(\w+)`", listed)) == experiments.EXPERIMENT_KEYS
 
 
 def test_several_methods_name_the_method_in_files_lines_and_titles(tmp_path, three, capsys):
@@ -153,10 +155,10 @@ class OneSecond(datetime.datetime):
 def test_run_files_are_created_exclusively_and_saved_whole(tmp_path, monkeypatch):
     monkeypatch.setattr(datetime, "datetime", OneSecond)
     c = dict(office31.FLAGS, out_dir=str(tmp_path), source="amazon", target="webcam")
-    first = results.save_run(c, {"run": 1})
+    first = run_files.save_run(c, {"run": 1})
     assert os.path.basename(first) == "amazon-webcam_resnet50_source_only_seed0_20260101-120000"
     (tmp_path / (os.path.basename(first) + "-1.json")).write_text("another process's run")  # taken meanwhile
-    second = results.save_run(c, {"run": 2}, {"w": torch.ones(2)})
+    second = run_files.save_run(c, {"run": 2}, {"w": torch.ones(2)})
     assert second == first + "-2"  # never over another run's file
     assert json.loads(open(first + ".json").read())["run"] == 1
     assert (tmp_path / (os.path.basename(first) + "-1.json")).read_text() == "another process's run"
@@ -169,7 +171,7 @@ def test_run_files_are_created_exclusively_and_saved_whole(tmp_path, monkeypatch
     monkeypatch.setattr(torch, "save", killed)
     before = sorted(os.listdir(tmp_path))
     with pytest.raises(KeyboardInterrupt):
-        results.save_run(c, {"run": 3}, {"w": torch.ones(2)})
+        run_files.save_run(c, {"run": 3}, {"w": torch.ones(2)})
     assert sorted(os.listdir(tmp_path)) == before  # no half .pt, no .tmp, no JSON
 
 
@@ -178,18 +180,18 @@ def test_a_json_that_cannot_be_written_takes_the_weights_with_it(tmp_path, monke
 
     def full_disk(*args, **kwargs):  # the JSON's write, the weights already in place
         raise OSError(errno.ENOSPC, "No space left on device")
-    monkeypatch.setattr(results.json, "dumps", full_disk)
+    monkeypatch.setattr(run_files.json, "dumps", full_disk)
     with pytest.raises(OSError, match="No space left"):
-        results.save_run(c, {"run": 1}, {"w": torch.ones(2)})
+        run_files.save_run(c, {"run": 1}, {"w": torch.ones(2)})
     assert os.listdir(tmp_path) == []  # no .pt without its JSON, no temporary
 
 
 def test_a_process_killed_while_writing_the_json_leaves_no_weights_without_it(tmp_path):
     """The weights are linked into place only once the JSON is whole beside them: a kill before leaves temporaries
     only (which the next run of the stem removes), never a .pt that no row or JSON names."""
-    code = ("import json, os, signal, sys, torch; sys.path.insert(0, sys.argv[1]); import office31, results; "
+    code = ("import json, os, signal, sys, torch; sys.path.insert(0, sys.argv[1]); import office31; from results import run_files; "
             "json.dumps = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL); "
-            "results.save_run(dict(office31.FLAGS, out_dir=sys.argv[2], source='amazon', target='webcam'), {}, "
+            "run_files.save_run(dict(office31.FLAGS, out_dir=sys.argv[2], source='amazon', target='webcam'), {}, "
             "{'w': torch.ones(1000)})")
     killed = subprocess.run([sys.executable, "-c", code, ROOT, str(tmp_path)], capture_output=True)
     assert killed.returncode == -signal.SIGKILL
@@ -203,10 +205,10 @@ def test_temporaries_of_run_files_left_by_a_killed_process_are_removed_when_the_
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
                           check=True).stdout.strip()  # a process that has ended
     stem = "amazon-webcam_resnet18_source_only_seed0_20260101-120000"  # a run of the same task, method and seed
-    stale = [f"{stem}.json.{results.HOST}.{gone}.tmp", f"{stem}-1.pt.{results.HOST}.{gone}.tmp"]
-    left = [f"{stem}.json.{results.HOST}.{os.getpid()}.tmp",  # a running process's: it may be writing it now
-            f"{stem}.json.{results.HOST}x.{gone}.tmp",  # another machine's, whose processes are not seen from here
-            f"amazon-webcam_resnet18_source_only_seed1_20260101-120000.json.{results.HOST}.{gone}.tmp"]  # another run
+    stale = [f"{stem}.json.{run_files.HOST}.{gone}.tmp", f"{stem}-1.pt.{run_files.HOST}.{gone}.tmp"]
+    left = [f"{stem}.json.{run_files.HOST}.{os.getpid()}.tmp",  # a running process's: it may be writing it now
+            f"{stem}.json.{run_files.HOST}x.{gone}.tmp",  # another machine's, whose processes are not seen from here
+            f"amazon-webcam_resnet18_source_only_seed1_20260101-120000.json.{run_files.HOST}.{gone}.tmp"]  # another run
     for name in stale + left:
         (out / name).write_bytes(b"half a file")
     sweep(three, out, "--tasks=A-W")

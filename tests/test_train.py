@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-import demo
-import flags
+from datasets import demo
+from runs import flags
 import office31
 from conftest import ROOT, make_tree
 from data_loader import load_domain

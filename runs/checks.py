@@ -5,15 +5,15 @@ reason and what to do, before a network is built or an image decoded.
 """
 import math
 
-import distributed
-import grid
+from runs import distributed
+from runs import grid
 import resnet
-import validators
-from adaptation import METHODS, methods, with_method
+from selection import validators
+from methods.adaptation import METHODS, methods, with_method
 from data_loader import CACHES
-from download import DATASETS
-from errors import UserError
-from models import MODELS, block_names, check_network, has_batchnorm, weight_names
+from datasets.download import DATASETS
+from common.errors import UserError
+from networks.models import MODELS, block_names, check_network, has_batchnorm, weight_names
 
 
 def check_config(c):

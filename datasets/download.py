@@ -17,7 +17,7 @@ import tempfile
 
 from torchvision.datasets.utils import download_file_from_google_drive, download_url, extract_archive
 
-import demo
+from datasets import demo
 from data_loader import (OFFICE31_SIZES, OFFICE_HOME_SIZES, UserError, class_root, count_images, dataset_root,
                          find_domains, listed, match_domain, subdirs)
 

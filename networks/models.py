@@ -19,10 +19,10 @@ import torchvision
 from torch import nn
 
 import alexnet
-import backbone
-import caffe_alexnet
+from networks import backbone
+from networks import caffe_alexnet
 import resnet
-from adaptation import Adaptation, tap
+from methods.adaptation import Adaptation, tap
 from data_loader import IMAGENET_MEAN, IMAGENET_STD, UserError
 
 OWN_FILES = ("alexnet", "caffe_alexnet") + resnet.DEPTHS  # the papers' networks, each with a file of its own

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from data_loader import UserError
-from results import device_name
+from runs.machine import device_name
 
 try:
     import fcntl

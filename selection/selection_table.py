@@ -22,10 +22,12 @@ import io
 import os
 import statistics
 
-from curves import histories
-from metric import epoch_key, epoch_value, final_value, metric_of, name_of
-from results import PAPER_ORDER, latest_per_seed, write_file
-from validators import HELD_OUT
+from results.curves import histories
+from results.metric import epoch_key, epoch_value, final_value, metric_of, name_of
+from results.tasks import PAPER_ORDER
+from results.store import latest_per_seed
+from common.files import write_file
+from selection.validators import HELD_OUT
 
 ORACLE = "oracle (target labels)"
 

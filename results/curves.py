@@ -17,8 +17,10 @@ import statistics
 import textwrap
 import zlib
 
-from metric import epoch_key, metric_of, name_of
-from results import latest_per_seed, tasks_in_order, write_file
+from results.metric import epoch_key, metric_of, name_of
+from results.store import latest_per_seed
+from results.tasks import tasks_in_order
+from common.files import write_file
 
 
 def histories(folder, rows):

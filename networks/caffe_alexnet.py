@@ -17,9 +17,9 @@ import tempfile
 import torch
 from torch import nn
 
-from adaptation import new_head
+from common.layers import new_head
 from data_loader import UserError
-from download import sha1_of
+from datasets.download import sha1_of
 
 WEIGHTS = ("bvlc_reference_caffenet", "bvlc_alexnet", "none")
 BLOCKS = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7")  # what --freeze counts, in order

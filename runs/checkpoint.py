@@ -22,7 +22,8 @@ import signal
 import torch
 
 from data_loader import UserError
-from results import experiment, remove_run_temporaries, run_label, run_stem
+from results.experiments import experiment, run_label, run_stem
+from results.run_files import remove_run_temporaries
 
 try:
     import fcntl

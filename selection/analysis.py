@@ -15,9 +15,12 @@ import os
 import torch
 
 from data_loader import UserError, choose_cache, load_domain
-from models import build_model, classifier, input_size, network_pixels
-from results import domain_name, read_rows, same_experiment, task_name, write_file
-from sweep import names_and_fingerprints
+from networks.models import build_model, classifier, input_size, network_pixels
+from results.tasks import domain_name, task_name
+from results.store import read_rows
+from results.experiments import same_experiment
+from common.files import write_file
+from results.tasks import names_and_fingerprints
 
 MOST_POINTS = 4000  # t-SNE on a seeded sample of at most this many images (Office-31's largest task has 3,315)
 

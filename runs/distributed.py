@@ -20,7 +20,7 @@ import os
 import torch
 import torch.distributed as dist
 
-from errors import UserError
+from common.errors import UserError
 
 
 # How long a collective of training (a step, an epoch's means, the decisions between runs) waits for the other

@@ -13,7 +13,7 @@ from torch import nn
 from torchvision import models
 
 import resnet
-from adaptation import new_head
+from common.layers import new_head
 from data_loader import UserError
 
 # torchvision's two Inception-style networks carry auxiliary classifiers, which their ImageNet weights include

@@ -224,13 +224,6 @@ class MultilinearMap(nn.Module):
         return torch.bmm(g.unsqueeze(2), f.unsqueeze(1)).flatten(1)
 
 
-def new_head(in_features, num_classes, bottleneck):
-    """The new layers on top of a pretrained backbone: the classifier, behind a bottleneck (Linear, BatchNorm1d,
-    ReLU) of `bottleneck` units as in the DAN/DANN/CDAN ResNet-50 setups, or straight on the features (0)."""
-    if not bottleneck:
-        return nn.Linear(in_features, num_classes)
-    return nn.Sequential(nn.Linear(in_features, bottleneck), nn.BatchNorm1d(bottleneck), nn.ReLU(),
-                         nn.Linear(bottleneck, num_classes))
 
 
 def tap(layers):

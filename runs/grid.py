@@ -12,7 +12,7 @@ rest. Choosing among the settings without the target's labels is validators.py's
 """
 import itertools
 
-import flags
+from runs import flags
 
 # The flags a grid may vary: what changes training alone. The network, its weights and the image sizes change the
 # data pipeline too (one command each, in the same --out_dir: the report lists them all).

@@ -10,7 +10,7 @@ like a typo. Plain Python, so that office31.py reads and checks its flags before
 import difflib
 import sys
 
-from errors import UserError
+from common.errors import UserError
 
 RULE = "# " + "-" * 107  # the lines around the flags at the top of office31.py
 BOOLEAN_WORDS = ("true", "false", "1", "0")

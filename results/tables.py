@@ -1,0 +1,217 @@
+"""The sweep's table in the forms a paper needs, written next to the results file by --report=True and at the end of
+every sweep:
+
+    table.md    what was printed: the title (dataset, network, precision, flags not at their defaults), the table, notes
+    table.csv   one line per method and task: mean, sample std and number of seeds, and every seed's accuracy
+    table.tex   a booktabs table in the papers' layout (methods as rows, tasks as columns, the average last); with
+                --bold_best=True the best mean of each column in bold
+
+tables: [(precision, {method label: rows}, name_of_task)], one per printed table (--amp=auto may print one per
+precision). Accuracies are in percent, as printed.
+"""
+import csv
+import io
+import os
+import statistics
+
+from common.files import write_file
+from data_loader import UserError
+from results.experiments import EXPERIMENT_KEYS, experiment, method_label, same_experiment, select_rows, title
+from results.metric import final_value, metric_of
+from results.store import latest_per_seed
+from results.tasks import PAPER_ORDER, task_name, tasks_in_order
+
+
+def accuracies(by_seed):
+    return [100 * by_seed[seed]["accuracy"] for seed in sorted(by_seed)]
+
+
+def csv_text(tables):
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["precision", "method", "task", "source", "target", "mean", "std", "seeds", "accuracies"])
+    for precision, by_method, name_of_task in tables:
+        for method, rows in by_method.items():
+            by_task = latest_per_seed(rows)
+            for task in (t for t in tasks_in_order(by_method) if t in by_task):
+                values = accuracies(by_task[task])
+                std = f"{statistics.stdev(values):.4f}" if len(values) > 1 else ""
+                writer.writerow([precision, method, name_of_task(*task), *task, f"{statistics.mean(values):.4f}", std,
+                                 len(values), " ".join(f"{v:.4f}" for v in values)])
+    return out.getvalue()
+
+
+def latex_cell(values, bold):
+    text = f"{statistics.mean(values):.1f}" + (f" $\\pm$ {statistics.stdev(values):.1f}" if len(values) > 1 else "")
+    return f"\\textbf{{{text}}}" if bold else text
+
+
+LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{",
+                 "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+
+
+def latex_text_cell(text):
+    """A method or task name as LaTeX prints it: every special character escaped, the task's arrow as $\\to$."""
+    return "".join(LATEX_SPECIAL.get(ch, ch) for ch in text).replace("→", r"$\to$")
+
+
+def latex_text(tables, bold_best=False):
+    """One booktabs tabular per table: a method's cell is its mean ± sample std over seeds (one decimal, as the
+    papers print), "-" where it has no run; the average is the mean of its task means, where it has every task.
+    bold_best: the best mean of each column in bold, and every mean that prints the same (a tie at one decimal)."""
+    parts = []
+    for precision, by_method, name_of_task in tables:
+        tasks = tasks_in_order(by_method)
+        cells = {method: {task: accuracies(by_seed) for task, by_seed in latest_per_seed(rows).items()}
+                 for method, rows in by_method.items()}
+        for by_task in cells.values():
+            if len(by_task) == len(tasks):
+                by_task["average"] = [statistics.mean(statistics.mean(v) for v in by_task.values())]
+        columns = [*tasks, "average"]
+        shown = {column: {m: f"{statistics.mean(c[column]):.1f}" for m, c in cells.items() if column in c}
+                 for column in columns}  # the means as printed: ties and the best are decided on these
+        best = {column: max(means.values(), key=float, default=None) for column, means in shown.items()}
+        header = " & ".join(["Method", *(latex_text_cell(name_of_task(*t)) for t in tasks), "Avg"])
+        lines = [f"% {precision}", "\\begin{tabular}{l" + "c" * len(columns) + "}", "\\toprule", header + r" \\",
+                 "\\midrule"]
+        for method, by_task in cells.items():
+            row = [latex_cell(by_task[c], bold_best and shown[c][method] == best[c]) if c in by_task else "-"
+                   for c in columns]
+            lines.append(" & ".join([latex_text_cell(method), *row]) + r" \\")
+        lines += ["\\bottomrule", "\\end{tabular}"]
+        parts.append("\n".join(lines))
+    return "\n\n".join(parts) + "\n"
+
+
+def write_tables(folder, tables, printed, bold_best, name):
+    """table_<name>.md (the printed text), .csv and .tex into folder, each written whole or not at all; returns
+    their paths."""
+    written = []
+    for kind, text in (("md", printed), ("csv", csv_text(tables)), ("tex", latex_text(tables, bold_best))):
+        written.append(os.path.join(folder, f"table_{name}.{kind}"))
+        write_file(written[-1], lambda f: f.write(text.encode()))
+    return written
+
+
+def cell(values, count=False):
+    """Mean ± sample std of accuracies in percent; count: add the number of runs, "(3)"."""
+    values = [100 * v for v in values]
+    text = f"{statistics.mean(values):.2f}"
+    if len(values) > 1:
+        text += f" ± {statistics.stdev(values):.2f}"
+    return f"{text} ({len(values)})" if count else text
+
+
+def average(by_task, count=False):
+    """The average cell of one method over its tasks ({task: {seed: row}}): the mean of the task means, so that
+    it agrees with the cells shown, and ± the sample std over seeds of the per-seed mean over tasks, given only
+    where every task has the same seeds (then both definitions give the same mean)."""
+    means = [statistics.mean(100 * r["accuracy"] for r in by_seed.values()) for by_seed in by_task.values()]
+    text = f"{statistics.mean(means):.2f}"
+    seeds = {frozenset(by_seed) for by_seed in by_task.values()}
+    if len(seeds) == 1:
+        common = sorted(next(iter(seeds)))
+        per_seed = [statistics.mean(100 * by_seed[s]["accuracy"] for by_seed in by_task.values()) for s in common]
+        if len(per_seed) > 1:
+            text += f" ± {statistics.stdev(per_seed):.2f}"
+        if count:
+            text += f" ({len(common)})"
+    return text
+
+
+AVERAGE_NOTE = ("average: the mean of the task cells of its row; ± the sample std over seeds of the per-seed mean "
+                "over tasks, shown only where every task has the same seeds.")
+
+
+def markdown_table(rows, name_of_task):
+    """Rows of one configuration as a Markdown table: each task's mean ± std (sample std over seeds) and the
+    number of seeds, then the average row (see average), whose seeds column is "-" where the tasks' seeds differ."""
+    tasks = latest_per_seed(rows)
+    lines = ["| task | accuracy (%) | seeds |", "|---|---|---|"]
+    for (source, target), by_seed in tasks.items():
+        lines.append(f"| {name_of_task(source, target)} | {cell([r['accuracy'] for r in by_seed.values()])} "
+                     f"| {len(by_seed)} |")
+    if len(tasks) > 1:
+        seeds = {frozenset(by_seed) for by_seed in tasks.values()}
+        lines.append(f"| average | {average(tasks)} | {len(seeds.pop()) if len(seeds) == 1 else '-'} |")
+    return "\n".join(lines)
+
+
+def methods_table(rows_by_method, name_of_task, order=PAPER_ORDER):
+    """The papers' layout: one row per method ({label: rows}), one column per task (in `order` where it lists
+    them, the others after, as they come), then the average (see average; "-" unless the method has every task).
+    Each cell is the mean ± sample std over seeds, "-" where a method has no run; where the cells stand for
+    different numbers of runs, every cell shows its count, "41.67 ± 14.43 (3)"."""
+    methods = {method: latest_per_seed(rows) for method, rows in rows_by_method.items()}
+    tasks = tasks_in_order(rows_by_method, order)
+    count = len({len(by_seed) for by_task in methods.values() for by_seed in by_task.values()}) > 1
+    lines = ["| method | " + " | ".join(name_of_task(*task) for task in tasks) + " | average |",
+             "|---" * (len(tasks) + 2) + "|"]
+    for method, by_task in methods.items():
+        cells = [cell([r["accuracy"] for r in by_task[task].values()], count) if task in by_task else "-"
+                 for task in tasks]
+        shown = average(by_task, count) if len(by_task) == len(tasks) else "-"
+        lines.append(f"| {method} | {' | '.join(cells)} | {shown} |")
+    return "\n".join(lines)
+
+
+def per_class_table(by_label, name_of_task):
+    """Each method's and task's accuracy on every class, the mean over seeds, in percent, then their mean (the
+    mean class accuracy): the table VisDA-2017's papers print."""
+    classes = list(next(r for rows in by_label.values() for r in rows)["per_class"])
+    lines = ["| method | task | " + " | ".join(classes) + " | mean |", "|---" * (len(classes) + 3) + "|"]
+    for label, rows in by_label.items():
+        for task, by_seed in latest_per_seed(rows).items():
+            values = [[100 * r["per_class"][k] for r in by_seed.values() if r["per_class"][k] is not None]
+                      for k in classes]  # (a class without target images has no accuracy: "-")
+            means = [statistics.mean(v) for v in values if v]
+            lines.append(f"| {label} | {name_of_task(*task)} | " + " | ".join(f"{statistics.mean(v):.1f}" if v else "-"
+                                                                          for v in values)
+                         + f" | {statistics.mean(means):.1f} |")
+    return "\n".join(lines)
+
+
+def print_table(rows, configs, data, labels, runs, results_path, defaults):
+    """Print the table of one sweep (see select_rows) on this data: tasks as rows for one method, the papers' layout
+    (methods as rows, tasks as columns) for several. Its title names the dataset, network, precision and every
+    flag that differs from the defaults; notes under it say what the average is and what was left out. Returns
+    (the printed text, {method label: rows}, name_of_task), for tables.py."""
+    mine = select_rows(rows, configs, data, runs)
+    c = next(iter(configs.values()))
+    dataset = experiment(c)[0]
+    if not any(mine.values()):
+        raise UserError(f"{results_path} has no results for {c['model']} ({c['weights']}, {c['precision']}) with "
+                        f"these flags on {dataset} for the planned tasks and seeds; {', '.join(EXPERIMENT_KEYS)}, "
+                        "--tasks, --seed, --seeds, the data_root folder name and the data in it must match the "
+                        "sweep's.")
+    metric = metric_of(mine)  # (metric.py: the curves and selection too)
+    if metric != "accuracy":  # VisDA-2017's: the table and its files show it in the accuracy's place
+        mine = {m: [dict(r, accuracy=final_value(r, metric)) for r in rows] for m, rows in mine.items()}
+    lines = [f"\n{title(configs, defaults, f'{metric}, mean ± std over seeds')} (from {results_path}):\n"]
+    name = lambda source, target: task_name(source, target, labels)  # noqa: E731
+    order = {(s, t): k for k, (s, t, _) in enumerate(runs)}
+    by_label = {method_label(configs[m]): rows for m, rows in mine.items()}  # (a grid's settings too)
+    if len(configs) == 1:
+        [only] = mine.values()
+        lines.append(markdown_table(sorted(only, key=lambda r: order[(r["source"], r["target"])]), name))
+    else:
+        lines.append(methods_table(by_label, name, PAPER_ORDER))
+    lines.append("\n" + AVERAGE_NOTE)
+    if metric == "mean class accuracy":
+        lines.append("\n" + per_class_table(by_label, name))
+    keys = [experiment(config) for config in configs.values()]
+    runs = set(runs)
+    others = [r for r in rows if (r["dataset"], r["config"]) in keys and (r["source"], r["target"], r["seed"]) in runs
+              and not any(same_experiment(r, config, data) for config in configs.values())]
+    if others:
+        lines.append(f"note: {len(others)} more rows with these flags come from another copy of '{dataset}' (other "
+                     "class names or image counts than the data in data_root, or written before those were "
+                     "recorded); they are not in this table.")
+    older = sum((r["dataset"], {**r["config"], "precision": c["precision"]}) in keys
+                for r in rows if "precision" not in r["config"])
+    if older:
+        lines.append(f"note: {older} more rows with these flags were written before rows recorded their precision "
+                     "(bf16 or fp32); they are not in this table, and a sweep runs them again.")
+    text = "\n".join(lines)
+    print(text)
+    return text, by_label, name

@@ -1,0 +1,187 @@
+"""The sweep: every task, seed and setting of one command, each run's row in the results file, and the tables at its end.
+
+    finished = run_sweep(c, "data/office31", device, "out/results.jsonl", fine_tune, precision, plain, FLAGS)
+
+Each run takes a lock first (two processes never train one run), reads the results file again (a run another
+process finished meanwhile is skipped), resumes its checkpoint if it was stopped, and appends its row when it ends.
+The end of a sweep prints and writes the tables as --report does (report.py). office31.py hands in what trains one
+run (fine_tune) and the defaults' configs (plain, which titles compare with): this file does not import it.
+"""
+import collections
+import contextlib
+import os
+import tempfile
+
+from runs import distributed
+from runs import grid
+from methods.adaptation import methods, with_method
+from runs.checkpoint import Checkpoint, Diverged, StopOnSignal, Stopped
+from data_loader import UserError, choose_cache, class_counts, class_difference, load_domain
+from networks.models import build_model, input_size
+from results.experiments import count_rows, method_label, run_label, same_experiment, select_rows
+from results.store import append_row, read_rows, result_row
+from results.run_files import not_written
+from results.tasks import plan_runs, task_name
+from results.tasks import names_and_fingerprints
+from runs.report import report_tables
+
+
+def run_sweep(c, data_root, device, results_path, train, precision, plain, flag_defaults):
+    """Every run of this process's shard not yet in the results file (unless rerun); returns their results.
+    Several methods, or a grid (grid.py: flag_defaults give its values' types): each setting runs the whole plan.
+    A run that diverges writes nothing; the sweep goes on and fails at the end, naming it. train: what trains one
+    run (office31.fine_tune); precision: "bf16" or "fp32", what --amp resolved to here (part of the experiment:
+    rows record it); plain: the defaults' configs (titles)."""
+    configs = sweep_configs(c, precision, flag_defaults)
+    plain = {label: plain[config["method"]] for label, config in configs.items()}
+    runs = plan_runs(c, data_root)
+    plan = [(setting, *run) for setting in configs for run in runs]
+    labels, data = names_and_fingerprints(data_root)
+    index, count = map(int, c["shard"].split("/"))
+    rows = read_rows(results_path)
+    before = collections.Counter((setting, r["source"], r["target"], r["seed"]) for setting, config in configs.items()
+                                 for r in rows if same_experiment(r, config, data))
+    sweep = c["tasks"] != "" or c["seeds"] > 1 or len(configs) > 1  # a single run always trains, as before
+    mine = plan[index::count]
+    todo = mine if c["rerun"] or not sweep else [run for run in mine if run not in before]
+    todo = distributed.decide(todo)  # (under torchrun, process 0's: another shard may append rows as they read them)
+    for setting, source, target, seed in (run for run in mine if run not in todo):
+        print(f"skipping {setting} {task_name(source, target, labels)} seed {seed}: already "
+              f"in {results_path} (--rerun=True to redo)")
+    check_tasks(data_root, dict.fromkeys((s, t) for _, s, t, _ in todo), labels)
+    names = sorted({name for _, s, t, _ in todo for name in (s, t)})
+    cache = choose_cache(c["cache"], data_root, names, c["resize_size"], device) if todo else None
+    if todo and c["weights"] != "none":
+        build_model(c["model"], 2, c["weights"])  # fetch the ImageNet weights (or fail) before decoding images
+    domains, finished, diverged = {}, [], []
+    with StopOnSignal() as stop:
+        for setting, source, target, seed in todo:
+            run = dict(configs[setting], source=source, target=target, seed=seed)
+            task, label = task_name(source, target, labels), run_label(run)
+            if distributed.anywhere(stop.requested)[0]:  # (under torchrun: asked of any process, all stop here)
+                raise Stopped(f"{stop.who()} stopped the sweep before {task} {label}; run the same command again "
+                              "to go on. Finished runs are in the results file.")
+            for name in (source, target):
+                if name not in domains:  # decoded once per process, shared by every task that uses the domain
+                    domains[name] = load_domain(data_root, name, c["resize_size"], cache, c["num_workers"],
+                                                device, input_size(c["model"], c["weights"])[2], c["cache_dir"])
+            if len(configs) > 1:  # the main config line leaves these unresolved ("auto", a grid): this run's values
+                shown = dict.fromkeys(("bottleneck", "trade_off", "entropy", *run["grid"]))
+                print(f"run: {task} {label}: " + "  ".join(f"{k}={run[k]}" for k in shown))
+            try:
+                result = train_and_record(run, domains, device, task, data, results_path, stop,
+                                          before[(setting, source, target, seed)], train)
+            except Diverged as e:
+                if not sweep:
+                    raise
+                print(f"error: {e} Moving on to the next run.")
+                diverged.append(f"{task} {label}")
+                continue
+            if result and distributed.rank() == 0:
+                named = f"  {label}" if sweep or run["method"] != "source_only" else ""  # plain fine-tuning: bare
+                print(f"{task} accuracy: {100 * result['accuracy']:.2f}% ({result['correct']}/{result['total']})"
+                      f"{named}")
+                finished.append(result)
+    if sweep and distributed.rank() == 0:
+        rows = read_rows(results_path)
+        if any(select_rows(rows, configs, data, runs).values()):  # a shard with nothing to do may have nothing
+            report_tables(c, rows, [(configs, data, labels, runs, plain)], results_path)
+    if diverged:
+        kept = "The other runs are in the results file." if finished else "No run of this process finished."
+        raise UserError(f"{len(diverged)} of {len(todo)} runs diverged and wrote no result: {', '.join(diverged)} "
+                        f"(their messages are above). {kept}")
+    return finished
+
+
+def sweep_configs(c, precision, flag_defaults):
+    """{label: config} of every setting a sweep runs: each method (adaptation.with_method resolves what it sets)
+    with each setting of the grid (grid.settings), the precision --amp chose here, and the names of the flags the
+    grid varies (labels show their values: results.method_label). Settings that a method makes the same (source
+    only has no trade-off) run once."""
+    configs = {}
+    for method in methods(c):
+        for setting in grid.settings(c, flag_defaults):
+            config = with_method(dict(c, **setting, precision=precision, grid=grid.varied(c)), method)
+            configs.setdefault(method_label(config), config)
+    return configs
+
+
+def train_and_record(run, domains, device, task, data, results_path, stop, rows_before, train):
+    """One run, with its checkpoint: locked against a second process on the same run, resumed if it was stopped,
+    its row appended to the results file, and then its checkpoint removed. None (skipped) when another process
+    holds the run, or finished it since this one read the results file (which then held rows_before of its rows).
+    A run already in the results file (a rerun) starts from the beginning, whatever checkpoint it kept."""
+    checkpoint = Checkpoint(run, data, task)  # its lock serves every run, with checkpoints or without
+    kept = checkpoint if run["checkpoint"] else None
+    if distributed.rank() > 0:  # under torchrun: process 0 decides, holds the lock and writes; this one trains
+        return train(run, domains[run["source"]], domains[run["target"]], device, task, kept, stop) \
+            if distributed.decide() else None
+    with checkpoint.lock() as free:
+        if not free:
+            print(f"skipping {checkpoint.name}: another process is training it now ({checkpoint.path}.lock)")
+            return distributed.decide(None)
+        if count_rows(read_rows(results_path), run, data) > rows_before:
+            print(f"skipping {checkpoint.name}: another process finished it meanwhile (its row is in {results_path})")
+            return distributed.decide(None)
+        checkpoint.remove_temporaries()
+        if rows_before and os.path.exists(checkpoint.path):  # kept when it finished, or left by a stopped rerun
+            print(f"{checkpoint.name} is in {results_path} already, so it trains again from the beginning: its "
+                  f"checkpoint {checkpoint.path} is removed, not resumed.")
+            checkpoint.remove()
+        distributed.decide(True)  # (after the checkpoint is settled: the other processes resume from the same one)
+        try:
+            result = train(run, domains[run["source"]], domains[run["target"]], device, task, kept, stop)
+        except Diverged:
+            checkpoint.remove()  # resuming would diverge again: a diverged run leaves nothing
+            raise
+        try:
+            append_row(results_path, result_row(run, result, data))
+        except OSError as e:  # the run's own files go too: a run is in the results file, or it left nothing
+            for name in (result["run_file"], result["run_file"][:-len(".json")] + ".pt"):
+                with contextlib.suppress(OSError):
+                    os.remove(os.path.join(run["out_dir"], name))
+            raise not_written(result, results_path, e) from None
+        if not run["keep_checkpoint"]:
+            checkpoint.remove()
+        return result
+
+
+def check_tasks(data_root, pairs, labels):
+    """Before the first run: every class folder of the domains in these (source, target) pairs holds images, and
+    each pair has the same classes, or the sweep stops here, naming every task and class at fault."""
+    counts = {name: class_counts(data_root, name) for name in dict.fromkeys(n for pair in pairs for n in pair)}
+    problems = [f"{name} has no images in {', '.join(c for c, n in by_class.items() if n == 0)}"
+                for name, by_class in counts.items() if 0 in by_class.values()]
+    for source, target in pairs:
+        differ = class_difference(source, counts[source], target, counts[target])
+        if differ:
+            problems.append(f"{task_name(source, target, labels)}: different classes, {differ}")
+    if problems:
+        raise UserError(f"nothing was run, since the planned tasks cannot all train: {'. '.join(problems)}. Classes "
+                        "are matched by folder name and every class folder needs an image: rename, fill or remove "
+                        "folders so the domains agree, or leave those tasks out of --tasks.")
+
+
+def check_out_dir(out_dir, results_path):
+    """Stop before any work when the results could not be written: out_dir (or the folder it would be made in)
+    must be a folder we can create entries in, and an existing results file must take appends. The probe is a
+    temporary folder, removed at once: nothing is left behind."""
+    probe = os.path.abspath(out_dir)
+    while not os.path.lexists(probe):
+        probe = os.path.dirname(probe)
+    problem = None
+    if not os.path.isdir(probe):
+        problem = f"'{probe}' exists and is not a folder"
+    else:
+        try:
+            tempfile.TemporaryDirectory(dir=probe).cleanup()
+        except OSError as e:
+            problem = f"no folder can be created in '{probe}' ({e.strerror or e})"
+    if problem is None and os.path.exists(results_path):
+        try:
+            open(results_path, "a", encoding="utf-8").close()
+        except OSError as e:
+            problem = f"'{results_path}' cannot be appended to ({e.strerror or e})"
+    if problem:
+        raise UserError(f"--out_dir={out_dir}: {problem}, and the run's results are written there. Nothing was "
+                        "run: pick a folder you can write to with --out_dir.")
