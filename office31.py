@@ -109,7 +109,7 @@ from runs import distributed  # noqa: E402
 from runs import report
 from runs import sweep  # noqa: E402
 from selection import validators  # noqa: E402
-from methods.adaptation import methods, with_method  # noqa: E402
+from methods import methods, with_method  # noqa: E402
 from runs.checkpoint import Diverged, Stopped, random_states, resume  # noqa: E402
 from runs.checks import check_settings  # noqa: E402
 from data_loader import CACHE_WORDS, check_same_classes, held_out  # noqa: E402

@@ -1,1 +1,62 @@
-"""The domain-adaptation methods: the loss each adds on the target's unlabelled images (adaptation.py)."""
+"""The domain-adaptation methods: one class a method, in a file of its own (ddc.py, dann.py, ...: its paper's
+formula and citation, its layers, its settings, its term), found here by its --method name.
+
+    METHODS["dann"]                  # the class: METHODS["dann"].bottleneck, its term, its layers
+    methods(c)                       # ["source_only", "dann"] for --method=source_only,dann
+    with_method(c, "dann")           # the config of dann's runs: its bottleneck, the flags it does not read reset
+
+method.py holds the base class every method subclasses (the joint forward pass, the term in fp32, what a method
+declares) and parts.py the pieces several share (kernels, gradient reversal, the discriminator). A new method is a
+new file and one line in METHODS (docs/new_method.md); nothing else names a method.
+"""
+from methods.afn import AFN
+from methods.bsp import BSP
+from methods.cdan import CDAN
+from methods.coral import CORAL
+from methods.dan import DAN
+from methods.dann import DANN
+from methods.ddc import DDC
+from methods.jan import JAN
+from methods.mcc import MCC
+from methods.mdd import MDD
+from methods.source_only import SourceOnly
+
+# --method's names, in the order of the tables' rows (source only first: the flags' default, the row compared with)
+METHODS = {
+    "source_only": SourceOnly,
+    "ddc": DDC,
+    "dan": DAN,
+    "coral": CORAL,
+    "dann": DANN,
+    "cdan": CDAN,
+    "bsp": BSP,
+    "jan": JAN,
+    "mcc": MCC,
+    "mdd": MDD,
+    "afn": AFN,
+}
+
+
+def methods(c):
+    """The methods a --method value names: one, or several separated by commas (a sweep)."""
+    return [m.strip() for m in c["method"].split(",") if m.strip()]
+
+
+def own_flags():
+    """{flag: (what it is, the methods that read it)} of the switches only some methods read (their `flags`)."""
+    found = {}
+    for name, method in METHODS.items():
+        for flag, what in method.flags.items():
+            found.setdefault(flag, (what, []))[1].append(name)
+    return found
+
+
+def with_method(c, method):
+    """The config of one method's runs: its name, the bottleneck width resolved from "auto", and the flags that
+    do not apply to it set to what it does (source only adds no loss; a switch only some methods read, such as
+    CDAN's --entropy, is False for the others), so that they do not split one experiment into several."""
+    width, chosen = c["bottleneck"], METHODS[method]
+    if width == "auto":
+        width = chosen.default_bottleneck(c["model"])
+    return dict(c, method=method, bottleneck=int(width), trade_off=c["trade_off"] if chosen.adapts else 0.0,
+                **{flag: c[flag] and flag in chosen.flags for flag in own_flags()})

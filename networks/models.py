@@ -22,7 +22,8 @@ import alexnet
 from networks import backbone
 from networks import caffe_alexnet
 import resnet
-from methods.adaptation import Adaptation, tap
+from methods import METHODS
+from methods.method import tap
 from data_loader import IMAGENET_MEAN, IMAGENET_STD, UserError
 
 OWN_FILES = ("alexnet", "caffe_alexnet") + resnet.DEPTHS  # the papers' networks, each with a file of its own
@@ -162,13 +163,14 @@ def classifier(new_layer):
 
 
 def make_adaptation(c, net, new_layer, num_classes, device):
-    """(the method's Adaptation module reading the network's adapted layers, or None for source only; the new
-    layers to train at lr_mult x: the new last layer, bottleneck and, for DANN, CDAN and BSP, the discriminator,
-    for MDD the adversarial classifier)."""
-    if c["method"] == "source_only":
+    """(the method's module (methods/) reading the network's adapted layers, or None for source only; the new layers
+    to train at lr_mult x: the new last layer, bottleneck and the method's own layers, such as the discriminator of
+    DANN, CDAN and BSP or MDD's adversarial classifier). The method's switches (its `flags`) come from c."""
+    method = METHODS[c["method"]]
+    if not method.adapts:
         return None, new_layer
-    adaptation = Adaptation(c["method"], classifier(new_layer).in_features, num_classes, c["trade_off"], c["entropy"],
-                            tap(architecture(c["model"]).layers(net))).to(device)
+    adaptation = method(classifier(new_layer).in_features, num_classes, c["trade_off"],
+                        tap(architecture(c["model"]).layers(net)), **{flag: c[flag] for flag in method.flags}).to(device)
     return adaptation, nn.ModuleList([new_layer, adaptation])
 
 

@@ -21,6 +21,7 @@ from results.metric import epoch_key, metric_of, name_of
 from results.store import latest_per_seed
 from results.tasks import tasks_in_order
 from common.files import write_file
+from methods import METHODS
 
 
 def histories(folder, rows):
@@ -41,10 +42,10 @@ def mean_curve(runs, key, scale=1.0):
     return epochs, [statistics.mean(v) for v in values], [min(v) for v in values], [max(v) for v in values]
 
 
-# One colour per method, the same in every figure: matplotlib's tab10 and tab20 colours, source only in grey
-COLOURS = {"source_only": "#7f7f7f", "ddc": "#1f77b4", "dan": "#ff7f0e", "coral": "#2ca02c", "dann": "#d62728",
-           "cdan": "#9467bd", "cdan+e": "#c5b0d5", "bsp": "#8c564b", "jan": "#e377c2", "mcc": "#bcbd22",
-           "mdd": "#17becf", "afn": "#393b79"}
+# One colour per method, the same in every figure, as each method declares it (methods/: matplotlib's tab10 and tab20
+# colours, source only in grey), and the labels its flags make (cdan+e)
+COLOURS = {**{name: method.colour for name, method in METHODS.items() if method.colour},
+           **{label: colour for method in METHODS.values() for label, colour in method.label_colours.items()}}
 MOST_COLUMNS = 4  # tasks per row of panels: Office-31's six in two rows of three, Office-Home's twelve in 3 x 4
 
 

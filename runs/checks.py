@@ -9,7 +9,7 @@ from runs import distributed
 from runs import grid
 import resnet
 from selection import validators
-from methods.adaptation import METHODS, methods, with_method
+from methods import METHODS, methods, own_flags, with_method
 from data_loader import CACHES
 from datasets.download import DATASETS
 from common.errors import UserError
@@ -75,8 +75,9 @@ def check_config(c):
         raise UserError(f"--trade_off={c['trade_off']}: must be a finite number, 0 or more.")
     for method in methods(c):
         check_batch_size(with_method(c, method))
-    if c["entropy"] and "cdan" not in methods(c):
-        raise UserError("--entropy=True is CDAN's entropy conditioning (CDAN+E): use it with --method=cdan.")
+    for flag, (what, readers) in own_flags().items():
+        if c[flag] and not set(readers) & set(methods(c)):
+            raise UserError(f"--{flag}={c[flag]} is {what}: use it with --method={' or --method='.join(readers)}.")
     if c["cache"] not in CACHES:
         raise UserError(f"--cache={c['cache']}: expected auto (memory where it fits, else disk), memory, disk or none.")
     if c["amp"] not in ("auto", "bf16", "off"):
@@ -103,12 +104,13 @@ MAX_SEED = 2 ** 64 - 1  # the largest seed torch.manual_seed takes
 
 def check_batch_size(c):
     """A batch of one image is refused where training cannot use it: BatchNorm normalises over the batch (the
-    ResNets' layers, a bottleneck), and Deep CORAL's covariance divides by n - 1."""
+    ResNets' layers, a bottleneck), and the methods that say so (batch_of_two: Deep CORAL's covariance divides by
+    n - 1)."""
     needs = [why for why, applies in (
         (f"{'ResNet' if c['model'] in resnet.DEPTHS else c['model']}'s BatchNorm layers normalise over the images of "
          "a batch", has_batchnorm(c["model"])),
         ("the bottleneck's BatchNorm normalises over the images of a batch", c["bottleneck"] > 0),
-        ("Deep CORAL's covariances divide by the batch size minus one", c["method"] == "coral")) if applies]
+        (METHODS[c["method"]].batch_of_two, METHODS[c["method"]].batch_of_two is not None)) if applies]
     if c["batch_size"] < 2 and needs:
         raise UserError(f"--batch_size={c['batch_size']} with --model={c['model']} --method={c['method']}: "
                         f"{'; '.join(needs)}, so a batch needs at least 2 images. Use --batch_size=2 or more.")

@@ -21,6 +21,7 @@ import torch
 import torch.distributed as dist
 
 from common.errors import UserError
+from methods import METHODS, methods
 
 
 # How long a collective of training (a step, an epoch's means, the decisions between runs) waits for the other
@@ -48,9 +49,10 @@ def check(c):
     if c["batch_size"] % size:
         raise UserError(f"--batch_size={c['batch_size']} is the global batch, split evenly over the {size} processes "
                         f"torchrun started: give a multiple of {size}.")
-    if "afn" in c["method"]:
-        raise UserError("--method=afn passes each domain through the network on its own, twice a step, which "
-                        "DistributedDataParallel does not take: run AFN on one process.")
+    for name in methods(c):
+        if METHODS[name].separate_domains:
+            raise UserError(f"--method={name} passes each domain through the network on its own, twice a step, which "
+                            f"DistributedDataParallel does not take: run {METHODS[name].__name__} on one process.")
     if c["compile"]:
         raise UserError("--compile=True is not taken under torchrun here: run with --compile=False.")
 

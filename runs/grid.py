@@ -7,7 +7,7 @@ runs of their product.
     results.method_label(config)   # "dann trade_off=0.1 lr=0.001": how tables and printed lines name a setting
 
 Every setting is an experiment of its own (results.EXPERIMENT_KEYS): it is keyed, resumed, sharded and skipped as a
-single run is. --method takes several values too, as it always did (adaptation.methods), and is crossed with the
+single run is. --method takes several values too, as it always did (methods.methods), and is crossed with the
 rest. Choosing among the settings without the target's labels is validators.py's and selection.py's.
 """
 import itertools

@@ -9,7 +9,7 @@ import json
 import os
 
 from runs import grid
-from methods.adaptation import METHODS, methods, with_method
+from methods import METHODS, methods, with_method
 from data_loader import UserError
 from datasets.download import DATASETS
 from results.experiments import EXPERIMENT_KEYS, LATER_KEYS, experiment, method_label, stored_config, title
@@ -173,7 +173,7 @@ def default_setting(configs, plain):
     or the results file holds their rows."""
     return max(configs, key=lambda label: (sum(configs[label][name] == plain[label][name]
                                                for name in configs[label].get("grid", ())),
-                                           -METHODS.index(configs[label]["method"])))  # (ties: the first)
+                                           -list(METHODS).index(configs[label]["method"])))  # (ties: the first)
 
 
 def table_name(configs, runs):

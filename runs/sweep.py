@@ -14,7 +14,7 @@ import tempfile
 
 from runs import distributed
 from runs import grid
-from methods.adaptation import methods, with_method
+from methods import methods, with_method
 from runs.checkpoint import Checkpoint, Diverged, StopOnSignal, Stopped
 from data_loader import UserError, choose_cache, class_counts, class_difference, load_domain
 from networks.models import build_model, input_size
@@ -94,7 +94,7 @@ def run_sweep(c, data_root, device, results_path, train, precision, plain, flag_
 
 
 def sweep_configs(c, precision, flag_defaults):
-    """{label: config} of every setting a sweep runs: each method (adaptation.with_method resolves what it sets)
+    """{label: config} of every setting a sweep runs: each method (methods.with_method resolves what it sets)
     with each setting of the grid (grid.settings), the precision --amp chose here, and the names of the flags the
     grid varies (labels show their values: results.method_label). Settings that a method makes the same (source
     only has no trade-off) run once."""

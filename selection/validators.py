@@ -18,7 +18,6 @@ import torch.nn.functional as F
 
 from data_loader import part
 
-NAMES = ("source_val_acc", "dev", "entropy", "infomax", "bnm", "snd")
 HELD_OUT = ("source_val_acc", "dev")  # read the labels of source images held out of training (--source_val)
 SND_TEMPERATURE = 0.05  # Saito et al.'s tau
 DOMAIN_DECAYS = (1e-1, 1e-2, 1e-3)  # L2 weights tried for DEV's domain classifier, the best on its own held-out 20%
@@ -62,6 +61,17 @@ def snd(probs, temperature=SND_TEMPERATURE, chunk=1024):
         similarity[rows, rows + start] = -math.inf  # a point is not its own neighbour
         total += entropies(F.softmax(similarity, dim=1)).sum()
     return total / len(x)
+
+
+# The validators computed from the target's softmax predictions alone: {name: function of the N x K probabilities},
+# in the selection table's order. A new one is a function above and a line here (docs/new_method.md).
+ON_PREDICTIONS = {
+    "entropy": entropy,
+    "infomax": infomax,
+    "bnm": bnm,
+    "snd": snd,
+}
+NAMES = ("source_val_acc", "dev", *ON_PREDICTIONS)  # every validator, in the selection table's order
 
 
 def dev(weights, losses):
@@ -132,7 +142,7 @@ def compute(names, target_logits, target_features=None, held_out=None, source_fe
             weights = density_ratios(source_features, target_features, features)
             scores[name] = -dev(weights, F.cross_entropy(logits.float(), labels, reduction="none"))
         else:
-            scores[name] = {"entropy": entropy, "infomax": infomax, "bnm": bnm, "snd": snd}[name](probs)
+            scores[name] = ON_PREDICTIONS[name](probs)
     return {name: float(score) if torch.isfinite(score) else None for name, score in scores.items()}  # (None: no
     # score, as for outputs that are not finite: a density ratio can overflow where the domains separate)
 

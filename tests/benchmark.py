@@ -45,7 +45,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import office31  # noqa: E402
-from methods.adaptation import METHODS  # noqa: E402
+from methods import METHODS  # noqa: E402
 from runs.checkpoint import Checkpoint, random_states  # noqa: E402
 from runs.machine import device_name  # noqa: E402
 import data_loader  # noqa: E402

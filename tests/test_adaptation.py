@@ -8,14 +8,33 @@ import pytest
 import torch
 from torch import nn
 
-from methods import adaptation
+from methods import METHODS, parts
 import office31
-from methods.adaptation import batch_spectral_penalty, class_confusion, coral, feature_norm_step, joint_mmd, linear_mmd, margin_disparity, mean_entropy, multi_kernel_mmd
+from methods.afn import AFN
+from methods.bsp import BSP
+from methods.coral import CORAL
+from methods.dan import DAN
+from methods.ddc import DDC
+from methods.jan import JAN
+from methods.mcc import MCC
+from methods.mdd import MDD
+from methods.method import tap
 from conftest import ROOT, make_tree
 from data_loader import CachedDomain, load_domain
 from test_train import TINY
 
 ADAPTING = ("ddc", "dan", "coral", "dann", "cdan", "bsp", "jan", "mcc", "mdd", "afn")
+# each method's loss, as its class computes it
+linear_mmd, multi_kernel_mmd, coral, joint_mmd = DDC.linear_mmd, DAN.multi_kernel_mmd, CORAL.coral, JAN.joint_mmd
+batch_spectral_penalty, class_confusion, margin_disparity = BSP.batch_spectral_penalty, MCC.class_confusion, \
+    MDD.margin_disparity
+feature_norm_step, mean_entropy = AFN.feature_norm_step, AFN.mean_entropy
+
+
+def build(method, feature_size, num_classes, trade_off, entropy, features):
+    """A method's module as make_adaptation builds it (entropy: the switch CDAN alone reads)."""
+    chosen = METHODS[method]
+    return chosen(feature_size, num_classes, trade_off, features, **{flag: entropy for flag in chosen.flags})
 
 
 def test_mmd_of_a_batch_with_itself_is_zero_and_grows_with_a_mean_shift():
@@ -110,7 +129,7 @@ def test_bsp_is_cdan_plus_the_weighted_penalty_on_the_features():
     terms = {}
     for method in ("cdan", "bsp"):
         torch.manual_seed(0)  # the same discriminator
-        terms[method] = adaptation.Adaptation(method, 6, 3, 1.0, False, {"bottleneck": feature}).eval()(logits, 0.5)
+        terms[method] = build(method, 6, 3, 1.0, False, {"bottleneck": feature}).eval()(logits, 0.5)
     penalty = batch_spectral_penalty(feature[:4], feature[4:])
     assert terms["bsp"].item() == pytest.approx(terms["cdan"].item() + 2e-4 * penalty.item(), rel=1e-6)
 
@@ -124,7 +143,7 @@ def test_cdan_conditions_on_the_predictions_without_a_gradient_through_them(meth
     g = torch.Generator().manual_seed(11)
     feature = torch.randn(8, size, generator=g).requires_grad_()
     logits = torch.randn(8, 3, generator=g).requires_grad_()
-    adaptation.Adaptation(method, size, 3, 1.0, entropy, {"bottleneck": feature})(logits, 0.5).backward()
+    build(method, size, 3, 1.0, entropy, {"bottleneck": feature})(logits, 0.5).backward()
     assert logits.grad is None  # no path at all from the term back to the logits
     assert feature.grad is not None and feature.grad.abs().sum() > 0
 
@@ -250,10 +269,10 @@ def test_the_adaptation_modules_run_in_fp32_under_bf16_autocast():
     g = torch.Generator().manual_seed(13)
     for method, size, classes in (("dann", 8, 3), ("cdan", 8, 3), ("cdan", 2048, 3), ("bsp", 8, 3), ("mdd", 8, 3)):
         features = {"bottleneck": torch.randn(8, size, generator=g).bfloat16()}
-        module = adaptation.Adaptation(method, size, classes, 1.0, method == "cdan", features)
+        module = build(method, size, classes, 1.0, method == "cdan", features)
         seen = []
         for part in module.modules():
-            if isinstance(part, (nn.Linear, adaptation.MultilinearMap)):
+            if isinstance(part, (nn.Linear, parts.MultilinearMap)):
                 part.register_forward_hook(lambda m, args, out: seen.append((type(m).__name__, args[0].dtype,
                                                                              out.dtype)))
         with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -291,12 +310,12 @@ def test_mdd_reverses_a_tenth_of_the_ramp_into_the_features():
     g = torch.Generator().manual_seed(10)
     feature, logits = torch.randn(8, 6, generator=g), torch.randn(8, 3, generator=g)
     x = feature.clone().requires_grad_()
-    module = adaptation.Adaptation("mdd", 6, 3, 1.0, False, {"bottleneck": x})
+    module = build("mdd", 6, 3, 1.0, False, {"bottleneck": x})
     module(logits, 0.3).backward()
     plain = feature.clone().requires_grad_()  # the same adversary, no reversal
     adversary = module.adversary(plain)
     margin_disparity(logits[:4], adversary[:4], logits[4:], adversary[4:]).backward()
-    assert torch.allclose(x.grad, -0.1 * adaptation.ramp(0.3) * plain.grad, atol=1e-7)
+    assert torch.allclose(x.grad, -0.1 * parts.ramp(0.3) * plain.grad, atol=1e-7)
     assert plain.grad.abs().sum() > 0
 
 
@@ -317,7 +336,7 @@ def test_feature_norm_step_pulls_every_norm_delta_r_further():
 def test_afn_is_the_weighted_norm_step_and_target_entropy():
     g = torch.Generator().manual_seed(12)
     feature, logits = torch.rand(8, 6, generator=g), torch.randn(8, 3, generator=g)
-    term = adaptation.Adaptation("afn", 6, 3, 1.0, False, {"bottleneck": feature})(logits, 0.5)
+    term = build("afn", 6, 3, 1.0, False, {"bottleneck": feature})(logits, 0.5)
     target = logits[4:].softmax(1)
     expected = 0.05 * 2 * 1.0 ** 2 - 0.1 * (target * target.log()).sum(1).mean()
     assert term.item() == pytest.approx(expected.item(), rel=1e-4)
@@ -326,24 +345,24 @@ def test_afn_is_the_weighted_norm_step_and_target_entropy():
 def test_gradient_reversal_returns_minus_coefficient_times_the_gradient():
     x = torch.randn(5, 3, requires_grad=True)
     upstream = torch.randn(5, 3)
-    y = adaptation.ReverseGradient.apply(x, 0.3)
+    y = parts.ReverseGradient.apply(x, 0.3)
     assert torch.equal(y, x)
     y.backward(upstream)
     assert torch.equal(x.grad, -0.3 * upstream)
 
 
 def test_ramp_values():
-    assert adaptation.ramp(0) == 0
-    assert adaptation.ramp(0.5) == pytest.approx(2 / (1 + math.exp(-5)) - 1)  # 0.9866
-    assert adaptation.ramp(1) == pytest.approx(2 / (1 + math.exp(-10)) - 1)  # 0.99991
+    assert parts.ramp(0) == 0
+    assert parts.ramp(0.5) == pytest.approx(2 / (1 + math.exp(-5)) - 1)  # 0.9866
+    assert parts.ramp(1) == pytest.approx(2 / (1 + math.exp(-10)) - 1)  # 0.99991
 
 
 def test_multilinear_map_is_the_outer_product_or_its_randomized_stand_in():
     f, g = torch.randn(3, 4), torch.softmax(torch.randn(3, 5), 1)
-    small = adaptation.MultilinearMap(4, 5)
+    small = parts.MultilinearMap(4, 5)
     assert not small.randomized and small.out_features == 20
     assert torch.allclose(small(f, g), torch.stack([torch.outer(g[i], f[i]).flatten() for i in range(3)]))
-    large = adaptation.MultilinearMap(256, 31)  # 7,936 > 4,096: randomized, 1,024 outputs
+    large = parts.MultilinearMap(256, 31)  # 7,936 > 4,096: randomized, 1,024 outputs
     f, g = torch.randn(3, 256), torch.softmax(torch.randn(3, 31), 1)
     expected = (f @ large.r_f) * (g @ large.r_g) / math.sqrt(1024)
     assert large.randomized and torch.allclose(large(f, g), expected)
@@ -353,11 +372,11 @@ def test_domain_loss_labels_source_one_and_target_zero_and_weights_each_domain_a
     logits = torch.tensor([[2.0], [1.0], [-1.0], [0.5]])
     bce = nn.functional.binary_cross_entropy_with_logits
     plain = bce(logits.squeeze(1), torch.tensor([1.0, 1, 0, 0]))
-    assert adaptation.domain_loss(logits).item() == pytest.approx(plain.item())
+    assert parts.domain_loss(logits).item() == pytest.approx(plain.item())
     weights = torch.tensor([1.0, 3.0, 2.0, 2.0])
     each = bce(logits.squeeze(1), torch.tensor([1.0, 1, 0, 0]), reduction="none")
     expected = ((0.25 * each[0] + 0.75 * each[1]) + (0.5 * each[2] + 0.5 * each[3])) / 2
-    assert adaptation.domain_loss(logits, weights).item() == pytest.approx(expected.item())
+    assert parts.domain_loss(logits, weights).item() == pytest.approx(expected.item())
 
 
 @pytest.mark.parametrize("method, adversary", [("cdan", "discriminator"), ("mdd", "adversary")])
@@ -427,7 +446,7 @@ def test_every_method_runs_end_to_end(tree, tmp_path, capsys, method, model):
     assert f"  {method} " in [line for line in out.splitlines() if line.startswith("epoch 2/2")][0]
     assert all(math.isfinite(e["adaptation_loss"]) for e in result["epochs"])
     assert result["config"]["method"] == method
-    expected_bottleneck = 0 if (method, model) == ("dan", "alexnet") else adaptation.BOTTLENECK[method]
+    expected_bottleneck = 0 if (method, model) == ("dan", "alexnet") else METHODS[method].bottleneck
     assert result["config"]["bottleneck"] == expected_bottleneck
 
 
@@ -495,8 +514,8 @@ def train_on_blobs(method, seed, steps=600, shift=SHIFT):
     model = nn.Sequential(nn.Linear(2, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 2))
     method_module, new = None, model
     if method != "source_only":
-        features = adaptation.tap({"hidden": model[3]})
-        method_module = adaptation.Adaptation(method, 32, 2, 1.0, False, features)
+        features = tap({"hidden": model[3]})
+        method_module = build(method, 32, 2, 1.0, False, features)
         new = nn.ModuleList([model, method_module])
     optimizer = office31.make_optimizer(model, new, dict(office31.FLAGS, lr=0.01, lr_mult=1.0))
 
@@ -554,7 +573,7 @@ def test_afn_enlarges_the_feature_norms_and_sharpens_the_target_predictions():
             model, xt, _ = train_on_blobs(method, seed)
             with torch.no_grad():
                 norms[method] = model[:4](xt).norm(dim=1).mean().item()  # the tapped hidden layer, on the target
-                entropies[method] = adaptation.entropy(model(xt).softmax(1)).mean().item()
+                entropies[method] = parts.entropy(model(xt).softmax(1)).mean().item()
         assert norms["afn"] > 10 * norms["source_only"], norms  # measured: 17,000-40,000 against 4-5
         assert entropies["afn"] < entropies["source_only"] / 2, entropies
 

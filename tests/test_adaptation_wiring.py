@@ -7,10 +7,13 @@ import pytest
 import torch
 from PIL import Image
 
-from methods import adaptation
+from methods import parts
 from networks import caffe_alexnet
 import office31
-from methods.adaptation import Adaptation
+from methods.bsp import BSP
+from methods.dan import DAN
+from methods.jan import JAN
+from test_adaptation import build
 from test_train import TINY
 
 CLASSES = ["back_pack", "bike", "calculator"]
@@ -47,18 +50,18 @@ def test_the_second_half_of_every_adapting_batch_is_the_targets(tmp_path, monkey
 def test_the_reversed_gradient_follows_the_ramp_of_the_runs_progress(tmp_path, monkeypatch, tree):
     """Through fine_tune: at step k of n the coefficient is trade_off * (2 / (1 + exp(-10 k / n)) - 1)."""
     coefficients = []
-    real = adaptation.ReverseGradient.apply
+    real = parts.ReverseGradient.apply
 
     def spy(x, coefficient):
         coefficients.append(coefficient)
         return real(x, coefficient)
-    monkeypatch.setattr(adaptation.ReverseGradient, "apply", spy)
+    monkeypatch.setattr(parts.ReverseGradient, "apply", spy)
     office31.main([f"--data_root={tree}", *TINY, "--epochs=2", "--iters_per_epoch=2", "--method=dann",
                    "--trade_off=0.5", "--eval_every=0", f"--out_dir={tmp_path}"])
     assert coefficients[0] == 0  # p = 0: no reversed gradient at the start
     assert coefficients[2] == pytest.approx(0.5 * 0.98661, abs=1e-5)  # p = 0.5: the paper's 0.9866
     assert coefficients[3] == pytest.approx(0.5 * 0.99889, abs=1e-5)  # p = 0.75: close to trade_off
-    assert coefficients == [0.5 * adaptation.ramp(k / 4) for k in range(4)]
+    assert coefficients == [0.5 * parts.ramp(k / 4) for k in range(4)]
 
 
 class Fixed(torch.nn.Module):
@@ -77,7 +80,7 @@ def test_cdan_e_weights_a_confident_prediction_more_than_an_uncertain_one():
     misjudged by the discriminator (CDAN+E's w = 1 + exp(-H) favours confident predictions)."""
     logits = torch.tensor([[8.0, -8.0, -8.0], [0.1, 0.0, -0.1], [1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
     features = {"bottleneck": torch.randn(4, 5)}
-    method = Adaptation("cdan", 5, 3, 1.0, True, features)
+    method = build("cdan", 5, 3, 1.0, True, features)
     losses = {}
     for misjudged in (0, 1):  # the discriminator calls this source image "target" (logit -4), the other rightly
         domain_logits = torch.tensor([[4.0], [4.0], [-4.0], [-4.0]])
@@ -89,8 +92,8 @@ def test_cdan_e_weights_a_confident_prediction_more_than_an_uncertain_one():
 
 def test_dan_aligns_fc6_fc7_and_the_logits_on_alexnet_and_the_bottleneck_and_logits_on_resnet(monkeypatch):
     calls = []
-    real = adaptation.multi_kernel_mmd
-    monkeypatch.setattr(adaptation, "multi_kernel_mmd", lambda s, t: calls.append(torch.cat([s, t])) or real(s, t))
+    real = DAN.multi_kernel_mmd
+    monkeypatch.setattr(DAN, "multi_kernel_mmd", staticmethod(lambda s, t: calls.append(torch.cat([s, t])) or real(s, t)))
     for name, size, expected in [("alexnet", 64, ("fc6", "fc7", "logits")), ("resnet18", 32, ("bottleneck", "logits"))]:
         c = office31.with_method(dict(office31.FLAGS, model=name), "dan")
         net, new_layer = office31.build_model(name, 3, "none", c["bottleneck"])
@@ -114,10 +117,10 @@ def test_jan_aligns_the_last_tapped_layer_jointly_with_the_softmax_and_its_gradi
     g = torch.Generator().manual_seed(1)
     fc7, bottleneck, logits = (torch.randn(8, n, generator=g) for n in (7, 6, 3))
     x = logits.clone().requires_grad_()
-    Adaptation("jan", 6, 3, 1.0, False, {"fc7": fc7, "bottleneck": bottleneck})(x, 0.5).backward()
+    build("jan", 6, 3, 1.0, False, {"fc7": fc7, "bottleneck": bottleneck})(x, 0.5).backward()
     y = logits.clone().requires_grad_()
     p = torch.softmax(y, 1)
-    expected = adaptation.joint_mmd(bottleneck[:4], bottleneck[4:], p[:4], p[4:])
+    expected = JAN.joint_mmd(bottleneck[:4], bottleneck[4:], p[:4], p[4:])
     expected.backward()
     assert y.grad.abs().sum() > 0 and torch.allclose(x.grad, y.grad, atol=1e-7)
 
@@ -131,14 +134,14 @@ def test_doubling_trade_off_doubles_the_term_or_the_reversed_gradient(method):
     for trade_off in (1.0, 2.0):
         torch.manual_seed(0)  # the same discriminator for both
         x = feature.clone().requires_grad_()
-        module = Adaptation(method, 6, 3, trade_off, False, {"bottleneck": x}).eval()  # eval: no dropout
+        module = build(method, 6, 3, trade_off, False, {"bottleneck": x}).eval()  # eval: no dropout
         term = module(logits.clone().requires_grad_(), 0.5)  # (Deep CORAL reads the logits alone)
         term.backward()
         terms.append(term.item())
         gradients.append(x.grad)
     if method == "bsp":  # CDAN's reversed gradient doubles; the spectral penalty's own gradient stays as it is
         x = feature.clone().requires_grad_()
-        (adaptation.BSP_WEIGHT * adaptation.batch_spectral_penalty(x[:4], x[4:])).backward()
+        (BSP.weight * BSP.batch_spectral_penalty(x[:4], x[4:])).backward()
         assert torch.allclose(gradients[1] - x.grad, 2 * (gradients[0] - x.grad), atol=1e-6)
         assert (gradients[0] - x.grad).abs().sum() > 0
     elif method in ("dann", "cdan", "mdd"):  # the adversary's loss is the same; what reaches the features doubles

@@ -32,10 +32,26 @@ def benchmark_flags():
     return set(re.findall(r'add_argument\("--(\w+)"', read("tests/benchmark.py")))
 
 
+def blocks(text):
+    """The text of each code block of a page shown without a language tag (commands and what they print). A block
+    tagged python is code; one tagged sh, a command that needs the page's own steps done first (docs/new_method.md's,
+    which tests/test_new_method.py runs)."""
+    found, lines = [], None
+    for line in text.splitlines():
+        if line.startswith("```") and lines is None:
+            lines, tagged = [], line[3:].strip()
+        elif line.startswith("```"):
+            found += [] if tagged else ["\n".join(lines)]
+            lines = None
+        elif lines is not None:
+            lines.append(line)
+    return found
+
+
 def commands(text):
     """The office31.py command lines of a page's code blocks, as argument lists (the flags after the script)."""
     found = []
-    for block in re.findall(r"```\n(.*?)```", text, re.S):
+    for block in blocks(text):
         for line in block.splitlines():
             words = shlex.split(line.split("#", 1)[0].replace("${SLURM_ARRAY_TASK_ID}", "0").replace("$i", "0"))
             scripts = [k for k, w in enumerate(words) if w.endswith("office31.py") and (words[k - 1] == "python"
