@@ -9,6 +9,7 @@ import torch
 
 import data_loader
 import office31
+from common import files
 from results import store
 from results.tasks import short_names
 from conftest import make_tree
@@ -147,14 +148,14 @@ def test_reading_the_results_file_waits_for_a_writer(tmp_path):
     store.append_row(str(path), {k: 1 for k in store.ROW_KEYS})
     read = []
     with open(path, "a") as writer:
-        store.fcntl.flock(writer, store.fcntl.LOCK_EX)
+        files.lock(writer)
         reader = threading.Thread(target=lambda: read.append(store.read_rows(str(path))))
         reader.start()
         time.sleep(0.5)
         assert read == []  # still waiting for the writer's lock
         writer.write(json.dumps({k: 2 for k in store.ROW_KEYS}) + "\n")
         writer.flush()
-        store.fcntl.flock(writer, store.fcntl.LOCK_UN)
+        files.fcntl.flock(writer, files.fcntl.LOCK_UN)
     reader.join(timeout=10)
     assert [row["seed"] for row in read[0]] == [1, 2]
 
