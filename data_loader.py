@@ -86,13 +86,19 @@ def resolve_domain(data_root, name):
 def match_domain(name, domains, where):
     """The one of these domain names that `name` means (the name or its initial, any case); where: how the error
     introduces the list."""
-    matches = [d for d in domains if d.lower() == name.lower()]
-    if not matches and len(name) == 1:
-        matches = [d for d in domains if d[0].lower() == name.lower()]
+    matches = [d for d in domains if names_domain(name, d)]
+    if len(matches) > 1:  # a folder named by one letter, and another with that initial: the name is the first's
+        matches = [d for d in matches if d.lower() == name.lower()] or matches
     if len(matches) != 1:
         why = "is ambiguous" if matches else "was not found"
         raise UserError(f"domain '{name}' {why} {where}: {', '.join(domains)}. Use a folder name or its initial.")
     return matches[0]
+
+
+def names_domain(name, domain):
+    """Whether a domain's name as the flags give it (--source, --target, --tasks: its folder name or its initial,
+    any case) names this domain folder."""
+    return name.lower() == domain.lower() or (len(name) == 1 and name.lower() == domain[:1].lower())
 
 
 def class_difference(source, source_classes, target, target_classes):
