@@ -8,7 +8,8 @@ Two interchangeable paths give the same tensors for the same crop and flip:
 - CachedDomain (default): every image decoded once, resized to resize x resize uint8 and kept in memory
   (on the GPU when training there); random crop, flip and normalisation run per sample on whole batches.
 - ImageFolderDomain (cache=False): the classic torchvision ImageFolder + PIL transforms per sample.
-Also here: finding domains under a root, and the layout/count checks (downloads: download.py).
+Also here: finding domains under a root, and the layout/count checks (downloads: download.py; the disk cache's
+files, --cache=disk: datasets/disk_cache.py).
 """
 import copy
 import errno
@@ -16,10 +17,8 @@ import hashlib
 import math
 import mmap
 import os
-import shutil
 import time
 
-import numpy
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, RandomSampler, Subset
@@ -28,11 +27,7 @@ from torchvision.transforms.functional import pil_to_tensor
 from tqdm import tqdm
 
 from common.errors import UserError  # (its own file, so that office31.py checks flags before torch is imported)
-
-try:
-    import fcntl
-except ImportError:  # Windows: no flock; two processes may then both build a disk cache (the last rename wins)
-    fcntl = None
+from datasets.disk_cache import build_disk_cache, disk_cache_path, open_disk_cache, whole
 
 # The complete datasets download.py fetches: domain -> image count (Office-31: 31 classes; Office-Home: 65).
 OFFICE31_SIZES = {"amazon": 2817, "dslr": 498, "webcam": 795}
@@ -91,13 +86,19 @@ def resolve_domain(data_root, name):
 def match_domain(name, domains, where):
     """The one of these domain names that `name` means (the name or its initial, any case); where: how the error
     introduces the list."""
-    matches = [d for d in domains if d.lower() == name.lower()]
-    if not matches and len(name) == 1:
-        matches = [d for d in domains if d[0].lower() == name.lower()]
+    matches = [d for d in domains if names_domain(name, d)]
+    if len(matches) > 1:  # a folder named by one letter, and another with that initial: the name is the first's
+        matches = [d for d in matches if d.lower() == name.lower()] or matches
     if len(matches) != 1:
         why = "is ambiguous" if matches else "was not found"
         raise UserError(f"domain '{name}' {why} {where}: {', '.join(domains)}. Use a folder name or its initial.")
     return matches[0]
+
+
+def names_domain(name, domain):
+    """Whether a domain's name as the flags give it (--source, --target, --tasks: its folder name or its initial,
+    any case) names this domain folder."""
+    return name.lower() == domain.lower() or (len(name) == 1 and name.lower() == domain[:1].lower())
 
 
 def class_difference(source, source_classes, target, target_classes):
@@ -463,9 +464,9 @@ class DiskCachedDomain(CachedDomain):
     """The cached path with its decoded images in a file instead of memory: one uint8 file per domain, resize and
     interpolation under cache_dir, built once (by one process, under a lock, then renamed into place) and read
     through a memory map by every run and process after it. Its name holds a digest of the images' paths, sizes and
-    times, so other data gets a file of its own, and DISK_CACHE_FORMAT, so pixels made by other code do too. Crops
-    are cut on the CPU, page by page, then moved to the device; the same generator draws the same crops and flips as
-    in memory."""
+    times, so other data gets a file of its own, and DISK_CACHE_FORMAT, so pixels made by other code do too (the
+    file's mechanics: datasets/disk_cache.py). Crops are cut on the CPU, page by page, then moved to the device; the
+    same generator draws the same crops and flips as in memory."""
 
     def __init__(self, root, name, resize_size, num_workers, device, interpolation="bilinear", cache_dir=".cache"):
         self.cache_dir = cache_dir
@@ -480,7 +481,8 @@ class DiskCachedDomain(CachedDomain):
                 print(f"notice: {self.path} has {os.path.getsize(self.path)} bytes, not the {math.prod(shape)} of "
                       "its images (cut short by a copy or a full disk?): building it again.")
             try:
-                build_disk_cache(self.path, shape, samples, self.name, resize_size, interpolation, num_workers)
+                build_disk_cache(self.path, shape, self.name, lambda images: decode_into(
+                    images, samples, self.name, resize_size, interpolation, num_workers))
             except OSError as e:  # a read-only data folder, a quota, a disk filled by another build meanwhile
                 fix = "free some space there, point --cache_dir at a larger disk" if e.errno in (
                     errno.ENOSPC, errno.EDQUOT) else "point --cache_dir at a folder you can write to"
@@ -488,12 +490,10 @@ class DiskCachedDomain(CachedDomain):
                                 f"({e.strerror or e}): {fix}, or run with --cache=none.") from None
         else:
             print(f"cache of {self.name}: {self.path}")
-        # ACCESS_COPY: pages are read from the file on demand, never written back (torch wants a writable array)
-        with open(self.path, "rb") as f:
-            self.map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+        self.map, images = open_disk_cache(self.path, shape)
         have = available_memory(torch.device("cpu"))
         self.larger_than_memory = have is not None and math.prod(shape) > CACHE_SHARE * have
-        return torch.from_numpy(numpy.frombuffer(self.map, dtype=numpy.uint8).reshape(shape))
+        return images
 
     def read_ahead(self, batches):
         """Before the crops of one batch are cut, ask the kernel to start reading the next batch's images from the
@@ -521,70 +521,6 @@ class DiskCachedDomain(CachedDomain):
         for i in index.tolist():
             start = i * size - i * size % mmap.PAGESIZE  # madvise takes page-aligned starts
             self.map.madvise(advice, start, i * size + size - start)
-
-
-# How a disk cache file's pixels are made from the images: bump it whenever decoding, resizing or the file's layout
-# changes, so that the files of the old pixels are built again rather than read (their names hold it). Format 1's
-# names hold none: the files written before formats were named are format 1, and stay in use.
-DISK_CACHE_FORMAT = 1
-
-
-def disk_cache_path(cache_dir, name, root, samples, resize_size, interpolation):
-    """<cache_dir>/<domain>_<resize>_<interpolation>[_v<format>]_<digest>.uint8, format DISK_CACHE_FORMAT (from 2
-    on) and the digest of each image's path (under root), size, modification time and label: a changed, added or
-    removed image makes another file (a copied tree too, once, unless the copy kept the times), and so does another
-    format."""
-    digest = hashlib.sha1()
-    for path, label in samples:
-        stat = os.stat(path)
-        digest.update(f"{os.path.relpath(path, root)}\t{stat.st_size}\t{stat.st_mtime_ns}\t{label}\n".encode())
-    version = f"_v{DISK_CACHE_FORMAT}" if DISK_CACHE_FORMAT > 1 else ""
-    return os.path.join(cache_dir, f"{name}_{resize_size}_{interpolation}{version}_{digest.hexdigest()[:12]}.uint8")
-
-
-def build_disk_cache(path, shape, samples, name, resize_size, interpolation, num_workers):
-    """Decode the domain into a temporary file beside path and rename it into place, under a lock: a second process
-    waits and then finds the file; a process killed mid-build leaves only its temporary file."""
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    with open(path + ".lock", "a") as lock:
-        if fcntl:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-        if whole(path, shape):  # another process built it while this one waited
-            return
-        need, have = math.prod(shape), shutil.disk_usage(os.path.dirname(path) or ".").free
-        if need > have:
-            raise UserError(f"the disk cache of {name} needs {need / 1e9:.1f} GB, and {have / 1e9:.1f} GB are free "
-                            f"in {os.path.dirname(path)}: free some space, or point --cache_dir at a larger disk.")
-        tmp = f"{path}.{os.getpid()}.tmp"
-        try:
-            with open(tmp, "wb") as f:  # its blocks taken now: a disk that fills meanwhile (another build, a quota)
-                reserve(f, need)        # stops here with the reason, not later in a write to the map (SIGBUS)
-            images = numpy.memmap(tmp, dtype=numpy.uint8, mode="r+", shape=shape)
-            decode_into(torch.from_numpy(images), samples, name, resize_size, interpolation, num_workers)
-            images.flush()
-            del images
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-    print(f"wrote the cache of {name}: {path} ({need / 1e9:.2f} GB)")
-
-
-def whole(path, shape):
-    """Whether the cache file is there with every image's bytes (files are renamed into place whole, so a short one
-    was cut short outside: a copy, a full disk)."""
-    return os.path.exists(path) and os.path.getsize(path) == math.prod(shape)
-
-
-def reserve(f, size):
-    """Give the open file `size` bytes, its blocks allocated on the disk where the system can (posix_fallocate);
-    elsewhere a sparse file of that size."""
-    try:
-        os.posix_fallocate(f.fileno(), 0, size)
-    except (AttributeError, OSError) as e:  # (not on macOS and Windows; a C library that does not emulate it)
-        if isinstance(e, OSError) and e.errno != errno.EOPNOTSUPP:
-            raise
-        f.truncate(size)
 
 
 def part(domain, index):

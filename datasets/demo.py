@@ -16,6 +16,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFilter
 
+from common.files import temporary
+
 # Office-31 class names, drawn as shapes; images per class in proportion to Office-31's domains, scaled down
 CLASSES = ("back_pack", "bike", "calculator", "headphones", "mug")
 DOMAINS = {"amazon": 40, "dslr": 12, "webcam": 20}
@@ -91,9 +93,9 @@ def make_tree(root, domains, classes=CLASSES, layout="official", size=(48, 40), 
 
 
 def make_demo(root):
-    """Draw the demo dataset into root (a staging folder renamed into place: never half a tree)."""
-    staging = f"{os.path.abspath(root)}.{os.getpid()}.drawing"
-    make_tree(staging, DOMAINS, CLASSES, size=SIZE, picture=draw_object)
-    os.makedirs(os.path.dirname(os.path.abspath(root)), exist_ok=True)
-    os.replace(staging, root)
+    """Draw the demo dataset into root (a staging folder renamed into place: never half a tree; a drawing that
+    fails leaves none)."""
+    with temporary(os.path.abspath(root), os.getpid(), suffix=".drawing") as staging:
+        make_tree(staging, DOMAINS, CLASSES, size=SIZE, picture=draw_object)
+        os.replace(staging, root)
     return root

@@ -13,18 +13,13 @@ fetch_drive_archive and fetch_url are the only functions here that touch the net
 import contextlib
 import hashlib
 import os
-import tempfile
 
 from torchvision.datasets.utils import download_file_from_google_drive, download_url, extract_archive
 
+from common.files import lock, temporary
 from datasets import demo
 from data_loader import (OFFICE31_SIZES, OFFICE_HOME_SIZES, UserError, class_root, count_images, dataset_root,
                          find_domains, listed, match_domain, subdirs)
-
-try:
-    import fcntl
-except ImportError:  # Windows: no flock; concurrent downloads then fall back to using whichever tree lands first
-    fcntl = None
 
 OFFICE31_DRIVE_ID = "0B4IapRTv9pJ1WGZVd1VDMmhwdlE"
 OFFICE31_ARCHIVE = "domain_adaptation_images.tar.gz"
@@ -221,7 +216,7 @@ def download_dataset(data_root, dataset):
     failures = []
     for source, fetch in sources(dataset):
         print(f"{spec['name']}: trying {source}" + (f" ({failures[-1]})" if failures else "") + ".")
-        with tempfile.TemporaryDirectory(dir=staging, prefix=f".{dataset}-download-") as tmp:
+        with temporary(os.path.join(staging, f".{dataset}-download"), folder=True, suffix="", separator="-") as tmp:
             try:
                 tree = fetch(tmp, dataset)
                 missing = problems(tree, dataset)
@@ -260,12 +255,9 @@ def download_lock(data_root):
     path = lock_path(data_root)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "a") as f:
-        if fcntl:
-            try:
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                print(f"another process is downloading into '{data_root}': waiting for it.")
-                fcntl.flock(f, fcntl.LOCK_EX)
+        if not lock(f, wait=False):  # (Windows: no flock; concurrent downloads use whichever tree lands first)
+            print(f"another process is downloading into '{data_root}': waiting for it.")
+            lock(f)
         yield
 
 

@@ -3,6 +3,7 @@ numbers and result) and, with --save_model, the .pt of its weights beside it; bo
 
     save_run(c, result, weights)              # returns the stem of the files written
 """
+import contextlib
 import datetime
 import glob
 import itertools
@@ -13,6 +14,7 @@ import platform
 
 import torch
 
+from common.files import temporary
 from data_loader import UserError
 from results.experiments import run_label, run_stem
 
@@ -32,23 +34,20 @@ def write_new(files):
     or is killed leaves none of them (a killed one's temporaries only, which the next run removes), and an existing
     file is never replaced (FileExistsError: another run took a name first; the files linked before it go again).
     A temporary's name, <path>.<host>.<pid>.tmp, says whose it is (remove_run_temporaries)."""
-    temporaries = [f"{path}.{HOST}.{os.getpid()}.tmp" for path, _ in files]
     linked = []
-    try:
-        for tmp, (_, write) in zip(temporaries, files):
-            with open(tmp, "wb") as f:
-                write(f)
-        for tmp, (path, _) in zip(temporaries, files):
-            os.link(tmp, path)  # fails if path exists, where a rename would replace it
-            linked.append(path)
-    except BaseException:
-        for path in linked:
-            os.remove(path)
-        raise
-    finally:
-        for tmp in temporaries:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+    with contextlib.ExitStack() as temporaries:  # each removed at the end, linked or not
+        names = [temporaries.enter_context(temporary(path, f"{HOST}.{os.getpid()}")) for path, _ in files]
+        try:
+            for tmp, (_, write) in zip(names, files):
+                with open(tmp, "wb") as f:
+                    write(f)
+            for tmp, (path, _) in zip(names, files):
+                os.link(tmp, path)  # fails if path exists, where a rename would replace it
+                linked.append(path)
+        except BaseException:
+            for path in linked:
+                os.remove(path)
+            raise
 
 
 def save_run(c, result, weights=None):

@@ -7,12 +7,8 @@
 import json
 import os
 
-try:
-    import fcntl
-except ImportError:  # Windows has no flock: appends still go in whole lines, but run shards on Linux/macOS
-    fcntl = None
 
-
+from common.files import lock
 from data_loader import UserError
 from results.experiments import experiment
 
@@ -25,8 +21,7 @@ def append_row(path, row):
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     line = json.dumps(row, ensure_ascii=False) + "\n"
     with open(path, "a", encoding="utf-8") as f:
-        if fcntl:
-            fcntl.flock(f, fcntl.LOCK_EX)
+        lock(f)  # (Windows has no flock: appends still go in whole lines, but run shards on Linux/macOS)
         f.write(line)
         f.flush()
         os.fsync(f.fileno())
@@ -37,8 +32,7 @@ def read_rows(path):
     if not os.path.exists(path):
         return []
     with open(path, encoding="utf-8") as f:
-        if fcntl:  # shared: readers wait for a writer's line to be whole (on NFS appends are not atomic)
-            fcntl.flock(f, fcntl.LOCK_SH)
+        lock(f, shared=True)  # readers wait for a writer's line to be whole (on NFS appends are not atomic)
         text = f.read()
     rows = []
     for number, line in enumerate(text.splitlines(keepends=True), 1):

@@ -1,6 +1,7 @@
 """Tasks: which ones a sweep runs (--tasks, --seeds), their short names (A→W) and the papers' column order.
 
     plan_runs(c, "data/office31")             # [(source, target, seed), ...] of --tasks and --seeds
+    ordered([("webcam", "dslr"), ("amazon", "webcam")])   # in the papers' column order: A→W first
     short_names(["amazon", "dslr", "webcam"]) # {"amazon": "A", ...}: initials, longer where they collide
 """
 import itertools
@@ -18,10 +19,16 @@ PAPER_ORDER = [("amazon", "webcam"), ("dslr", "webcam"), ("webcam", "dslr"), ("a
                ("webcam", "amazon")]
 
 
-def tasks_in_order(rows_by_method, order=PAPER_ORDER):
-    """Every task of these rows ({label: rows}), in `order` where it lists them, the others after, as they come."""
-    tasks = list(dict.fromkeys(task for rows in rows_by_method.values() for task in latest_per_seed(rows)))
+def ordered(tasks, order=PAPER_ORDER):
+    """The tasks ((source, target) pairs) once each, in `order` where it lists them, the others after, as they
+    come: the column order of every table."""
+    tasks = list(dict.fromkeys(tasks))
     return sorted(tasks, key=lambda task: order.index(task) if task in order else len(order))
+
+
+def tasks_in_order(rows_by_method, order=PAPER_ORDER):
+    """Every task of these rows ({label: rows}), ordered()."""
+    return ordered((task for rows in rows_by_method.values() for task in latest_per_seed(rows)), order)
 
 
 def short_names(domains):

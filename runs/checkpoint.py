@@ -21,14 +21,10 @@ import signal
 
 import torch
 
+from common.files import lock, locks, temporary
 from data_loader import UserError
 from results.experiments import experiment, run_label, run_stem
 from results.run_files import remove_run_temporaries
-
-try:
-    import fcntl
-except ImportError:  # Windows: no lock; two processes must not be started on the same run there
-    fcntl = None
 
 FORMAT = 1  # what a checkpoint holds and how; a file of another format is ignored
 
@@ -92,10 +88,10 @@ class Checkpoint:
         reader or a resume never sees half a file. A checkpoint that cannot be written (a full disk, a quota) does
         not stop the run: it says so once, with the size it needed, and returns False; the run goes on."""
         os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
-        tmp = f"{self.path}.{os.getpid()}.tmp"
         try:
-            torch.save(dict(state, identity=self.identity), tmp)
-            os.replace(tmp, self.path)
+            with temporary(self.path, os.getpid()) as tmp:  # <name>.ckpt.<pid>.tmp (remove_temporaries)
+                torch.save(dict(state, identity=self.identity), tmp)
+                os.replace(tmp, self.path)
             return True
         except (OSError, RuntimeError) as e:  # torch.save reports a full disk as a RuntimeError of its zip writer
             if not self.warned:
@@ -105,9 +101,6 @@ class Checkpoint:
                       "would start again from its last checkpoint, if any, or the beginning.", flush=True)
                 self.warned = True
             return False
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
 
     def remove(self):
         if os.path.exists(self.path):
@@ -132,15 +125,11 @@ class Checkpoint:
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         while True:
             f = open(path, "a")
-            if not fcntl:
-                break
-            try:
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
+            if not lock(f, wait=False):
                 f.close()
                 yield False
                 return
-            if same_file(path, f):
+            if not locks() or same_file(path, f):  # (Windows: no lock; two processes must not run one run there)
                 break
             f.close()  # locked a file that its last holder removed meanwhile: try the one in place
         try:

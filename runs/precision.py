@@ -11,13 +11,9 @@ import time
 import torch
 import torch.nn.functional as F
 
+from common.files import lock  # (Windows: no lock; processes starting together may each measure once)
 from data_loader import UserError
 from runs.machine import device_name
-
-try:
-    import fcntl
-except ImportError:  # Windows: no lock; processes starting together may each measure once
-    fcntl = None
 
 
 def pick_device(name):
@@ -87,8 +83,7 @@ def machine_bf16_speedup():
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with open(path, "a+", encoding="utf-8") as f:
-            if fcntl:  # the first of processes starting together measures; the others wait and read
-                fcntl.flock(f, fcntl.LOCK_EX)
+            lock(f)  # the first of processes starting together measures; the others wait and read
             f.seek(0)
             saved = json.loads(f.read() or "{}")
             if {k: saved.get(k) for k in key} == key and isinstance(saved.get("speedup"), float):

@@ -10,7 +10,7 @@ import os
 
 from runs import grid
 from methods import METHODS, methods, with_method
-from data_loader import UserError
+from data_loader import UserError, names_domain
 from datasets.download import DATASETS
 from results.experiments import EXPERIMENT_KEYS, LATER_KEYS, experiment, method_label, stored_config, title
 from results.store import read_rows
@@ -67,13 +67,9 @@ def wanted(row, c, given, settings):
         return False
     if given & {"tasks", "source", "target"} and c["tasks"] != "all":
         pairs = [t.split("-") for t in c["tasks"].split(",")] if c["tasks"] else [(c["source"], c["target"])]
-        return any(names(row["source"], s) and names(row["target"], t) for s, t in pairs)
+        return any(names_domain(s.strip(), row["source"]) and names_domain(t.strip(), row["target"])
+                   for s, t in pairs)
     return True
-
-
-def names(domain, name):
-    """Whether a --tasks, --source or --target name (a domain's folder name or initial, any case) names domain."""
-    return name.strip().lower() in (domain.lower(), domain[:1].lower())
 
 
 def list_experiments(results_path, experiments, runs, older):

@@ -8,10 +8,12 @@ output) of every source and target image, centre-cropped as for testing. Printed
 et al., "Analysis of Representations for Domain Adaptation", NIPS 2007; as DANN and DAN report it), 2 (1 - 2 err)
 with err the test error of a linear domain classifier trained on half of the features, tested on the other half:
 0 where the domains cannot be told apart, 2 where they are separable. Written: tsne_<run>.png, a t-SNE map of the
-features coloured by domain (left) and by class (right). scikit-learn fits both; it is imported here only.
+features coloured by domain (left) and by class (right). scikit-learn fits the t-SNE and splits the features in
+halves; it is imported here only.
 """
 import os
 
+import numpy
 import torch
 
 from data_loader import UserError, choose_cache, load_domain
@@ -21,6 +23,7 @@ from results.store import read_rows
 from results.experiments import same_experiment
 from common.files import write_file
 from results.tasks import names_and_fingerprints
+from selection.validators import domain_classifier
 
 MOST_POINTS = 4000  # t-SNE on a seeded sample of at most this many images (Office-31's largest task has 3,315)
 
@@ -52,17 +55,19 @@ def features(c, net, layer, domain, evaluate, pixels):
 
 
 def proxy_a_distance(source, target, seed=0):
-    """(2 (1 - 2 err), err): err is the test error of a linear domain classifier (a logistic regression on
-    standardised features) trained on a seeded, domain-stratified half of the features and tested on the other."""
-    from sklearn.linear_model import LogisticRegression
+    """(2 (1 - 2 err), err): err is the test error of a linear domain classifier (DEV's,
+    validators.domain_classifier: a logistic regression on standardised features) trained on a seeded,
+    domain-stratified half of the features and tested on the other. Its L2 weight is scikit-learn's default
+    (C = 1: 1 / n on the mean loss of n points)."""
     from sklearn.model_selection import train_test_split
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-    x = torch.cat([source, target]).numpy()
+    x = torch.cat([source, target]).double()  # (in float64, as scikit-learn fitted it)
     y = [0] * len(source) + [1] * len(target)
-    x_fit, x_test, y_fit, y_test = train_test_split(x, y, test_size=0.5, stratify=y, random_state=seed)
-    classifier = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000)).fit(x_fit, y_fit)
-    error = 1 - classifier.score(x_test, y_test)
+    fit, test = (torch.from_numpy(half) for half in train_test_split(
+        numpy.arange(len(y)), test_size=0.5, stratify=y, random_state=seed))
+    mean, std = x[fit].mean(0), x[fit].std(0, unbiased=False)  # over the fitted half, as scikit-learn's StandardScaler
+    std[std == 0] = 1
+    _, _, accuracy = domain_classifier((x - mean) / std, torch.tensor(y).double(), fit, test, [1 / len(fit)])
+    error = 1 - accuracy
     return 2 * (1 - 2 * error), error
 
 

@@ -24,7 +24,7 @@ import statistics
 
 from results.curves import histories
 from results.metric import epoch_key, epoch_value, final_value, metric_of, name_of
-from results.tasks import PAPER_ORDER
+from results.tasks import ordered
 from results.store import latest_per_seed
 from common.files import write_file
 from selection.validators import HELD_OUT
@@ -108,12 +108,6 @@ def cells(table):
         else:
             out[choice] = means, None, None, None
     return out
-
-
-def ordered(tasks):
-    """The tasks once each, in the papers' column order where it lists them, the others after, as they come."""
-    tasks = list(dict.fromkeys(tasks))
-    return sorted(tasks, key=lambda task: PAPER_ORDER.index(task) if task in PAPER_ORDER else len(PAPER_ORDER))
 
 
 def markdown(table, name_of_task, title, metric, missing):

@@ -95,22 +95,30 @@ def density_ratios(source_features, target_features, held_out_features, seed=0):
     y = torch.cat([torch.zeros(len(source_features)), torch.ones(len(target_features))])
     mean, std = x.mean(0), x.std(0) + 1e-6
     order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
-    fit, check = order[len(x) // 5:], order[:len(x) // 5]
-    best = None
-    for decay in DOMAIN_DECAYS:
-        w, b = logistic_regression((x[fit] - mean) / std, y[fit], decay)
-        accuracy = ((((x[check] - mean) / std @ w + b) > 0).float() == y[check]).float().mean()
-        if best is None or accuracy > best[0]:
-            best = accuracy, w, b
-    _, w, b = best
+    w, b, _ = domain_classifier((x - mean) / std, y, order[len(x) // 5:], order[:len(x) // 5], DOMAIN_DECAYS)
     log_odds = (held_out_features - mean) / std @ w + b  # log P(target|x)/P(source|x)
     return len(source_features) / len(target_features) * torch.exp(log_odds)
 
 
+def domain_classifier(x, y, fit, check, decays):
+    """The linear domain classifier of DEV and of the proxy A-distance (analysis.py): a logistic regression on the
+    features x (standardised by the caller) telling the target's rows (y 1) from the source's (y 0), fitted on the
+    rows `fit`, its L2 weight the one of decays most accurate on the rows `check` (the first of a tie). Returns
+    (w, b, its accuracy on the check rows): x @ w + b is the log-odds log P(target|x)/P(source|x)."""
+    best = None
+    for decay in decays:
+        w, b = logistic_regression(x[fit], y[fit], decay)
+        accuracy = (((x[check] @ w + b) > 0).float() == y[check]).double().mean()
+        if best is None or accuracy > best[0]:
+            best = accuracy, w, b
+    accuracy, w, b = best
+    return w, b, float(accuracy)
+
+
 def logistic_regression(x, y, decay, steps=100):
     """(w, b) minimising the mean logistic loss of x @ w + b on labels y (0/1) + decay/2 ||w||^2, by L-BFGS."""
-    w = torch.zeros(x.shape[1], requires_grad=True)
-    b = torch.zeros((), requires_grad=True)
+    w = torch.zeros(x.shape[1], dtype=x.dtype, requires_grad=True)
+    b = torch.zeros((), dtype=x.dtype, requires_grad=True)
     optimizer = torch.optim.LBFGS([w, b], max_iter=steps, line_search_fn="strong_wolfe")
 
     def loss():

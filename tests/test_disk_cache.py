@@ -10,6 +10,7 @@ import torch
 
 import data_loader
 import office31
+from datasets import disk_cache
 from results import store
 from conftest import make_tree, together
 from common.errors import UserError
@@ -155,7 +156,7 @@ def test_a_file_of_another_cache_format_is_built_again_not_reused(pair, tmp_path
     with open(old.path, "r+b") as f:  # the old code's pixels: not what decoding gives now
         f.write(bytes(64))
     capsys.readouterr()
-    monkeypatch.setattr(data_loader, "DISK_CACHE_FORMAT", data_loader.DISK_CACHE_FORMAT + 1)
+    monkeypatch.setattr(disk_cache, "DISK_CACHE_FORMAT", disk_cache.DISK_CACHE_FORMAT + 1)
     new = load(pair, "disk", tmp_path)
     assert new.path != old.path and "wrote the cache of amazon" in capsys.readouterr().out
     assert torch.equal(new.images, load(pair, "memory").images)
@@ -164,12 +165,12 @@ def test_a_file_of_another_cache_format_is_built_again_not_reused(pair, tmp_path
 def test_format_1_keeps_the_names_of_files_written_before_formats_were_named(pair, tmp_path):
     """The pixels of format 1 are those of every file written before: their names (no version) stay theirs, so an
     update of the code neither rebuilds them nor leaves them behind."""
-    assert data_loader.DISK_CACHE_FORMAT == 1
+    assert disk_cache.DISK_CACHE_FORMAT == 1
     assert re.fullmatch(r"amazon_24_bilinear_[0-9a-f]{12}\.uint8", os.path.basename(load(pair, "disk", tmp_path).path))
 
 
 def test_a_full_disk_is_said_before_decoding(pair, tmp_path, monkeypatch):
-    monkeypatch.setattr(data_loader.shutil, "disk_usage", lambda path: type("U", (), {"free": 1000})())
+    monkeypatch.setattr(disk_cache.shutil, "disk_usage", lambda path: type("U", (), {"free": 1000})())
     with pytest.raises(UserError, match=r"the disk cache of amazon needs 0\.0 GB, and 0\.0 GB are free in .*: free "
                                         r"some space, or point --cache_dir at a larger disk"):
         load(pair, "disk", tmp_path / "cache")
@@ -189,7 +190,7 @@ def test_a_disk_that_fills_during_the_build_stops_it_before_decoding(pair, tmp_p
     full disk would kill the process (SIGBUS) and leave its temporary file."""
     def full(fd, offset, size):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-    monkeypatch.setattr(data_loader.os, "posix_fallocate", full)
+    monkeypatch.setattr(disk_cache.os, "posix_fallocate", full)
     monkeypatch.setattr(data_loader, "decode_into", lambda *a: pytest.fail("decoded into a file without its blocks"))
     with pytest.raises(UserError, match=r"cannot write the disk cache of amazon to .*cache \(No space left on device"
                                         r"\): free some space there, point --cache_dir at a larger disk, or run with "
@@ -201,7 +202,7 @@ def test_a_disk_that_fills_during_the_build_stops_it_before_decoding(pair, tmp_p
 @pytest.mark.skipif(not hasattr(os, "posix_fallocate"), reason="no posix_fallocate on this system")
 def test_the_files_blocks_are_taken_before_it_is_written(tmp_path):
     with open(tmp_path / "f", "wb") as f:
-        data_loader.reserve(f, 3 << 20)
+        disk_cache.reserve(f, 3 << 20)
     assert os.path.getsize(tmp_path / "f") == 3 << 20
     assert os.stat(tmp_path / "f").st_blocks * 512 >= 3 << 20  # (a sparse file of that size has none)
 
@@ -211,9 +212,9 @@ def test_where_blocks_cannot_be_reserved_a_sparse_file_serves(pair, tmp_path, mo
     def unsupported(fd, offset, size):
         raise OSError(errno.EOPNOTSUPP, os.strerror(errno.EOPNOTSUPP))
     if missing == "function":
-        monkeypatch.delattr(data_loader.os, "posix_fallocate", raising=False)
+        monkeypatch.delattr(disk_cache.os, "posix_fallocate", raising=False)
     else:
-        monkeypatch.setattr(data_loader.os, "posix_fallocate", unsupported)
+        monkeypatch.setattr(disk_cache.os, "posix_fallocate", unsupported)
     assert torch.equal(load(pair, "disk", tmp_path / "cache").images, load(pair, "memory").images)
 
 
@@ -302,3 +303,19 @@ def test_a_run_from_the_disk_cache_gives_the_same_numbers(pair, tmp_path, device
     assert sorted(os.listdir(tmp_path / "cache"))[0].startswith("amazon_24_bilinear_")
     assert store.read_rows(os.path.join(tmp_path / "disk", "results.jsonl"))[0]["config"] == \
         store.read_rows(os.path.join(tmp_path / "memory", "results.jsonl"))[0]["config"]  # the same experiment
+
+
+def test_a_build_whose_decoding_fails_leaves_neither_its_file_nor_its_temporary(tmp_path, capsys):
+    """datasets/disk_cache.py alone: the decoding is the caller's callback, into the memory-mapped temporary."""
+    path, shape = str(tmp_path / "amazon.uint8"), (2, 3, 4, 4)
+
+    def fails(images):
+        images[0] = 1
+        raise OSError(errno.EIO, "Input/output error")
+    with pytest.raises(OSError):
+        disk_cache.build_disk_cache(path, shape, "amazon", fails)
+    assert os.listdir(tmp_path) == ["amazon.uint8.lock"]
+    disk_cache.build_disk_cache(path, shape, "amazon", lambda images: images.fill_(7))
+    assert f"wrote the cache of amazon: {path}" in capsys.readouterr().out and disk_cache.whole(path, shape)
+    _, images = disk_cache.open_disk_cache(path, shape)
+    assert images.dtype == torch.uint8 and images.shape == shape and bool((images == 7).all())

@@ -19,11 +19,6 @@ from conftest import make_tree
 from test_resume import RUN
 from test_sweep import rows_of
 
-try:
-    import fcntl
-except ImportError:
-    fcntl = None
-
 FULL_DISK = RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 64 vs 0")
 
 
@@ -123,7 +118,7 @@ def test_a_sweep_started_twice_trains_each_run_once(pair, tmp_path, monkeypatch,
     assert len(list(tmp_path.glob("*.json"))) == 4
 
 
-@pytest.mark.skipif(fcntl is None, reason="no file locks on this system")
+@pytest.mark.skipif(not files.locks(), reason="no file locks on this system")
 def test_a_lock_file_removed_by_its_last_holder_is_never_held_twice(tmp_path, monkeypatch):
     c = office31.with_method(dict(office31.resolve(office31.FLAGS), out_dir=str(tmp_path), precision="fp32",
                                   source="amazon", target="webcam"), "source_only")

@@ -9,7 +9,9 @@ import torch
 
 import data_loader
 import office31
+from common import files
 from results import store
+from results import tasks
 from results.tasks import short_names
 from conftest import make_tree
 from test_sweep import rows_of, sweep
@@ -116,6 +118,26 @@ def test_rows_without_fingerprint_are_their_own_group(tmp_path, capsys):
     assert "note: 1 more rows with these flags come from another copy" in capsys.readouterr().out
 
 
+def test_a_domain_is_named_by_its_folder_name_or_its_initial_in_any_case():
+    """One rule for the flags' names (data_loader.match_domain) and the report's (which rows --tasks asks for)."""
+    assert data_loader.names_domain("A", "amazon") and data_loader.names_domain("WEBCAM", "webcam")
+    assert not data_loader.names_domain("am", "amazon") and not data_loader.names_domain("d", "amazon")
+    assert data_loader.match_domain("w", ["amazon", "webcam"], "") == "webcam"
+    assert data_loader.match_domain("a", ["a", "amazon"], "") == "a"  # a folder of that one letter: that one
+    with pytest.raises(data_loader.UserError, match=r"domain 'a' is ambiguous in Office-Home: amazon, art\."):
+        data_loader.match_domain("a", ["amazon", "art"], "in Office-Home")
+    with pytest.raises(data_loader.UserError, match=r"domain 'am' was not found"):
+        data_loader.match_domain("am", ["amazon", "webcam"], "")
+
+
+def test_tasks_come_in_the_papers_column_order_then_as_they_come():
+    found = [("x", "y"), ("webcam", "amazon"), ("amazon", "webcam"), ("x", "y"), ("dslr", "webcam"), ("y", "x")]
+    assert tasks.ordered(found) == [("amazon", "webcam"), ("dslr", "webcam"), ("webcam", "amazon"), ("x", "y"),
+                                    ("y", "x")]
+    rows = {"dann": [{"source": s, "target": t, "seed": 0} for s, t in found]}
+    assert tasks.tasks_in_order(rows) == tasks.ordered(found)
+
+
 @pytest.mark.slow
 def test_task_names_stay_apart_when_initials_collide(tmp_path, capsys):
     assert short_names(["amazon", "dslr", "webcam"]) == {"amazon": "A", "dslr": "D", "webcam": "W"}
@@ -147,14 +169,14 @@ def test_reading_the_results_file_waits_for_a_writer(tmp_path):
     store.append_row(str(path), {k: 1 for k in store.ROW_KEYS})
     read = []
     with open(path, "a") as writer:
-        store.fcntl.flock(writer, store.fcntl.LOCK_EX)
+        files.lock(writer)
         reader = threading.Thread(target=lambda: read.append(store.read_rows(str(path))))
         reader.start()
         time.sleep(0.5)
         assert read == []  # still waiting for the writer's lock
         writer.write(json.dumps({k: 2 for k in store.ROW_KEYS}) + "\n")
         writer.flush()
-        store.fcntl.flock(writer, store.fcntl.LOCK_UN)
+        files.fcntl.flock(writer, files.fcntl.LOCK_UN)
     reader.join(timeout=10)
     assert [row["seed"] for row in read[0]] == [1, 2]
 

@@ -512,3 +512,27 @@ def test_proxy_a_distance_is_two_for_separable_domains_and_near_zero_for_one():
     same = torch.randn(400, 4, generator=generator)
     assert proxy_a_distance(same[:200], same[200:])[0] < 0.4
     assert proxy_a_distance(same[:200], same[200:] + 10)[0] == 2.0
+
+
+def test_the_proxy_a_distance_takes_devs_domain_classifier_and_scikit_learns_numbers():
+    """One linear domain classifier (validators.domain_classifier) for DEV and the proxy A-distance: on the same
+    split, the test error of scikit-learn's standardised LogisticRegression, which the proxy A-distance once fitted."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import train_test_split
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    from selection.analysis import proxy_a_distance
+    generator = torch.Generator().manual_seed(7)
+    for shift, dimensions in ((0.2, 8), (0.5, 32), (1.0, 4)):
+        source = torch.randn(120, dimensions, generator=generator)
+        target = torch.randn(90, dimensions, generator=generator) + shift
+        y = [0] * 120 + [1] * 90
+        x_fit, x_test, y_fit, y_test = train_test_split(torch.cat([source, target]).numpy(), y, test_size=0.5,
+                                                        stratify=y, random_state=0)
+        error = 1 - make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000)).fit(x_fit, y_fit).score(
+            x_test, y_test)
+        assert proxy_a_distance(source, target)[1] == pytest.approx(error)
+    x = torch.cat([torch.zeros(10, 2), torch.ones(10, 2)]) + 0.1 * torch.randn(20, 2, generator=generator)
+    w, b, accuracy = validators.domain_classifier(x, torch.tensor([0.0] * 10 + [1.0] * 10), torch.arange(0, 20, 2),
+                                                  torch.arange(1, 20, 2), validators.DOMAIN_DECAYS)
+    assert accuracy == 1.0 and bool(((x @ w + b > 0) == torch.arange(20).ge(10)).all())
