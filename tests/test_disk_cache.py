@@ -37,7 +37,7 @@ def test_the_disk_cache_gives_the_memory_caches_batches_image_for_image(pair, tm
     for a, b in zip(memory.test + memory.train, disk.test + disk.train):
         assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
     assert len(disk.train) == 5
-    held_memory, held_disk = data_loader.held_out(memory, 0.4)[1], data_loader.held_out(disk, 0.4)[1]
+    held_memory, held_disk = data_loader.split_held_out(memory, 0.4)[1], data_loader.split_held_out(disk, 0.4)[1]
     assert all(torch.equal(a[0], b[0]) for a, b in zip(held_memory.test_batches(4, 20), held_disk.test_batches(4, 20)))
 
 
