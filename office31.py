@@ -89,9 +89,9 @@ analyze = False  # a finished run's features (it needs --save_model): t-SNE figu
 FLAGS = {k: v for k, v in globals().items() if not k.startswith("_") and isinstance(v, (bool, int, float, str))}
 
 
-def parse_flags(argv, defaults=FLAGS, echo=True):
+def parse_flags(argv, flag_defaults=FLAGS, echo=True):
     """--name=value overrides of the flags above (flags.py); --help prints this file's docstring and the flags."""
-    return flags.parse(argv, defaults, echo, lambda: __doc__ + flags.help_text(__file__, FLAGS), grid.GRID)
+    return flags.parse(argv, flag_defaults, echo, lambda: __doc__ + flags.help_text(__file__, FLAGS), grid.GRID)
 
 
 if __name__ == "__main__":  # the flags are read before torch is imported: --help and a mistyped flag answer at once

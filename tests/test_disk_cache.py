@@ -217,19 +217,19 @@ def test_where_blocks_cannot_be_reserved_a_sparse_file_serves(pair, tmp_path, mo
     assert torch.equal(load(pair, "disk", tmp_path / "cache").images, load(pair, "memory").images)
 
 
-@pytest.mark.parametrize("kept", [0, 0.5])
-def test_a_cache_file_cut_short_is_built_again(pair, tmp_path, capsys, kept):
+@pytest.mark.parametrize("left", [0, 0.5])
+def test_a_cache_file_cut_short_is_built_again(pair, tmp_path, capsys, left):
     """A file of the right name but not every image's bytes (a copy cut short, a full disk while copying) would map
     fewer images than the domain has: it is said and built anew."""
     first = load(pair, "disk", tmp_path)
     path, size = first.path, os.path.getsize(first.path)
     del first  # (unmapped)
     with open(path, "r+b") as f:
-        f.truncate(int(size * kept))
+        f.truncate(int(size * left))
     capsys.readouterr()
     again = load(pair, "disk", tmp_path)
     printed = capsys.readouterr().out
-    assert f"notice: {path} has {int(size * kept)} bytes, not the {size} of its images" in printed
+    assert f"notice: {path} has {int(size * left)} bytes, not the {size} of its images" in printed
     assert "wrote the cache of amazon" in printed
     assert os.path.getsize(path) == size and torch.equal(again.images, load(pair, "memory").images)
 

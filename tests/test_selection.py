@@ -351,7 +351,7 @@ def test_selection_picks_each_validators_best_and_the_oracle(tmp_path):
         return made(tmp_path, label, seed, scored(*epochs), accuracy=final)
     by_label = {"dann trade_off=0.1": [row("a", 0, 0.5, [(0.4, -3), (0.5, -1)]), row("a", 1, 0.6, [(0.6, -2)])],
                 "dann trade_off=1.0": [row("b", 0, 0.7, [(0.9, -4), (0.7, -2)]), row("b", 1, 0.2, [(0.2, -1)])]}
-    table = selection_table.selection(selection_table.candidates(str(tmp_path), by_label), by_label, "dann trade_off=1.0")
+    table = selection_table.picks(selection_table.candidates(str(tmp_path), by_label), by_label, "dann trade_off=1.0")
     task = ("amazon", "webcam")
     assert table["entropy"][task] == {0: ("dann trade_off=0.1", 2, 0.5, 0.9), 1: ("dann trade_off=1.0", 1, 0.2, 0.6)}
     assert table[selection_table.ORACLE][task] == {0: ("dann trade_off=1.0", 1, 0.9, 0.9),
@@ -377,7 +377,7 @@ def test_a_visda_selection_table_its_oracle_its_files_and_figure_score_by_the_me
                 "dann lr=0.01": [made(tmp_path, "b", 0, [epoch(0.5, 0.4, -3)], accuracy=0.5, mean_class_accuracy=0.4,
                                       **visda)]}
     found = selection_table.candidates(str(tmp_path), by_label)
-    table = selection_table.selection(found, by_label, "dann lr=0.001")
+    table = selection_table.picks(found, by_label, "dann lr=0.001")
     task = ("amazon", "webcam")
     assert table[selection_table.ORACLE][task] == {0: ("dann lr=0.001", 2, 0.7, 0.7)}  # by accuracy: epoch 1
     assert table["entropy"][task] == {0: ("dann lr=0.001", 1, 0.3, 0.7)}
@@ -412,7 +412,7 @@ def test_runs_without_scores_are_named_and_no_oracle_or_gap_leaves_them_out_sile
     found = selection_table.candidates(str(tmp_path), by_label)
     assert selection_table.unscored(found, by_label) == {"dann lr=0.001": {("amazon", "webcam"): [0],
                                                                       ("webcam", "amazon"): [0]}}
-    table = selection_table.selection(found, by_label, "dann lr=0.001")
+    table = selection_table.picks(found, by_label, "dann lr=0.001")
     assert table["final model: dann lr=0.001"] == {}  # no candidate: not beside an oracle of 20.00
     text = selection_table.markdown(table, lambda s, t: f"{s[0].upper()}→{t[0].upper()}", "title", "accuracy",
                               selection_table.unscored(found, by_label))
@@ -466,7 +466,7 @@ def test_a_validator_without_a_score_on_a_seed_is_compared_on_the_seeds_it_has(t
         return {"target_acc": acc, "validators": {"entropy": entropy, "snd": snd}}
     by_label = {"dann": [made(tmp_path, "a", 0, [epoch(0.9, -1, 2), epoch(0.8, -2, 1)], accuracy=0.8),
                          made(tmp_path, "a", 1, [epoch(0.3, -1, None), epoch(0.2, -2, None)], accuracy=0.2)]}
-    table = selection_table.selection(selection_table.candidates(str(tmp_path), by_label), by_label, "dann")
+    table = selection_table.picks(selection_table.candidates(str(tmp_path), by_label), by_label, "dann")
     assert list(table["snd"][("amazon", "webcam")]) == [0]
     means, average, oracle, gap = selection_table.cells(table)["snd"]
     assert means == {("amazon", "webcam"): (90.0, 1, 2)} and (average, oracle, gap) == pytest.approx((90, 90, 0))
@@ -486,7 +486,7 @@ def test_each_validators_gap_is_to_the_oracle_over_the_candidates_it_could_pick_
                 "dann source_val=0.1": [made(tmp_path, "b", 0, [epoch(0.6, entropy=-1, source_val_acc=0.5),
                                                                   epoch(0.7, entropy=-3, source_val_acc=0.4)],
                                              accuracy=0.7)]}
-    table = selection_table.selection(selection_table.candidates(str(tmp_path), by_label), by_label, "dann source_val=0.0")
+    table = selection_table.picks(selection_table.candidates(str(tmp_path), by_label), by_label, "dann source_val=0.0")
     text = selection_table.markdown(table, lambda s, t: "A→W", "title", "accuracy", {})
     assert table_cells(text)["source_val_acc"] == ["60.00", "60.00", "70.00", "10.00"]  # not 30.00: 90 it could not pick
     assert table_cells(text)["entropy"] == ["60.00", "60.00", "90.00", "30.00"]
