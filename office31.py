@@ -227,8 +227,9 @@ def fine_tune(c, source, target, device, task, checkpoint=None, stop=None):
             saved_at = time.time()  # (a failed save is tried again checkpoint_every minutes later)
         if run.several:  # the others wait while process 0 evaluates and saves, as long as that takes
             distributed.wait_for_first()
-    return write_result(c, run, device, task, tested, per_class, history, held) if run.first else None  # (process
-    # 0 has the result)
+    if not run.first:
+        return None  # (process 0 has the result)
+    return write_result(c, run, device, task, tested, per_class, history, held)
 
 
 def split_source(c, source):
@@ -259,11 +260,12 @@ def set_up(c, source, device, names):
     model = torch.compile(net) if c["compile"] else net  # the same parameters; net keeps plain state_dict keys
     several = distributed.size() > 1  # under torchrun: this process trains on its slice of each batch
     model = distributed.wrap(net, device) if several else model
-    layer = classifier(new_layer(net)) if validators.reads_features(names) else None
+    layer = classifier(new_layer(net)) if validators.reads_features(names) else None  # DEV reads its input by a hook
     return types.SimpleNamespace(
         net=net, model=model, adaptation=adaptation, optimizer=optimizer, generators=[generator, target_generator],
         amp=amp, why=why, memory_format=memory_format, pixels=pixels, several=several, first=distributed.rank() == 0,
-        validators=names, layer=layer, evaluated=net if layer or several else model,  # (a hook: the plain net)
+        validators=names, layer=layer, evaluated=net if layer or several else model,  # (a hook, process 0 alone:
+        # the plain net, neither compiled nor wrapped)
         parts={"model": net, "method": adaptation or torch.nn.Module(), "optimizer": optimizer})
 
 
@@ -317,10 +319,10 @@ def score_validators(c, run, tested, source, target, held):
     def training_images(domain):
         return part(domain, torch.arange(len(domain)))
     on_target = tested if validators.scores_tested(target) else outputs_on(c, run, training_images(target))
+    on_target = on_target._replace(labels=None)  # the target's labels never reach the validators
     on_held = outputs_on(c, run, held) if held is not None and validators.reads_held_out(run.validators) else None
     on_source = outputs_on(c, run, training_images(source)) if validators.reads_features(run.validators) else None
-    return validators.score(run.validators, on_target._replace(labels=None), on_held, on_source)  # (the target's
-    # labels never reach the validators)
+    return validators.score(run.validators, on_target, on_held, on_source)
 
 
 def epoch_line(c, row, task):
