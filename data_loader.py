@@ -444,7 +444,7 @@ class CachedDomain(Positions):
         # Same sampling as the per-sample path: shuffled passes back to back.
         order = RandomSampler(range(len(self)), num_samples=num_batches * batch_size, generator=generator)
         order = torch.tensor(list(order))
-        if self.index is not None:  # a part of the domain (held_out): positions in it, mapped to images
+        if self.index is not None:  # a part of the domain (split_held_out): positions in it, mapped to images
             order = self.index[order]
         for index in self.read_ahead(order.split(batch_size)):
             images = random_crop_batch(self.images, index, crop_size, generator).to(self.labels.device)
@@ -573,19 +573,19 @@ def with_lists(domain, data_root):
 HELD_OUT_SEED = 0  # the held-out split is the same in every run, whatever its --seed: runs compare on one split
 
 
-def held_out(domain, fraction):
+def split_held_out(domain, fraction):
     """(training part, held-out part) of a domain: round(fraction x n) images of each class of n (but one left to
     train on; none of a class of one image), drawn by a generator of a fixed seed, so the split is the same in every
     run. Its labels are the source's: the validators that read them (validators.py) never see the target's."""
     targets = torch.tensor(domain.targets if domain.index is None else
                            [domain.targets[i] for i in domain.index.tolist()])
     generator = torch.Generator().manual_seed(HELD_OUT_SEED)
-    kept = []
+    held = []
     for label in range(len(domain.classes)):
         members = (targets == label).nonzero().flatten()
         members = members[torch.randperm(len(members), generator=generator)]
-        kept.append(members[:min(round(fraction * len(members)), len(members) - 1)])
-    out = torch.cat(kept).sort().values
+        held.append(members[:min(round(fraction * len(members)), len(members) - 1)])
+    out = torch.cat(held).sort().values
     train = torch.ones(len(targets), dtype=torch.bool)
     train[out] = False
     return part(domain, train.nonzero().flatten()), part(domain, out)

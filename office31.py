@@ -20,15 +20,16 @@ and the end prints the table papers show (methods as rows, mean ± std over seed
 The training flags take comma-separated values too (a grid: grid.py), and every evaluation records scores that
 need no target label (validators.py); the end of a sweep then also shows what each would choose (selection.py).
 """
+import collections
 import datetime
-import math
 import os
 import sys
 import time
+import types
 
 from runs import flags
 from runs import grid
-from common.errors import UserError, exit_with
+from common.errors import UserError, exit_with, user_message
 
 # -----------------------------------------------------------------------------------------------------------
 # data
@@ -88,9 +89,9 @@ analyze = False  # a finished run's features (it needs --save_model): t-SNE figu
 FLAGS = {k: v for k, v in globals().items() if not k.startswith("_") and isinstance(v, (bool, int, float, str))}
 
 
-def parse_flags(argv, defaults=FLAGS, echo=True):
+def parse_flags(argv, flag_defaults=FLAGS, echo=True):
     """--name=value overrides of the flags above (flags.py); --help prints this file's docstring and the flags."""
-    return flags.parse(argv, defaults, echo, lambda: __doc__ + flags.help_text(__file__, FLAGS), grid.GRID)
+    return flags.parse(argv, flag_defaults, echo, lambda: __doc__ + flags.help_text(__file__, FLAGS), grid.GRID)
 
 
 if __name__ == "__main__":  # the flags are read before torch is imported: --help and a mistyped flag answer at once
@@ -104,75 +105,22 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from datasets import demo  # noqa: E402
-from runs import distributed  # noqa: E402
-from runs import report
-from runs import sweep  # noqa: E402
+from runs import distributed, report, sweep  # noqa: E402
 from selection import validators  # noqa: E402
 from methods import methods, with_method  # noqa: E402
 from runs.checkpoint import Diverged, Stopped, random_states, resume  # noqa: E402
+from runs.optimizer import check_finite, make_optimizer, set_progress  # noqa: E402
 from runs.checks import check_settings  # noqa: E402
-from data_loader import CACHE_WORDS, check_same_classes, held_out  # noqa: E402
+from data_loader import check_same_classes, part, split_held_out  # noqa: E402
 from datasets.download import DATASETS, prepare_data_root  # noqa: E402
-from networks.models import MODELS, build_model, classifier, input_size, make_adaptation, network_pixels, weight_names  # noqa: E402
+from networks.models import build_model, classifier, make_adaptation, network_pixels  # noqa: E402
+from runs.config import dataset_defaults, plain_configs, resolve  # noqa: E402
 from runs.precision import choose_amp, pick_device  # noqa: E402
 from runs.machine import machine  # noqa: E402
 from results.store import mean_class_accuracy, per_class_accuracy
 from results.run_files import not_written, save_run
 from results.experiments import run_label
 from results.tasks import task_pairs
-
-
-def resolve(c):
-    """The flags whose default depends on another, made explicit: data_root, source and target "" (the
-    dataset's folder and first task), weights=auto, resize_size=0 and crop_size=0 (the network's); --cache=True and
-    False, the boolean it was, are memory and none. An unknown model or weights name is left for check_config."""
-    weights = c["weights"].lower() if c["weights"].lower() in ("auto", "none") else c["weights"]  # None, AUTO
-    if c["model"] in MODELS and weights == "auto":
-        weights = weight_names(c["model"])[0]
-    known = c["model"] in MODELS and weights in weight_names(c["model"])
-    resize, crop, _ = input_size(c["model"], weights) if known else (256, 224, None)
-    source, target = DATASETS.get(c["dataset"], DATASETS["office31"])["task"]
-    return dict(c, data_root=c["data_root"] or os.path.join("data", c["dataset"]), source=c["source"] or source,
-                target=c["target"] or target, weights=weights, resize_size=c["resize_size"] or resize,
-                crop_size=c["crop_size"] or crop, cache=CACHE_WORDS.get(c["cache"].lower(), c["cache"].lower()))
-
-
-def make_optimizer(model, new_layer, c, fused=True):
-    """SGD with two groups: pretrained layers at lr, the new layers at lr * lr_mult (new_layer: the new last
-    layer, or a ModuleList of it with the bottleneck and a domain discriminator). The fused kernel is the same
-    update in one pass over all parameters (AlexNet's 61M make the per-tensor loop costly)."""
-    new = list(new_layer.parameters())
-    new_ids = {id(p) for p in new}
-    pretrained = [p for p in model.parameters() if id(p) not in new_ids and p.requires_grad]  # not the frozen
-    groups = [{"params": pretrained, "initial_lr": c["lr"]}, {"params": new, "initial_lr": c["lr"] * c["lr_mult"]}]
-    return torch.optim.SGD(groups, lr=c["lr"], momentum=c["momentum"], weight_decay=c["weight_decay"],
-                           nesterov=c["momentum"] > 0, fused=fused and model_device(model).type in ("cpu", "cuda"))
-
-
-def annealed(initial_lr, progress):
-    """The "inv" schedule of DANN/DAN: lr_p = lr_0 (1 + 10 p)^-0.75, progress p from 0 to 1."""
-    return initial_lr * (1 + 10 * progress) ** -0.75
-
-
-def set_progress(optimizer, progress):
-    for group in optimizer.param_groups:  # the same factor for every group keeps the lr_mult ratio
-        group["lr"] = annealed(group["initial_lr"], progress)
-
-
-def check_finite(step, terms, several=False, stopping=False):
-    """terms: {name: loss tensor} of one step; raises Diverged(step, {name: value}) if any is nan or inf. Returns
-    stopping: whether this process was asked to stop. several: both are decided on every process alike (a loss not
-    finite on any, a stop asked of any), in one all-reduce, so that every process stops at the same step, else the
-    others would wait for it at their next collective."""
-    values = {name: float(value) for name, value in terms.items()}
-    finite = all(math.isfinite(value) for value in values.values())
-    if several:
-        diverged, stopping = distributed.anywhere(not finite, stopping)
-        finite = not diverged
-    if not finite:
-        raise Diverged(step, values)
-    return stopping
 
 
 def train_one_epoch(model, optimizer, batches, first_step, total_steps, amp, memory_format, adaptation=None,
@@ -221,32 +169,29 @@ def train_one_epoch(model, optimizer, batches, first_step, total_steps, amp, mem
     return {name: float(total) / seen for name, total in sums.items()}, float(correct) / seen
 
 
-def evaluate(model, batches, amp, memory_format, kept=None, layer=None):
-    """(correct, total) over every batch given: each target image exactly once, no dropped last batch. kept: a dict
-    that also gets every image's "logits" and "labels" and (a layer given) "features", that layer's input, in fp32 on
-    the CPU, for the validators."""
+Outputs = collections.namedtuple("Outputs", "correct total logits labels features")
+
+
+def evaluate(model, batches, amp, memory_format, layer=None):
+    """Outputs(correct, total, logits, labels, features) of the model over every batch given: each image exactly
+    once, no dropped last batch. logits and labels are every image's, in fp32 on the CPU (the per-class accuracy's
+    and the validators'); features (a layer given; else None): that layer's input, likewise."""
     model.eval()
     correct = total = 0
-    outputs = {"logits": [], "labels": [], "features": []}
-    hook = layer.register_forward_hook(lambda m, inputs, out: outputs["features"].append(inputs[0].float().cpu())) \
-        if layer is not None and kept is not None else None
-    with torch.inference_mode(), torch.autocast(model_device(model).type, dtype=torch.bfloat16, enabled=amp):
+    logits, labels, features = [], [], []
+    hook = layer.register_forward_hook(lambda m, inputs, out: features.append(inputs[0].float().cpu())) \
+        if layer is not None else None
+    device = next(model.parameters()).device
+    with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
         for x, y in batches:
-            logits = model(x.contiguous(memory_format=memory_format))
-            correct += (logits.argmax(1) == y).sum().item()
+            out = model(x.contiguous(memory_format=memory_format))
+            correct += (out.argmax(1) == y).sum().item()
             total += len(y)
-            if kept is not None:
-                outputs["logits"].append(logits.float().cpu())
-                outputs["labels"].append(y.cpu())
+            logits.append(out.float().cpu())
+            labels.append(y.cpu())
     if hook:
         hook.remove()
-    if kept is not None:
-        kept.update({name: torch.cat(parts) for name, parts in outputs.items() if parts})
-    return correct, total
-
-
-def model_device(model):
-    return next(model.parameters()).device
+    return Outputs(correct, total, torch.cat(logits), torch.cat(labels), torch.cat(features) if features else None)
 
 
 def fine_tune(c, source, target, device, task, checkpoint=None, stop=None):
@@ -255,16 +200,57 @@ def fine_tune(c, source, target, device, task, checkpoint=None, stop=None):
     epoch ends (but the last) once checkpoint_every minutes have passed, and resumed from if it holds this run;
     stop: a StopOnSignal, which ends the run with Stopped at the end of a step."""
     torch.manual_seed(c["seed"])
-    generator = torch.Generator().manual_seed(c["seed"])
     check_same_classes(source, target)
-    source, held = held_out(source, c["source_val"]) if c["source_val"] else (source, None)
-    if held is not None and len(held) < 2:
+    source, held = split_source(c, source)
+    run = set_up(c, source, device, validators.chosen(c["validators"], held is not None))
+    history = resume(checkpoint, run.parts, run.generators, c["epochs"])
+    saved, saved_at = len(history), time.time()  # the epoch the checkpoint holds, and when it was written
+    for epoch in range(len(history) + 1, c["epochs"] + 1):
+        start = time.time()
+        losses, source_acc = train_epoch(c, run, source, target, epoch, task, stop, checkpoint, saved)
+        row = {"epoch": epoch, "loss": losses["classification"], "adaptation_loss": losses.get("adaptation"),
+               "source_acc": source_acc, "target_acc": None}
+        if run.first and (epoch == c["epochs"] or (c["eval_every"] and epoch % c["eval_every"] == 0)):
+            tested = outputs_on(c, run, target, validators.scores_tested(target))  # its features where scored
+            per_class = per_class_accuracy(tested.logits, tested.labels, target.classes)
+            row.update(target_acc=tested.correct / tested.total, target_class_acc=mean_class_accuracy(per_class))
+            if run.validators:
+                row["validators"] = score_validators(c, run, tested, source, target, held)
+        row["seconds"] = time.time() - start
+        history.append(row)
+        print(epoch_line(c, row, task))
+        due = time.time() - saved_at >= 60 * c["checkpoint_every"]  # (a fast GPU's epochs take seconds)
+        if checkpoint and due and epoch < c["epochs"] and run.first:  # the last epoch's state is the result itself
+            if checkpoint.save({"epoch": epoch, "history": history, "rng": random_states(run.generators),
+                                **{name: each.state_dict() for name, each in run.parts.items()}}):
+                saved = epoch
+            saved_at = time.time()  # (a failed save is tried again checkpoint_every minutes later)
+        if run.several:  # the others wait while process 0 evaluates and saves, as long as that takes
+            distributed.wait_for_first()
+    if not run.first:
+        return None  # (process 0 has the result)
+    return write_result(c, run, device, task, tested, per_class, history, held)
+
+
+def split_source(c, source):
+    """(the source's training part, its held-out part or None): --source_val's split (split_held_out)."""
+    if not c["source_val"]:
+        return source, None
+    source, held = split_held_out(source, c["source_val"])
+    if len(held) < 2:
         raise UserError(f"--source_val={c['source_val']} holds out {len(held)} of the {len(source) + len(held)} "
                         f"images of {source.name} (round(fraction x n) of each class of n): the held-out validators "
                         "need at least 2. Give a larger fraction.")
-    names = validators.chosen(c["validators"], held is not None)
+    return source, held
+
+
+def set_up(c, source, device, names):
+    """What a run of config c (seeded already) trains and evaluates with: the network (net; model, what trains:
+    compiled, or wrapped for several processes; evaluated), its method's module (adaptation, None for source only),
+    the optimizer, the batches' generators, the precision, and parts, what a checkpoint holds; names: validators."""
+    generator = torch.Generator().manual_seed(c["seed"])
     net, new_layer = build_model(c["model"], len(source.classes), c["weights"], c["bottleneck"], c["freeze"])
-    pixels = network_pixels(c["model"], c["weights"])  # what the network's weights were trained on
+    pixels = network_pixels(c["model"], c["weights"])
     amp, why = choose_amp(c["amp"], device)
     memory_format = torch.channels_last if c["channels_last"] else torch.contiguous_format
     net = net.to(device, memory_format=memory_format)
@@ -274,120 +260,100 @@ def fine_tune(c, source, target, device, task, checkpoint=None, stop=None):
     model = torch.compile(net) if c["compile"] else net  # the same parameters; net keeps plain state_dict keys
     several = distributed.size() > 1  # under torchrun: this process trains on its slice of each batch
     model = distributed.wrap(net, device) if several else model
-    first = distributed.rank() == 0  # the process that evaluates, saves and writes
-    layer = classifier(new_layer(net)) if "dev" in names else None  # DEV reads its input by a hook: uncompiled net
-    evaluated = net if layer or several else model
+    layer = classifier(new_layer(net)) if validators.reads_features(names) else None  # DEV reads its input by a hook
+    return types.SimpleNamespace(
+        net=net, model=model, adaptation=adaptation, optimizer=optimizer, generators=[generator, target_generator],
+        amp=amp, why=why, memory_format=memory_format, pixels=pixels, several=several, first=distributed.rank() == 0,
+        validators=names, layer=layer, evaluated=net if layer or several else model,  # (a hook, process 0 alone:
+        # the plain net, neither compiled nor wrapped)
+        parts={"model": net, "method": adaptation or torch.nn.Module(), "optimizer": optimizer})
 
-    def outputs(domain, kept, features=True):  # (correct, total) over every image of a domain; outputs kept (evaluate)
-        batches = domain.test_batches(c["eval_batch_size"], c["crop_size"], pixels)
-        return evaluate(evaluated, batches, amp, memory_format, kept, layer if features else None)
 
+def train_epoch(c, run, source, target, epoch, task, stop, checkpoint, saved):
+    """Epoch `epoch` of training: (the mean of each loss term, the accuracy on the source batches), the means of
+    every process's under torchrun. A Stopped or Diverged is raised again in words: where the run stopped and how it
+    resumes (saved: the epoch the checkpoint holds), or what to try."""
+    batches = source.train_batches(c["iters_per_epoch"], c["batch_size"], c["crop_size"], run.generators[0],
+                                   run.pixels)
+    if run.adaptation:  # the target's labels are dropped here, unread: training sees its images only
+        target_images = (x for x, _ in target.train_batches(c["iters_per_epoch"], c["batch_size"], c["crop_size"],
+                                                            run.generators[1], run.pixels))
+        batches = zip(batches, target_images)
+    batches = distributed.shard(batches) if run.several else batches
+    batches = tqdm(batches, total=c["iters_per_epoch"], desc=f"epoch {epoch}/{c['epochs']}", unit="batch",
+                   leave=False, disable=None if run.first else True)  # a bar on a terminal only: in a log, the line
     total_steps = c["epochs"] * c["iters_per_epoch"]
-    parts = {"model": net, "method": adaptation or torch.nn.Module(), "optimizer": optimizer}
-    generators = [generator, target_generator]
-    history = resume(checkpoint, parts, generators, c["epochs"])
-    saved, saved_at = len(history), time.time()  # the epoch the checkpoint holds, and when it was written
-    for epoch in range(len(history) + 1, c["epochs"] + 1):
-        start = time.time()
-        batches = source.train_batches(c["iters_per_epoch"], c["batch_size"], c["crop_size"], generator, pixels)
-        if adaptation:  # the target's labels are dropped here, unread: training sees its images only
-            target_images = (x for x, _ in target.train_batches(c["iters_per_epoch"], c["batch_size"],
-                                                                c["crop_size"], target_generator, pixels))
-            batches = zip(batches, target_images)
-        batches = distributed.shard(batches) if several else batches
-        batches = tqdm(batches, total=c["iters_per_epoch"], desc=f"epoch {epoch}/{c['epochs']}", unit="batch",
-                       leave=False, disable=None if first else True)  # a bar on a terminal only: in a log, the line
-        try:
-            losses, source_acc = train_one_epoch(model, optimizer, batches, (epoch - 1) * c["iters_per_epoch"],
-                                                 total_steps, amp, memory_format, adaptation, stop, several)
-        except Stopped as e:
-            kept = f"its checkpoint at the end of epoch {saved} is in {checkpoint.path}" if checkpoint and saved \
-                else "no checkpoint was written yet, so it will start from the beginning"
-            raise Stopped(f"{stop.who()} stopped {task} {run_label(c)} at epoch {epoch}, "
-                          f"step {e.args[0] + 1} of {total_steps}; {kept}. Run the same command again to resume "
-                          "it; finished runs are in the results file.") from None
-        except Diverged as e:
-            step, terms = e.args
-            also = f", --trade_off (now {c['trade_off']})" if adaptation else ""
-            raise Diverged(f"{task} {run_label(c)}: the loss is not finite at epoch {epoch}, "
-                           f"step {step + 1} of {total_steps} ({', '.join(f'{k} {v}' for k, v in terms.items())}): "
-                           f"training diverged, and this run writes no result. Try a smaller --lr (now {c['lr']})"
-                           f"{also}, or --amp=off if it trained in bf16.") from None
-        if several:  # each process's means over its equal slice: their mean is the global batch's
-            losses, source_acc = {k: distributed.mean(v) for k, v in losses.items()}, distributed.mean(source_acc)
-        loss = losses["classification"]
-        row = {"epoch": epoch, "loss": loss, "adaptation_loss": losses.get("adaptation"), "source_acc": source_acc,
-               "target_acc": None}
-        if first and (epoch == c["epochs"] or (c["eval_every"] and epoch % c["eval_every"] == 0)):
-            kept = {}  # every tested target image's logits and label: the per-class accuracy (and the validators')
-            correct, total = outputs(target, kept, validators.scores_tested(target))
-            row["target_acc"] = correct / total
-            per_class = per_class_accuracy(kept, target.classes) if kept else None  # (empty where a test stands
-            row["target_class_acc"] = mean_class_accuracy(per_class) if kept else None  # in for evaluate)
-            if kept and names:
-                row["validators"] = validators.score(names, kept, outputs, target, held, source)
-        row["seconds"] = time.time() - start
-        history.append(row)
-        shown = "-" if row["target_acc"] is None else f"{100 * row['target_acc']:.1f}%"
-        adapted = "" if adaptation is None else f"  {c['method']} {losses['adaptation']:.3f}"
-        print(f"epoch {epoch}/{c['epochs']}  loss {loss:.3f}{adapted}  source acc {100 * source_acc:.1f}%  "
-              f"{task} {shown}  {row['seconds']:.1f}s")
-        due = time.time() - saved_at >= 60 * c["checkpoint_every"]  # (a fast GPU's epochs take seconds)
-        if checkpoint and due and epoch < c["epochs"] and first:  # the last epoch's state is the result itself
-            if checkpoint.save({"epoch": epoch, "history": history, "rng": random_states(generators),
-                                **{name: part.state_dict() for name, part in parts.items()}}):
-                saved = epoch
-            saved_at = time.time()  # (a failed save is tried again checkpoint_every minutes later)
-        if several:  # the others wait while process 0 evaluates and saves, as long as that takes
-            distributed.wait_for_first()
-    if not first:
-        return None  # (process 0 has the result)
-    result = {"task": task, "correct": correct, "total": total, "accuracy": correct / total, "config": c,
-              "precision": {"dtype": "bf16" if amp else "fp32", "why": why}, "machine": machine(device),
+    try:
+        losses, source_acc = train_one_epoch(run.model, run.optimizer, batches, (epoch - 1) * c["iters_per_epoch"],
+                                             total_steps, run.amp, run.memory_format, run.adaptation, stop,
+                                             run.several)
+    except Stopped as e:
+        resumes = f"its checkpoint at the end of epoch {saved} is in {checkpoint.path}" if checkpoint and saved \
+            else "no checkpoint was written yet, so it will start from the beginning"
+        raise Stopped(f"{stop.who()} stopped {task} {run_label(c)} at epoch {epoch}, "
+                      f"step {e.args[0] + 1} of {total_steps}; {resumes}. Run the same command again to resume "
+                      "it; finished runs are in the results file.") from None
+    except Diverged as e:
+        step, terms = e.args
+        also = f", --trade_off (now {c['trade_off']})" if run.adaptation else ""
+        raise Diverged(f"{task} {run_label(c)}: the loss is not finite at epoch {epoch}, "
+                       f"step {step + 1} of {total_steps} ({', '.join(f'{k} {v}' for k, v in terms.items())}): "
+                       f"training diverged, and this run writes no result. Try a smaller --lr (now {c['lr']})"
+                       f"{also}, or --amp=off if it trained in bf16.") from None
+    if run.several:  # each process's means over its equal slice: their mean is the global batch's
+        return {k: distributed.mean(v) for k, v in losses.items()}, distributed.mean(source_acc)
+    return losses, source_acc
+
+
+def outputs_on(c, run, domain, features=True):
+    """evaluate() of the run's network on a domain's tested images, with their features where DEV reads them."""
+    batches = domain.test_batches(c["eval_batch_size"], c["crop_size"], run.pixels)
+    return evaluate(run.evaluated, batches, run.amp, run.memory_format, run.layer if features else None)
+
+
+def score_validators(c, run, tested, source, target, held):
+    """validators.score of the run's network, from exactly the passes its validators read: the target's training
+    images (tested, its evaluation's outputs, where those are its training images; else, a test list of its own,
+    one more pass over its train list); the held-out source (held) for source_val_acc and DEV only; the source's
+    training images (its train list, where it has one) for DEV's domain classifier only."""
+    def training_images(domain):
+        return part(domain, torch.arange(len(domain)))
+    on_target = tested if validators.scores_tested(target) else outputs_on(c, run, training_images(target))
+    on_target = on_target._replace(labels=None)  # the target's labels never reach the validators
+    on_held = outputs_on(c, run, held) if held is not None and validators.reads_held_out(run.validators) else None
+    on_source = outputs_on(c, run, training_images(source)) if validators.reads_features(run.validators) else None
+    return validators.score(run.validators, on_target, on_held, on_source)
+
+
+def epoch_line(c, row, task):
+    """What an epoch end prints: its losses, source accuracy, target accuracy ("-" where not evaluated), time."""
+    shown = "-" if row["target_acc"] is None else f"{100 * row['target_acc']:.1f}%"
+    adapted = "" if row["adaptation_loss"] is None else f"  {c['method']} {row['adaptation_loss']:.3f}"
+    return (f"epoch {row['epoch']}/{c['epochs']}  loss {row['loss']:.3f}{adapted}  source acc "
+            f"{100 * row['source_acc']:.1f}%  {task} {shown}  {row['seconds']:.1f}s")
+
+
+def write_result(c, run, device, task, tested, per_class, history, held):
+    """The run's result (the final model's outputs on the target: tested, per_class), written (results/run_files)."""
+    result = {"task": task, "correct": tested.correct, "total": tested.total,
+              "accuracy": tested.correct / tested.total, "config": c,
+              "precision": {"dtype": "bf16" if run.amp else "fp32", "why": run.why}, "machine": machine(device),
               "epochs": history, "date": datetime.datetime.now().isoformat(timespec="seconds"),
               "held_out": len(held) if held is not None else 0, "per_class": per_class,
               "mean_class_accuracy": history[-1]["target_class_acc"],
               "metric": DATASETS.get(c["dataset"], {}).get("metric", "accuracy"), "processes": distributed.size()}
     try:
-        save_run(c, result, net.state_dict() if c["save_model"] else None)
+        save_run(c, result, run.net.state_dict() if c["save_model"] else None)
     except (OSError, RuntimeError) as e:  # a full disk, a quota (torch.save: a RuntimeError)
         raise not_written(result, c["out_dir"], e) from None
     return result
-
-
-def defaults(c):
-    """{method: the config the default flags give that method on c's model and dataset}: what a table's title
-    compares with, to name every flag that differs."""
-    plain = resolve(dict(dataset_defaults(c["dataset"]), model=c["model"], dataset=c["dataset"]))
-    return {method: with_method(plain, method) for method in methods(c)}
-
-
-def print_config(c, precision=None):
-    """The resolved flags in one line; amp also shows what it resolved to on this device, and why."""
-    shown = dict(c)
-    if precision:
-        bf16, why = precision
-        shown["amp"] = f"{c['amp']}→{'bf16' if bf16 else 'fp32'} ({why})"
-    print("config: " + "  ".join(f"{k}={v}" for k, v in shown.items()))
-
-
-def user_message(error):
-    """DataLoader workers re-raise our UserError with the worker's traceback in front: keep our words only."""
-    text = str(error)
-    return text.rsplit("UserError: ", 1)[1].strip() if "Original Traceback" in text else text
-
-
-def dataset_defaults(name):
-    """The flags' defaults, with the demo's own (demo.FLAGS: a small network from scratch, small images, a short
-    run) for --dataset=demo."""
-    return dict(FLAGS, **demo.FLAGS) if name == "demo" else FLAGS
 
 
 def main(argv=None):
     try:
         argv = sys.argv[1:] if argv is None else argv
         given = parse_flags(argv, echo=False)["dataset"]  # the dataset first: it may change other defaults
-        c = resolve(parse_flags(argv, dataset_defaults(given)))
+        c = resolve(parse_flags(argv, dataset_defaults(given, FLAGS)))
         check_settings(c, FLAGS)
         results_path = os.path.join(c["out_dir"], "results.jsonl")
         one = len(methods(c)) == 1 and not grid.varied(c)
@@ -396,14 +362,14 @@ def main(argv=None):
             raise UserError("--analyze=True reads one finished run: give one --method, one value per flag and no "
                             "--tasks or --seeds (--source, --target and --seed name the run).")
         if c["report"]:
-            print_config(shown)
-            return report.print_report(c, results_path, flags.given(argv, FLAGS), defaults, FLAGS)
+            flags.print_config(shown)
+            return report.print_report(c, results_path, flags.given(argv, FLAGS), FLAGS)
         sweep.check_out_dir(c["out_dir"], results_path)
         device = distributed.start(c["device"]) if distributed.launched() > 1 else pick_device(c["device"])
         if distributed.rank() > 0:  # under torchrun, process 0 speaks for all
             sys.stdout = open(os.devnull, "w")
         amp = choose_amp(c["amp"], device)
-        print_config(shown, amp)
+        flags.print_config(shown, amp)
         asked = [name for pair in task_pairs(c) or [] for name in pair]  # (checked before a download)
         data_root = prepare_data_root(c["data_root"], c["download"], c["dataset"], asked)
         precision = "bf16" if amp[0] else "fp32"
@@ -411,7 +377,8 @@ def main(argv=None):
             from selection import analysis  # (scikit-learn and matplotlib: only here)
             return analysis.analyze(with_method(dict(c, precision=precision), methods(c)[0]), data_root, device,
                                     results_path, evaluate)
-        return sweep.run_sweep(c, data_root, device, results_path, fine_tune, precision, defaults(c), FLAGS)
+        return sweep.run_sweep(c, data_root, device, results_path, fine_tune, precision, plain_configs(c, FLAGS),
+                               FLAGS)
     except UserError as e:
         exit_with(f"error: {user_message(e)}")  # (under torchrun, by process 0)
     except torch._dynamo.exc.BackendCompilerFailed as e:  # raised at the first step, before any result is written

@@ -1,6 +1,6 @@
 """The one exception a user can fix: a bad flag, path, file or value. office31.py prints it as one paragraph and
-exits non-zero, with no traceback. It imports only the standard library, so the flags can be checked before torch is
-loaded."""
+exits non-zero, with no traceback (exit_with; user_message: its words alone, where a DataLoader worker raised it).
+It imports only the standard library, so the flags can be checked before torch is loaded."""
 import os
 import sys
 import time
@@ -20,3 +20,9 @@ def exit_with(message):
     if os.environ.get("RANK", "0") != "0":
         time.sleep(GRACE_SECONDS)
     sys.exit(message)
+
+
+def user_message(error):
+    """DataLoader workers re-raise our UserError with the worker's traceback in front: keep our words only."""
+    text = str(error)
+    return text.rsplit("UserError: ", 1)[1].strip() if "Original Traceback" in text else text

@@ -53,7 +53,7 @@ def colour(method):
     return COLOURS.get(method) or f"C{zlib.crc32(method.encode()) % 10}"  # (a name not listed: fixed by its hash)
 
 
-def grid(count, most=MOST_COLUMNS):
+def rows_and_columns(count, most=MOST_COLUMNS):
     """(rows, columns) for count tasks: rows of at most `most` tasks, as even as they go (6: 2 x 3, 12: 3 x 4)."""
     rows = math.ceil(count / most)
     return rows, math.ceil(count / rows)
@@ -71,7 +71,7 @@ def draw(folder, by_method, name_of_task, title, path):
     tasks = tasks_in_order(by_method)
     runs = {method: histories(folder, rows) for method, rows in by_method.items()}
     metric = metric_of(by_method)  # what the table beside it shows
-    rows, columns = grid(len(tasks))
+    rows, columns = rows_and_columns(len(tasks))
     width = max(6.4, 1 + 3.2 * columns)
     fig, axes = plt.subplots(2 * rows, columns, figsize=(width, 5.6 * rows), squeeze=False, layout="constrained")
     fig.suptitle(textwrap.fill(title, int(13 * width)), fontsize=9)  # a long title: lines, not a squeezed plot

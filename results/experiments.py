@@ -78,26 +78,26 @@ def select_rows(rows, configs, data, runs):
                      in runs] for method, config in configs.items()}
 
 
-def changed_flags(configs, defaults):
+def changed_flags(configs, plain):
     """'flag=value' for every experiment flag that differs from its default in any of these configs ({method:
-    config}; defaults: {method: the defaults' config for that method}); method, entropy and a grid's flags are in
+    config}; plain: {method: the defaults' config for that method}); method, entropy and a grid's flags are in
     the labels."""
     changed = {}
     for method, config in configs.items():
         config = stored_config(config)
         for key in (*EXPERIMENT_KEYS, *LATER_KEYS):
             shown_elsewhere = key in ("method", "entropy", "model", "weights", "precision", *config.get("grid", ()))
-            if not shown_elsewhere and config.get(key) != stored_config(defaults[method]).get(key):
+            if not shown_elsewhere and config.get(key) != stored_config(plain[method]).get(key):
                 changed.setdefault(f"{key}={config[key]}", None)
     return list(changed)
 
 
-def title(configs, defaults, what):
+def title(configs, plain, what):
     """What a table or figure of these configs ({method: config}) shows: "office31, resnet50 (IMAGENET1K_V1),
     dann, fp32, final model, <what>; not the defaults: epochs=1" (see changed_flags); several methods are named
     "source_only / dann / cdan+e"."""
     c = next(iter(configs.values()))
-    changed = changed_flags(configs, defaults)
+    changed = changed_flags(configs, plain)
     methods = " / ".join(dict.fromkeys(method_label(dict(config, grid=())) for config in configs.values()))
     return (f"{experiment(c)[0]}, {c['model']} ({c['weights']}), {methods}, {c['precision']}, final model, {what}"
             f"{'; not the defaults: ' + ', '.join(changed) if changed else ''}")

@@ -60,9 +60,9 @@ def latest_per_seed(rows):
     return tasks
 
 
-def per_class_accuracy(kept, classes):
-    """{class: the accuracy on its images, None where it has none} from evaluate's kept logits and labels."""
-    predicted, labels = kept["logits"].argmax(1), kept["labels"]
+def per_class_accuracy(logits, labels, classes):
+    """{class: the accuracy on its images, None where it has none} from every image's logits and label (evaluate's)."""
+    predicted = logits.argmax(1)
     return {name: (predicted[labels == k] == k).float().mean().item() if (labels == k).any() else None
             for k, name in enumerate(classes)}
 

@@ -171,11 +171,11 @@ def per_class_table(by_label, name_of_task):
     return "\n".join(lines)
 
 
-def print_table(rows, configs, data, labels, runs, results_path, defaults):
+def print_table(rows, configs, data, labels, runs, results_path, plain):
     """Print the table of one sweep (see select_rows) on this data: tasks as rows for one method, the papers' layout
     (methods as rows, tasks as columns) for several. Its title names the dataset, network, precision and every
-    flag that differs from the defaults; notes under it say what the average is and what was left out. Returns
-    (the printed text, {method label: rows}, name_of_task), for tables.py."""
+    flag that differs from the defaults' configs (plain: {label: config}); notes under it say what the average is
+    and what was left out. Returns (the printed text, {method label: rows}, name_of_task), for tables.py."""
     mine = select_rows(rows, configs, data, runs)
     c = next(iter(configs.values()))
     dataset = experiment(c)[0]
@@ -187,7 +187,7 @@ def print_table(rows, configs, data, labels, runs, results_path, defaults):
     metric = metric_of(mine)  # (metric.py: the curves and selection too)
     if metric != "accuracy":  # VisDA-2017's: the table and its files show it in the accuracy's place
         mine = {m: [dict(r, accuracy=final_value(r, metric)) for r in rows] for m, rows in mine.items()}
-    lines = [f"\n{title(configs, defaults, f'{metric}, mean ± std over seeds')} (from {results_path}):\n"]
+    lines = [f"\n{title(configs, plain, f'{metric}, mean ± std over seeds')} (from {results_path}):\n"]
     name = lambda source, target: task_name(source, target, labels)  # noqa: E731
     order = {(s, t): k for k, (s, t, _) in enumerate(runs)}
     by_label = {method_label(configs[m]): rows for m, rows in mine.items()}  # (a grid's settings too)

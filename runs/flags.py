@@ -6,6 +6,7 @@ like a typo. Plain Python, so that office31.py reads and checks its flags before
     config = parse(sys.argv[1:], FLAGS)       # FLAGS: {name: default}; the values take the defaults' types
     parse(["--lr=0.001,0.01"], FLAGS, several=("lr",))   # a grid: kept as the text "0.001,0.01", each value checked
     print(help_text("office31.py", FLAGS))    # the flags with their defaults and comments, group by group
+    print_config(config, (bf16, why))         # "config: dataset=office31  ...  amp=auto→bf16 (why)": the run's
 """
 import difflib
 import sys
@@ -106,3 +107,13 @@ def unknown_argument(arg, name, defaults):
 def given(argv, defaults):
     """The names of the flags a command line gives (--name=value, --name value, a bare --name)."""
     return {arg[2:].partition("=")[0] for arg in argv if arg.startswith("--") and arg[2:].partition("=")[0] in defaults}
+
+
+def print_config(c, precision=None):
+    """The resolved flags in one line; amp also shows what it resolved to on this device, and why (precision:
+    precision.choose_amp's (bf16, why))."""
+    shown = dict(c)
+    if precision:
+        bf16, why = precision
+        shown["amp"] = f"{c['amp']}→{'bf16' if bf16 else 'fp32'} ({why})"
+    print("config: " + "  ".join(f"{k}={v}" for k, v in shown.items()))

@@ -25,11 +25,11 @@ def varied(c):
     return [name for name in GRID if name != "method" and "," in str(c[name])]
 
 
-def settings(c, defaults):
+def settings(c, flag_defaults):
     """The product of the values of every varied flag, each parsed as its default's type (spaces around it dropped,
     however the config was made), in the order given:
-    [{name: value}] ([{}] for no grid). defaults: the flags' defaults, whose types the values take."""
+    [{name: value}] ([{}] for no grid). flag_defaults: the flags' defaults, whose types the values take."""
     names = varied(c)
-    values = [[flags.parse_value(name, text.strip(), defaults[name]) for text in c[name].split(",")] for name in names]
+    values = [[flags.parse_value(name, text.strip(), flag_defaults[name]) for text in c[name].split(",")] for name in names]
     return [dict(zip(names, combination)) for combination in itertools.product(*values)]
 

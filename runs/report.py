@@ -2,13 +2,14 @@
 and written next to it (results/tables.py), with its learning curves (results/curves.py) and the selection table
 (selection/selection_table.py).
 
-    print_report(c, "out/results.jsonl", given, defaults, flag_defaults)   # from the rows alone: no data, no training
+    print_report(c, "out/results.jsonl", given, flag_defaults)   # from the rows alone: no data, no training
 """
 import hashlib
 import json
 import os
 
 from runs import grid
+from runs.config import plain_configs
 from methods import METHODS, methods, with_method
 from data_loader import UserError, names_domain
 from datasets.download import DATASETS
@@ -19,12 +20,12 @@ from results.tables import print_table
 from results.tables import write_tables
 
 
-def print_report(c, results_path, given, defaults, flag_defaults):
+def print_report(c, results_path, given, flag_defaults):
     """--report=True: the experiments of the results file, listed (what differs between them, how many runs each),
     and the table of each, from the rows alone: no data, no training. Flags given (`given`, their names) narrow it
     down: the experiment's keys, --method, --amp, --dataset or --data_root (the dataset's folder name), --tasks
-    (or --source and --target), --seed and --seeds. defaults(c): the defaults' configs a title compares with;
-    flag_defaults: the flags' defaults."""
+    (or --source and --target), --seed and --seeds. flag_defaults: the flags' defaults (the configs they give each
+    method are what a title compares with: config.plain_configs)."""
     rows = read_rows(results_path)
     if not rows:
         raise UserError(f"{results_path} holds no results yet: a run or a sweep with --out_dir="
@@ -42,7 +43,7 @@ def print_report(c, results_path, given, defaults, flag_defaults):
     for r in chosen:
         experiments.setdefault(json.dumps([r["dataset"], stored_config(r["config"])], sort_keys=True), []).append(r)
     list_experiments(results_path, list(experiments.values()), len(chosen), older)
-    report_tables(c, rows, [table_of(group, defaults, c) for group in tables_of(list(experiments.values()))],
+    report_tables(c, rows, [table_of(group, c, flag_defaults) for group in tables_of(list(experiments.values()))],
                   results_path)  # (all rows: the notes under a table count those it leaves out)
 
 
@@ -118,7 +119,7 @@ def config_of(group):
 PER_METHOD = ("method", "bottleneck", "trade_off", "entropy")
 
 
-def table_of(by_label, defaults, c):
+def table_of(by_label, c, flag_defaults):
     """(configs, data, labels, runs, plain) of one table of rows ({method label: rows of its experiment})."""
     rows = [r for group in by_label.values() for r in group]
     dataset = rows[0]["dataset"]
@@ -130,7 +131,7 @@ def table_of(by_label, defaults, c):
     runs = sorted({(r["source"], r["target"], r["seed"]) for r in rows})
     flags = dict(c, model=configs[next(iter(configs))]["model"], dataset=dataset if dataset in DATASETS else "office31",
                  method=",".join(config["method"] for config in configs.values()))
-    plain = defaults(flags)  # {method: the defaults' config}; each label's is its method's
+    plain = plain_configs(flags, flag_defaults)  # {method: the defaults' config}; each label's is its method's
     plain = {label: plain[config["method"]] for label, config in configs.items()}
     return configs, data, labels, runs, plain
 

@@ -87,9 +87,9 @@ def run_sweep(c, data_root, device, results_path, train, precision, plain, flag_
         if any(select_rows(rows, configs, data, runs).values()):  # a shard with nothing to do may have nothing
             report_tables(c, rows, [(configs, data, labels, runs, plain)], results_path)
     if diverged:
-        kept = "The other runs are in the results file." if finished else "No run of this process finished."
+        others = "The other runs are in the results file." if finished else "No run of this process finished."
         raise UserError(f"{len(diverged)} of {len(todo)} runs diverged and wrote no result: {', '.join(diverged)} "
-                        f"(their messages are above). {kept}")
+                        f"(their messages are above). {others}")
     return finished
 
 
@@ -112,9 +112,9 @@ def train_and_record(run, domains, device, task, data, results_path, stop, rows_
     holds the run, or finished it since this one read the results file (which then held rows_before of its rows).
     A run already in the results file (a rerun) starts from the beginning, whatever checkpoint it kept."""
     checkpoint = Checkpoint(run, data, task)  # its lock serves every run, with checkpoints or without
-    kept = checkpoint if run["checkpoint"] else None
+    resumable = checkpoint if run["checkpoint"] else None  # (train saves it at epoch ends and resumes from it)
     if distributed.rank() > 0:  # under torchrun: process 0 decides, holds the lock and writes; this one trains
-        return train(run, domains[run["source"]], domains[run["target"]], device, task, kept, stop) \
+        return train(run, domains[run["source"]], domains[run["target"]], device, task, resumable, stop) \
             if distributed.decide() else None
     with checkpoint.lock() as free:
         if not free:
@@ -130,7 +130,7 @@ def train_and_record(run, domains, device, task, data, results_path, stop, rows_
             checkpoint.remove()
         distributed.decide(True)  # (after the checkpoint is settled: the other processes resume from the same one)
         try:
-            result = train(run, domains[run["source"]], domains[run["target"]], device, task, kept, stop)
+            result = train(run, domains[run["source"]], domains[run["target"]], device, task, resumable, stop)
         except Diverged:
             checkpoint.remove()  # resuming would diverge again: a diverged run leaves nothing
             raise

@@ -48,10 +48,9 @@ def weights_path(results_path, row):
 
 def features(c, net, layer, domain, evaluate, pixels):
     """(features, labels) of every image of a domain: the input of `layer` (the classifier)."""
-    kept = {}
-    evaluate(net, domain.test_batches(c["eval_batch_size"], c["crop_size"], pixels), False, torch.contiguous_format,
-             kept, layer)
-    return kept["features"], kept["labels"]
+    outputs = evaluate(net, domain.test_batches(c["eval_batch_size"], c["crop_size"], pixels), False,
+                       torch.contiguous_format, layer)
+    return outputs.features, outputs.labels
 
 
 def proxy_a_distance(source, target, seed=0):
@@ -103,7 +102,7 @@ def draw(coordinates, domains, labels, names, classes, title, path):
 
 def analyze(c, data_root, device, results_path, evaluate):
     """The proxy A-distance and t-SNE figure of the finished run of config c (one method, resolved); returns
-    {"proxy_a_distance", "domain_error", "layer", "figure"}. evaluate: office31.evaluate (with kept outputs)."""
+    {"proxy_a_distance", "domain_error", "layer", "figure"}. evaluate: office31.evaluate."""
     labels, data = names_and_fingerprints(data_root)
     source_name, target_name = domain_name(data_root, c["source"]), domain_name(data_root, c["target"])
     run = dict(c, source=source_name, target=target_name)

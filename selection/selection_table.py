@@ -2,7 +2,7 @@
 labels, and what that choice is worth on them.
 
     found = candidates(folder, by_label)                  # by_label: {label: rows}, the rows of one table
-    table = selection(found, by_label, "dann trade_off=1.0")     # and its default setting
+    table = picks(found, by_label, "dann trade_off=1.0")  # what each choice picks, beside its default setting
     print(markdown(table, name_of_task, title, metric_of(by_label), unscored(found, by_label)))
 
 The candidates of a task and seed are every evaluated epoch with validator scores of every setting of the table
@@ -60,7 +60,7 @@ def unscored(found, by_label):
     return missing
 
 
-def selection(found, by_label, default):
+def picks(found, by_label, default):
     """{choice: {(source, target): {seed: (label, epoch, value, best)}}} for the default setting's final model
     (labelled "final model: <default>"; only where its run is among the candidates), each validator that scored the
     candidates (found: candidates()), and the oracle; best is the oracle's value over the candidates that choice
@@ -192,7 +192,7 @@ def report(folder, by_label, default, name_of_task, title, stem):
     found = candidates(folder, by_label)  # (the run files, read once)
     if all(len(runs) < 2 for by_seed in found.values() for runs in by_seed.values()):
         return []  # nothing to choose from: no scores, or one scored model per task and seed
-    table, metric = selection(found, by_label, default), metric_of(by_label)
+    table, metric = picks(found, by_label, default), metric_of(by_label)
     text = markdown(table, name_of_task, title, metric, unscored(found, by_label))
     print(text)
     paths = [os.path.join(folder, f"selection_{stem}.{kind}") for kind in ("md", "csv")]

@@ -4,6 +4,7 @@ next to its paper's formula. Every score is higher-is-better (entropy and DEV, w
     scores = compute(["entropy", "snd"], target_logits)      # {"entropy": -0.41, "snd": 2.93}
     scores = compute(NAMES, target_logits, target_features, (logits, labels, features) of the held-out source,
                      features of the source's training images)
+    scores = score(names, on_target, on_held, on_source)     # the same from evaluate()'s outputs (office31.py)
 
 office31.py computes them at every evaluation (--validators), from the network's outputs on the target's training
 images, the unlabelled ones adaptation sees (every target image; where the target has a test list, its train list)
@@ -16,7 +17,6 @@ import math
 import torch
 import torch.nn.functional as F
 
-from data_loader import part
 
 HELD_OUT = ("source_val_acc", "dev")  # read the labels of source images held out of training (--source_val)
 SND_TEMPERATURE = 0.05  # Saito et al.'s tau
@@ -131,22 +131,22 @@ def logistic_regression(x, y, decay, steps=100):
     return w.detach(), b.detach()
 
 
-def compute(names, target_logits, target_features=None, held_out=None, source_features=None):
+def compute(names, target_logits, target_features=None, held_outputs=None, source_features=None):
     """{name: score} of the validators named (NAMES), higher better (None where an output is not finite).
     target_logits (and target_features, the input of the classifier, for DEV): the target's training images';
-    held_out: (logits, labels, features) of the source images held out of training; source_features: those of the
-    source's training images (DEV's domain classifier)."""
-    outputs = [target_logits, target_features, *(held_out or ()), source_features]
+    held_outputs: (logits, labels, features) of the source images held out of training; source_features: those of
+    the source's training images (DEV's domain classifier)."""
+    outputs = [target_logits, target_features, *(held_outputs or ()), source_features]
     if not all(torch.isfinite(x).all() for x in outputs if x is not None and x.is_floating_point()):
         return dict.fromkeys(names)  # a model whose outputs are not finite is scored by none: None
     probs = F.softmax(target_logits.float(), dim=1)
     scores = {}
     for name in names:
         if name == "source_val_acc":
-            logits, labels, _ = held_out
+            logits, labels, _ = held_outputs
             scores[name] = (logits.argmax(1) == labels).float().mean()
         elif name == "dev":
-            logits, labels, features = held_out
+            logits, labels, features = held_outputs
             weights = density_ratios(source_features, target_features, features)
             scores[name] = -dev(weights, F.cross_entropy(logits.float(), labels, reduction="none"))
         else:
@@ -155,36 +155,39 @@ def compute(names, target_logits, target_features=None, held_out=None, source_fe
     # score, as for outputs that are not finite: a density ratio can overflow where the domains separate)
 
 
-def score(names, tested, outputs, target, held=None, source=None):
-    """compute() for a model, from outputs(domain, kept), which evaluates the model on a domain into kept (office31.py),
-    with only the passes the validators named read. The target's: tested, what the evaluation just kept of its tested
-    images, where those are its training images; where it has a test list of its own (DomainNet), one more pass, over
-    its training images (the train list): the validators score the unlabelled images adaptation sees, as
-    pytorch-adapt and SND's paper do, and the test list's accuracy is what is reported. The held-out source images'
-    (held), for source_val_acc and DEV; the source's training images' (where it has a test list, not those), for
-    DEV's domain classifier."""
-    def of(domain):
-        kept = {}
-        outputs(domain, kept)
-        return kept
-    on_target = tested if scores_tested(target) else of(part(target, torch.arange(len(target))))
-    on_held = of(held) if held is not None and set(names) & set(HELD_OUT) else {}
-    held_out = (on_held["logits"], on_held["labels"], on_held.get("features")) if on_held else None
-    source_features = of(part(source, torch.arange(len(source))))["features"] if "dev" in names else None
-    return compute(names, on_target["logits"], on_target.get("features"), held_out, source_features)
+def score(names, on_target, on_held=None, on_source=None):
+    """compute() for a model, from evaluate()'s outputs (office31.py: logits, labels, features) on the images the
+    validators named read: on_target, the target's training images (the unlabelled ones adaptation sees, as
+    pytorch-adapt and SND's paper score; where the target has a test list, its train list); on_held, the held-out
+    source images (source_val_acc and DEV: reads_held_out); on_source, the source's training images (DEV's domain
+    classifier: reads_features). None for a pass they do not read."""
+    held_outputs = (on_held.logits, on_held.labels, on_held.features) if on_held is not None else None
+    source_features = on_source.features if on_source is not None else None
+    return compute(names, on_target.logits, on_target.features, held_outputs, source_features)
+
+
+def reads_held_out(names):
+    """Whether the validators named read the held-out source images (HELD_OUT: source_val_acc, DEV)."""
+    return bool(set(names) & set(HELD_OUT))
+
+
+def reads_features(names):
+    """Whether they read features, the classifier's input (DEV): of every image scored, and of the source's training
+    images too, for its domain classifier."""
+    return "dev" in names
 
 
 def scores_tested(target):
     """Whether the validators score the target's tested images, that is, its training images (a domain without a test
-    list of its own): the evaluation then keeps their features, else score() makes a pass of its own."""
+    list of its own): its evaluation then computes their features too, else one more pass scores its train list."""
     return target.test_index is None
 
 
-def chosen(value, held_out):
+def chosen(value, has_held_out):
     """The validators a --validators value names: auto (every one that applies: source_val_acc and DEV need a held-out
-    source), none, or names separated by commas."""
+    source, has_held_out), none, or names separated by commas."""
     if value == "none":
         return []
     if value == "auto":
-        return [name for name in NAMES if held_out or name not in HELD_OUT]
+        return [name for name in NAMES if has_held_out or name not in HELD_OUT]
     return [name.strip() for name in value.split(",") if name.strip()]

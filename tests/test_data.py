@@ -8,6 +8,7 @@ from PIL import Image
 import data_loader
 from datasets import download
 from conftest import CLASSES, make_tree
+from common.errors import user_message
 from data_loader import UserError, check_same_classes, load_domain
 
 
@@ -63,14 +64,13 @@ def test_odd_image_modes_load_as_rgb(tmp_path, cache):
 @pytest.mark.parametrize("cache", [True, False])
 @pytest.mark.parametrize("workers", [0, 2])
 def test_corrupt_image_is_named(tmp_path, cache, workers):
-    import office31
     make_tree(tmp_path / "d", {"amazon": 2})
     bad = tmp_path / "d" / "amazon" / "images" / "bike" / "frame_0001.jpg"
     bad.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
     with pytest.raises(UserError) as error:
         domain = load_domain(str(tmp_path / "d"), "amazon", 24, cache, workers, "cpu")
         list(domain.test_batches(4, 16))
-    message = office31.user_message(error.value)
+    message = user_message(error.value)
     assert message.startswith(f"cannot read image '{bad}'") and "Traceback" not in message
 
 

@@ -60,13 +60,12 @@ def test_visda_runs_synthetic_to_real_and_tables_its_mean_class_accuracy(visda, 
         assert row["metric"] == "mean class accuracy" and list(row["per_class"]) == VISDA_CLASSES
         net, _ = office31.build_model("resnet18", 4, "none")
         net.load_state_dict(torch.load(tmp_path / "out" / row["run_file"].replace(".json", ".pt"), weights_only=True))
-        kept = {}
         real = data_loader.load_domain(visda, "real", 24, "memory", 0, "cpu")
-        office31.evaluate(net.to(memory_format=torch.channels_last), real.test_batches(5, 20), False,
-                          torch.channels_last, kept)
-        predicted = kept["logits"].argmax(1)
+        outputs = office31.evaluate(net.to(memory_format=torch.channels_last), real.test_batches(5, 20), False,
+                                    torch.channels_last)
+        predicted = outputs.logits.argmax(1)
         for k, name in enumerate(VISDA_CLASSES):
-            assert row["per_class"][name] == (predicted[kept["labels"] == k] == k).float().mean().item()
+            assert row["per_class"][name] == (predicted[outputs.labels == k] == k).float().mean().item()
         assert row["mean_class_accuracy"] == pytest.approx(statistics.mean(row["per_class"].values()))
     printed = capsys.readouterr().out
     assert "mean class accuracy, mean ± std over seeds" in printed
@@ -81,7 +80,7 @@ def test_visda_runs_synthetic_to_real_and_tables_its_mean_class_accuracy(visda, 
 def test_a_mean_class_accuracy_of_zero_is_kept_in_the_row_and_tabled(visda, tmp_path, monkeypatch, capsys):
     """0.0 is a result, not a missing one: the row keeps it, and the table shows it (a row written when a mean of
     0.0 was left out gets it back from its per-class accuracies)."""
-    monkeypatch.setattr(office31, "per_class_accuracy", lambda kept, classes: dict.fromkeys(classes, 0.0))
+    monkeypatch.setattr(office31, "per_class_accuracy", lambda logits, labels, classes: dict.fromkeys(classes, 0.0))
     out = tmp_path / "out"
     argv = ["--dataset=visda2017", f"--data_root={visda}", f"--out_dir={out}", *TINY, "--eval_every=0"]
     office31.main(argv)
@@ -101,8 +100,7 @@ def test_mean_class_accuracy_is_the_mean_over_classes_not_over_images():
     """An imbalanced target, by hand: aeroplane 4 of 6 right, bicycle 0 of 1, bus 2 of 2, car without images."""
     labels = torch.tensor([0, 0, 0, 0, 0, 0, 1, 2, 2])
     predicted = torch.tensor([0, 0, 0, 0, 1, 2, 0, 2, 2])
-    kept = {"logits": torch.nn.functional.one_hot(predicted, 4).float(), "labels": labels}
-    per_class = store.per_class_accuracy(kept, VISDA_CLASSES)
+    per_class = store.per_class_accuracy(torch.nn.functional.one_hot(predicted, 4).float(), labels, VISDA_CLASSES)
     assert per_class == {"aeroplane": pytest.approx(4 / 6), "bicycle": 0.0, "bus": 1.0, "car": None}
     assert store.mean_class_accuracy(per_class) == pytest.approx((4 / 6 + 0 + 1) / 3)  # 55.56, where images: 66.67
 
@@ -125,11 +123,10 @@ def test_an_imbalanced_visda_run_records_and_selects_by_its_mean_class_accuracy(
     for row in store.read_rows(os.path.join(out, "results.jsonl")):
         net, _ = office31.build_model("resnet18", 4, "none")
         net.load_state_dict(torch.load(out / row["run_file"].replace(".json", ".pt"), weights_only=True))
-        kept = {}
-        office31.evaluate(net.to(memory_format=torch.channels_last), real.test_batches(5, 20), False,
-                          torch.channels_last, kept)
+        outputs = office31.evaluate(net.to(memory_format=torch.channels_last), real.test_batches(5, 20), False,
+                                    torch.channels_last)
         right, seen = [0] * 4, [0] * 4
-        for guess, label in zip(kept["logits"].argmax(1).tolist(), kept["labels"].tolist()):
+        for guess, label in zip(outputs.logits.argmax(1).tolist(), outputs.labels.tolist()):
             seen[label] += 1
             right[label] += guess == label
         assert seen == [6, 3, 1, 1]
@@ -174,7 +171,7 @@ def test_domainnet_trains_on_its_train_lists_and_tests_on_its_test_lists(tmp_pat
                        torch.cat([y for _, y in domain.test_batches(4, 20)]))
     training = data_loader.part(domain, torch.arange(len(domain)))  # DEV's source features: the train list's
     assert torch.equal(training.tested(), domain.index)
-    held = data_loader.held_out(domain, 0.34)[1]  # a held-out part comes from the train list
+    held = data_loader.split_held_out(domain, 0.34)[1]  # a held-out part comes from the train list
     assert set(held.index.tolist()) < set(domain.index.tolist()) and held.test_index is None
     assert data_loader.fingerprint(root, "clipart").endswith("15 images, split 9 / 6 (train / test)")
 
@@ -200,18 +197,16 @@ def test_the_validators_score_the_targets_train_list_and_read_none_of_its_labels
     net = net.to(memory_format=torch.channels_last)
 
     def outputs(domain):
-        kept = {}
-        office31.evaluate(net, domain.test_batches(256, 20), False, torch.channels_last, kept,
-                          office31.classifier(new_layer(net)))
-        return kept
-    train, held = data_loader.held_out(source, 0.34)
+        return office31.evaluate(net, domain.test_batches(256, 20), False, torch.channels_last,
+                                 office31.classifier(new_layer(net)))
+    train, held = data_loader.split_held_out(source, 0.34)
     on_held, on_source = outputs(held), outputs(train)
 
     def scores(on_target):
-        return validators.compute(validators.NAMES, on_target["logits"], on_target["features"],
-                                  (on_held["logits"], on_held["labels"], on_held["features"]), on_source["features"])
+        return validators.compute(validators.NAMES, on_target.logits, on_target.features,
+                                  (on_held.logits, on_held.labels, on_held.features), on_source.features)
     on_train_list = outputs(data_loader.part(target, torch.arange(len(target))))
-    assert len(on_train_list["logits"]) == 9 and set(recorded) == set(validators.NAMES)
+    assert len(on_train_list.logits) == 9 and set(recorded) == set(validators.NAMES)
     assert recorded == pytest.approx(scores(on_train_list), rel=1e-4)
     assert recorded["entropy"] != pytest.approx(scores(outputs(target))["entropy"], rel=1e-4)  # not the test list's
 

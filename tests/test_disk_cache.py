@@ -38,7 +38,7 @@ def test_the_disk_cache_gives_the_memory_caches_batches_image_for_image(pair, tm
     for a, b in zip(memory.test + memory.train, disk.test + disk.train):
         assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
     assert len(disk.train) == 5
-    held_memory, held_disk = data_loader.held_out(memory, 0.4)[1], data_loader.held_out(disk, 0.4)[1]
+    held_memory, held_disk = data_loader.split_held_out(memory, 0.4)[1], data_loader.split_held_out(disk, 0.4)[1]
     assert all(torch.equal(a[0], b[0]) for a, b in zip(held_memory.test_batches(4, 20), held_disk.test_batches(4, 20)))
 
 
@@ -218,19 +218,19 @@ def test_where_blocks_cannot_be_reserved_a_sparse_file_serves(pair, tmp_path, mo
     assert torch.equal(load(pair, "disk", tmp_path / "cache").images, load(pair, "memory").images)
 
 
-@pytest.mark.parametrize("kept", [0, 0.5])
-def test_a_cache_file_cut_short_is_built_again(pair, tmp_path, capsys, kept):
+@pytest.mark.parametrize("left", [0, 0.5])
+def test_a_cache_file_cut_short_is_built_again(pair, tmp_path, capsys, left):
     """A file of the right name but not every image's bytes (a copy cut short, a full disk while copying) would map
     fewer images than the domain has: it is said and built anew."""
     first = load(pair, "disk", tmp_path)
     path, size = first.path, os.path.getsize(first.path)
     del first  # (unmapped)
     with open(path, "r+b") as f:
-        f.truncate(int(size * kept))
+        f.truncate(int(size * left))
     capsys.readouterr()
     again = load(pair, "disk", tmp_path)
     printed = capsys.readouterr().out
-    assert f"notice: {path} has {int(size * kept)} bytes, not the {size} of its images" in printed
+    assert f"notice: {path} has {int(size * left)} bytes, not the {size} of its images" in printed
     assert "wrote the cache of amazon" in printed
     assert os.path.getsize(path) == size and torch.equal(again.images, load(pair, "memory").images)
 

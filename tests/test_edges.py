@@ -145,8 +145,8 @@ def test_a_lock_file_removed_by_its_last_holder_is_never_held_twice(tmp_path, mo
 @pytest.mark.slow
 def test_a_rerun_starts_from_the_beginning_whatever_checkpoint_was_kept(pair, tmp_path, capsys):
     [first] = run(pair, tmp_path, "--keep_checkpoint=True")
-    [kept] = list(tmp_path.glob("*.ckpt"))
-    stale = tmp_path / (kept.name + ".4242.tmp")  # a checkpoint write killed half-way
+    [checkpoint] = list(tmp_path.glob("*.ckpt"))
+    stale = tmp_path / (checkpoint.name + ".4242.tmp")  # a checkpoint write killed half-way
     stale.write_bytes(b"half a checkpoint")
     capsys.readouterr()
     for extra in (["--rerun=True", "--tasks=A-W", "--seeds=1"], []):  # a sweep's rerun; the same single run again

@@ -10,8 +10,10 @@ import torch
 import data_loader
 import office31
 from common import files
+from runs.optimizer import check_finite
 from results import store
 from results import tasks
+from runs.checkpoint import Diverged
 from results.tasks import short_names
 from conftest import make_tree
 from test_sweep import rows_of, sweep
@@ -69,9 +71,9 @@ def test_diverged_runs_of_a_sweep_are_skipped_then_named(tmp_path, capsys):
 
 
 def test_check_finite_names_every_term():
-    office31.check_finite(3, {"classification": torch.tensor(0.5), "adaptation": torch.tensor(2.0)})
-    with pytest.raises(office31.Diverged) as error:
-        office31.check_finite(3, {"classification": torch.tensor(0.5), "adaptation": torch.tensor(float("inf"))})
+    check_finite(3, {"classification": torch.tensor(0.5), "adaptation": torch.tensor(2.0)})
+    with pytest.raises(Diverged) as error:
+        check_finite(3, {"classification": torch.tensor(0.5), "adaptation": torch.tensor(float("inf"))})
     assert error.value.args == (3, {"classification": 0.5, "adaptation": float("inf")})
 
 

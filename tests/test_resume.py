@@ -80,7 +80,7 @@ def edited(path, change):
 
 
 @pytest.fixture(scope="module")
-def kept(pair, tmp_path_factory):
+def whole_and_checkpoint(pair, tmp_path_factory):
     """A two-epoch run never interrupted (its out_dir), and the epoch-1 checkpoint another one kept (its path)."""
     whole, other = tmp_path_factory.mktemp("whole"), tmp_path_factory.mktemp("kept")
     result = run(pair, whole, "--epochs=2")
@@ -99,8 +99,9 @@ def kept(pair, tmp_path_factory):
     (lambda path: edited(path, lambda s: s["model"].pop("fc.weight")), "its model has other layers or shapes"),
     (lambda path: edited(path, lambda s: s.pop("optimizer")), "it lacks optimizer"),
 ])
-def test_a_checkpoint_that_is_not_this_runs_is_ignored_with_a_message(tmp_path, pair, kept, capsys, damage, phrase):
-    whole, whole_out, saved = kept
+def test_a_checkpoint_that_is_not_this_runs_is_ignored_with_a_message(tmp_path, pair, whole_and_checkpoint, capsys,
+                                                                      damage, phrase):
+    whole, whole_out, saved = whole_and_checkpoint
     path = tmp_path / saved.name
     shutil.copy(saved, path)
     damage(path)

@@ -128,8 +128,8 @@ def test_shards_of_a_grid_split_its_runs(tmp_path, shifted):
 def test_the_held_out_split_is_stratified_fixed_and_disjoint(tmp_path, cache):
     root = make_tree(tmp_path / "d", {"amazon": 5}, size=(20, 20))
     domain = data_loader.load_domain(root, "amazon", 20, cache, 0, "cpu")
-    train, held = data_loader.held_out(domain, 0.4)
-    again_train, again_held = data_loader.held_out(domain, 0.4)
+    train, held = data_loader.split_held_out(domain, 0.4)
+    again_train, again_held = data_loader.split_held_out(domain, 0.4)
     assert torch.equal(held.index, again_held.index)  # the same images every time, whatever the run's seed
     assert sorted(train.index.tolist() + held.index.tolist()) == list(range(15))
     targets = torch.tensor(domain.targets)
@@ -147,7 +147,7 @@ def test_the_held_out_split_is_stratified_fixed_and_disjoint(tmp_path, cache):
 def test_a_class_of_one_image_keeps_it_for_training(tmp_path):
     root = make_tree(tmp_path / "d", {"amazon": 1}, size=(20, 20))
     domain = data_loader.load_domain(root, "amazon", 20, True, 0, "cpu")
-    train, held = data_loader.held_out(domain, 0.5)
+    train, held = data_loader.split_held_out(domain, 0.5)
     assert len(train) == 3 and len(held) == 0
 
 
@@ -227,6 +227,23 @@ def test_compute_scores_every_validator_and_none_for_outputs_that_are_not_finite
     assert validators.compute(["entropy", "bnm"], logits) == {"entropy": None, "bnm": None}
 
 
+def test_score_reads_the_outputs_it_is_handed_and_says_which_passes_a_validator_reads():
+    """score() is compute() on evaluate()'s outputs (the target's without labels); the held-out pass is read by
+    source_val_acc and DEV only, features and the source's training images by DEV only."""
+    generator = torch.Generator().manual_seed(4)
+    target = office31.Outputs(0, 9, torch.randn(9, 3, generator=generator), None,
+                              torch.randn(9, 5, generator=generator))
+    held = office31.Outputs(2, 6, torch.randn(6, 3, generator=generator), torch.tensor([0, 1, 2, 0, 1, 2]),
+                            torch.randn(6, 5, generator=generator))
+    source = office31.Outputs(4, 12, torch.randn(12, 3, generator=generator), torch.zeros(12, dtype=torch.long),
+                              torch.randn(12, 5, generator=generator))
+    assert validators.score(validators.NAMES, target, held, source) == validators.compute(
+        validators.NAMES, target.logits, target.features, (held.logits, held.labels, held.features), source.features)
+    assert validators.score(["entropy"], target) == validators.compute(["entropy"], target.logits)
+    assert [name for name in validators.NAMES if validators.reads_held_out([name])] == ["source_val_acc", "dev"]
+    assert [name for name in validators.NAMES if validators.reads_features([name])] == ["dev"]
+
+
 def test_an_evaluation_runs_only_the_passes_its_validators_read(tmp_path, shifted, monkeypatch):
     """The target pass always; the held-out source pass for source_val_acc and DEV only; the pass over the source's
     training images for DEV only; features (the classifier's input) only for DEV."""
@@ -235,10 +252,10 @@ def test_an_evaluation_runs_only_the_passes_its_validators_read(tmp_path, shifte
     source, target = (data_loader.load_domain(shifted, name, 24, True, 0, "cpu") for name in ("amazon", "webcam"))
     real, passes = office31.evaluate, []
 
-    def counted(model, batches, amp, memory_format, kept=None, layer=None):
-        correct, total = real(model, batches, amp, memory_format, kept, layer)
-        passes.append((total, layer is not None))  # (images, features kept)
-        return correct, total
+    def counted(model, batches, amp, memory_format, layer=None):
+        outputs = real(model, batches, amp, memory_format, layer)
+        passes.append((outputs.total, outputs.features is not None))  # (images, features computed)
+        return outputs
     monkeypatch.setattr(office31, "evaluate", counted)
     target_pass, held_pass, source_pass = 18, 6, 18  # webcam's 18; amazon's 24, a quarter of each class held out
     for chosen, expected in [("none", [(target_pass, False)]), ("entropy,snd", [(target_pass, False)]),
@@ -285,14 +302,12 @@ def test_a_runs_recorded_scores_equal_a_recomputation_from_its_saved_model(tmp_p
     net = net.to(memory_format=torch.channels_last)
     classifier = [m for m in new_layer(net).modules() if isinstance(m, torch.nn.Linear)][-1]  # (the new last Linear)
     source, target = (data_loader.load_domain(shifted, name, 24, True, 0, "cpu") for name in ("amazon", "webcam"))
-    train, held = data_loader.held_out(source, 0.25)
+    train, held = data_loader.split_held_out(source, 0.25)
 
     def outputs(domain):
-        kept = {}
-        office31.evaluate(net, domain.test_batches(256, 20), False, torch.channels_last, kept, classifier)
-        return kept
+        return office31.evaluate(net, domain.test_batches(256, 20), False, torch.channels_last, classifier)
     on_target, on_held, on_train = outputs(target), outputs(held), outputs(train)
-    probs = torch.softmax(on_target["logits"].double(), 1).numpy()
+    probs = torch.softmax(on_target.logits.double(), 1).numpy()
     entropies = [-sum(p * math.log(p) for p in row if p > 0) for row in probs]
     mean = probs.mean(0)
     assert recorded["entropy"] == pytest.approx(-statistics.mean(entropies), rel=1e-5)
@@ -300,9 +315,9 @@ def test_a_runs_recorded_scores_equal_a_recomputation_from_its_saved_model(tmp_p
                                                 rel=1e-4, abs=1e-6)
     assert recorded["bnm"] == pytest.approx(np.linalg.svd(probs, compute_uv=False).sum() / len(probs), rel=1e-5)
     assert recorded["source_val_acc"] == pytest.approx(
-        (on_held["logits"].argmax(1) == on_held["labels"]).double().mean().item())
-    weights = validators.density_ratios(on_train["features"], on_target["features"], on_held["features"])
-    losses = torch.nn.functional.cross_entropy(on_held["logits"], on_held["labels"], reduction="none")
+        (on_held.logits.argmax(1) == on_held.labels).double().mean().item())
+    weights = validators.density_ratios(on_train.features, on_target.features, on_held.features)
+    losses = torch.nn.functional.cross_entropy(on_held.logits, on_held.labels, reduction="none")
     w, l = weights.double().numpy()[:, None], losses.double().numpy()[:, None]
     eta = -np.cov(np.concatenate((w * l, w), axis=1), rowvar=False)[0][1] / np.var(w, ddof=1)
     assert recorded["dev"] == pytest.approx(-(np.mean(w * l) + eta * np.mean(w) - eta), rel=1e-4)
@@ -336,7 +351,7 @@ def test_selection_picks_each_validators_best_and_the_oracle(tmp_path):
         return made(tmp_path, label, seed, scored(*epochs), accuracy=final)
     by_label = {"dann trade_off=0.1": [row("a", 0, 0.5, [(0.4, -3), (0.5, -1)]), row("a", 1, 0.6, [(0.6, -2)])],
                 "dann trade_off=1.0": [row("b", 0, 0.7, [(0.9, -4), (0.7, -2)]), row("b", 1, 0.2, [(0.2, -1)])]}
-    table = selection_table.selection(selection_table.candidates(str(tmp_path), by_label), by_label, "dann trade_off=1.0")
+    table = selection_table.picks(selection_table.candidates(str(tmp_path), by_label), by_label, "dann trade_off=1.0")
     task = ("amazon", "webcam")
     assert table["entropy"][task] == {0: ("dann trade_off=0.1", 2, 0.5, 0.9), 1: ("dann trade_off=1.0", 1, 0.2, 0.6)}
     assert table[selection_table.ORACLE][task] == {0: ("dann trade_off=1.0", 1, 0.9, 0.9),
@@ -362,7 +377,7 @@ def test_a_visda_selection_table_its_oracle_its_files_and_figure_score_by_the_me
                 "dann lr=0.01": [made(tmp_path, "b", 0, [epoch(0.5, 0.4, -3)], accuracy=0.5, mean_class_accuracy=0.4,
                                       **visda)]}
     found = selection_table.candidates(str(tmp_path), by_label)
-    table = selection_table.selection(found, by_label, "dann lr=0.001")
+    table = selection_table.picks(found, by_label, "dann lr=0.001")
     task = ("amazon", "webcam")
     assert table[selection_table.ORACLE][task] == {0: ("dann lr=0.001", 2, 0.7, 0.7)}  # by accuracy: epoch 1
     assert table["entropy"][task] == {0: ("dann lr=0.001", 1, 0.3, 0.7)}
@@ -397,7 +412,7 @@ def test_runs_without_scores_are_named_and_no_oracle_or_gap_leaves_them_out_sile
     found = selection_table.candidates(str(tmp_path), by_label)
     assert selection_table.unscored(found, by_label) == {"dann lr=0.001": {("amazon", "webcam"): [0],
                                                                       ("webcam", "amazon"): [0]}}
-    table = selection_table.selection(found, by_label, "dann lr=0.001")
+    table = selection_table.picks(found, by_label, "dann lr=0.001")
     assert table["final model: dann lr=0.001"] == {}  # no candidate: not beside an oracle of 20.00
     text = selection_table.markdown(table, lambda s, t: f"{s[0].upper()}→{t[0].upper()}", "title", "accuracy",
                               selection_table.unscored(found, by_label))
@@ -451,7 +466,7 @@ def test_a_validator_without_a_score_on_a_seed_is_compared_on_the_seeds_it_has(t
         return {"target_acc": acc, "validators": {"entropy": entropy, "snd": snd}}
     by_label = {"dann": [made(tmp_path, "a", 0, [epoch(0.9, -1, 2), epoch(0.8, -2, 1)], accuracy=0.8),
                          made(tmp_path, "a", 1, [epoch(0.3, -1, None), epoch(0.2, -2, None)], accuracy=0.2)]}
-    table = selection_table.selection(selection_table.candidates(str(tmp_path), by_label), by_label, "dann")
+    table = selection_table.picks(selection_table.candidates(str(tmp_path), by_label), by_label, "dann")
     assert list(table["snd"][("amazon", "webcam")]) == [0]
     means, average, oracle, gap = selection_table.cells(table)["snd"]
     assert means == {("amazon", "webcam"): (90.0, 1, 2)} and (average, oracle, gap) == pytest.approx((90, 90, 0))
@@ -471,7 +486,7 @@ def test_each_validators_gap_is_to_the_oracle_over_the_candidates_it_could_pick_
                 "dann source_val=0.1": [made(tmp_path, "b", 0, [epoch(0.6, entropy=-1, source_val_acc=0.5),
                                                                   epoch(0.7, entropy=-3, source_val_acc=0.4)],
                                              accuracy=0.7)]}
-    table = selection_table.selection(selection_table.candidates(str(tmp_path), by_label), by_label, "dann source_val=0.0")
+    table = selection_table.picks(selection_table.candidates(str(tmp_path), by_label), by_label, "dann source_val=0.0")
     text = selection_table.markdown(table, lambda s, t: "A→W", "title", "accuracy", {})
     assert table_cells(text)["source_val_acc"] == ["60.00", "60.00", "70.00", "10.00"]  # not 30.00: 90 it could not pick
     assert table_cells(text)["entropy"] == ["60.00", "60.00", "90.00", "30.00"]

@@ -108,10 +108,10 @@ def test_killed_sweep_leaves_valid_file_and_resumes(tmp_path, three):
         time.sleep(0.05)
     process.kill()
     process.wait()
-    kept = len(rows_of(out))  # every line is a whole row, or read_rows would raise
-    assert 2 <= kept < 18
+    written = len(rows_of(out))  # every line is a whole row, or read_rows would raise
+    assert 2 <= written < 18
     done = sweep(three, out, "--tasks=all", "--seeds=3")
-    assert len(done) == 18 - kept and len(rows_of(out)) == 18
+    assert len(done) == 18 - written and len(rows_of(out)) == 18
 
 
 @pytest.mark.slow

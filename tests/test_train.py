@@ -14,6 +14,7 @@ from runs import flags
 import office31
 from conftest import ROOT, make_tree
 from data_loader import load_domain
+from runs.optimizer import annealed, make_optimizer, set_progress
 
 TINY = ["--model=resnet18", "--weights=none", "--resize_size=40", "--crop_size=32", "--epochs=2",
         "--iters_per_epoch=4", "--batch_size=8", "--num_workers=0", "--device=cpu", "--amp=off"]  # (auto: tested apart)
@@ -26,16 +27,16 @@ def run_script(*args, cwd=ROOT):
 
 
 def test_schedule_values():
-    assert office31.annealed(0.01, 0.0) == pytest.approx(0.01)
-    assert office31.annealed(0.01, 0.5) == pytest.approx(0.01 * 6 ** -0.75)
-    assert office31.annealed(0.01, 1.0) == pytest.approx(0.01 * 11 ** -0.75)
+    assert annealed(0.01, 0.0) == pytest.approx(0.01)
+    assert annealed(0.01, 0.5) == pytest.approx(0.01 * 6 ** -0.75)
+    assert annealed(0.01, 1.0) == pytest.approx(0.01 * 11 ** -0.75)
 
 
 def test_new_layer_alone_gets_lr_mult_and_schedule_keeps_ratio():
     for name in ("alexnet", "resnet18"):
         model, new_layer = office31.build_model(name, 5, "none")
         c = dict(office31.FLAGS, lr=0.002, lr_mult=10.0)
-        optimizer = office31.make_optimizer(model, new_layer(model), c)
+        optimizer = make_optimizer(model, new_layer(model), c)
         pretrained, new = optimizer.param_groups
         names = {id(p): n for n, p in model.named_parameters()}
         prefix = "classifier.6." if name == "alexnet" else "fc."
@@ -45,9 +46,25 @@ def test_new_layer_alone_gets_lr_mult_and_schedule_keeps_ratio():
         assert optimizer.defaults["nesterov"] and optimizer.defaults["momentum"] == 0.9
         assert optimizer.defaults["weight_decay"] == 5e-4
         for progress in (0.0, 0.3, 1.0):
-            office31.set_progress(optimizer, progress)
-            assert pretrained["lr"] == pytest.approx(office31.annealed(0.002, progress))
+            set_progress(optimizer, progress)
+            assert pretrained["lr"] == pytest.approx(annealed(0.002, progress))
             assert new["lr"] == pytest.approx(10 * pretrained["lr"])
+
+
+def test_evaluate_returns_every_images_logits_and_label_and_features_where_asked(tree):
+    """What a pass computed comes back: the logits and label of every image in fp32 on the CPU, their count, and the
+    features (the classifier's input) only where a layer is given, its hook gone after the pass."""
+    domain = load_domain(tree, "webcam", 40, True, 0, "cpu")
+    model, new_layer = office31.build_model("resnet18", 3, "none")
+    model = model.to(memory_format=torch.channels_last)
+    outputs = office31.evaluate(model, domain.test_batches(4, 32), False, torch.channels_last)
+    assert outputs.logits.shape == (15, 3) and outputs.logits.dtype == torch.float32 and outputs.features is None
+    assert torch.equal(outputs.labels, torch.cat([y for _, y in domain.test_batches(4, 32)]))
+    assert (outputs.correct, outputs.total) == ((outputs.logits.argmax(1) == outputs.labels).sum().item(), 15)
+    layer = office31.classifier(new_layer(model))
+    with_features = office31.evaluate(model, domain.test_batches(4, 32), False, torch.channels_last, layer)
+    assert with_features.features.shape == (15, 512) and torch.equal(with_features.logits, outputs.logits)
+    assert not layer._forward_hooks
 
 
 def test_every_target_image_counted_once(tree):
@@ -62,8 +79,8 @@ def test_every_target_image_counted_once(tree):
 
     spy = Spy().to(memory_format=torch.channels_last)
     spy.p = torch.nn.Parameter(torch.zeros(1))
-    correct, total = office31.evaluate(spy, domain.test_batches(4, 32), False, torch.channels_last)
-    assert seen == [4, 4, 4, 3] and total == 15 and 0 <= correct <= 15
+    outputs = office31.evaluate(spy, domain.test_batches(4, 32), False, torch.channels_last)
+    assert seen == [4, 4, 4, 3] and outputs.total == 15 and 0 <= outputs.correct <= 15
 
 
 @pytest.mark.slow
