@@ -7,7 +7,7 @@
 
 Note: this is torchvision's AlexNet (64-192-384-256-256 channels, no LRN), not the Caffe AlexNet of the
 DAN-era papers; the two have different weights, so expect a lower A->W number than the papers' 61.6%.
-The papers' network is caffe_alexnet.py (--model=caffe_alexnet).
+The papers' network is networks/caffe_alexnet.py (--model=caffe_alexnet).
 """
 from torch import nn
 from torchvision import models

@@ -8,7 +8,7 @@ Two interchangeable paths give the same tensors for the same crop and flip:
 - CachedDomain (default): every image decoded once, resized to resize x resize uint8 and kept in memory
   (on the GPU when training there); random crop, flip and normalisation run per sample on whole batches.
 - ImageFolderDomain (cache=False): the classic torchvision ImageFolder + PIL transforms per sample.
-Also here: finding domains under a root, and the layout/count checks (downloads: download.py; the disk cache's
+Also here: finding domains under a root, and the layout/count checks (downloads: datasets/download.py; the disk cache's
 files, --cache=disk: datasets/disk_cache.py).
 """
 import copy
@@ -29,7 +29,7 @@ from tqdm import tqdm
 from common.errors import UserError  # (its own file, so that office31.py checks flags before torch is imported)
 from datasets.disk_cache import build_disk_cache, disk_cache_path, open_disk_cache, whole
 
-# The complete datasets download.py fetches: domain -> image count (Office-31: 31 classes; Office-Home: 65).
+# The complete datasets datasets/download.py fetches: domain -> image count (Office-31: 31 classes; Office-Home: 65).
 OFFICE31_SIZES = {"amazon": 2817, "dslr": 498, "webcam": 795}
 OFFICE_HOME_SIZES = {"Art": 2427, "Clipart": 4365, "Product": 4439, "Real_World": 4357}
 # A dataset's domains may sit one folder down: the official Office-31 archive unpacked as is, or a download that
@@ -576,7 +576,7 @@ HELD_OUT_SEED = 0  # the held-out split is the same in every run, whatever its -
 def split_held_out(domain, fraction):
     """(training part, held-out part) of a domain: round(fraction x n) images of each class of n (but one left to
     train on; none of a class of one image), drawn by a generator of a fixed seed, so the split is the same in every
-    run. Its labels are the source's: the validators that read them (validators.py) never see the target's."""
+    run. Its labels are the source's: the validators that read them (selection/validators.py) never see the target's."""
     targets = torch.tensor(domain.targets if domain.index is None else
                            [domain.targets[i] for i in domain.index.tolist()])
     generator = torch.Generator().manual_seed(HELD_OUT_SEED)

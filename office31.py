@@ -13,12 +13,13 @@ training, centre crop for testing. The printed accuracy is the final model's, on
 
 Adaptation: --method adds a loss on the target's unlabelled images (pushed through the network with the source
 batch) to the source classification loss, on the same loop and schedule: DDC, DAN, Deep CORAL, DANN, CDAN, BSP,
-JAN, MCC, MDD, AFN, each as its paper defines it (adaptation.py). The target's labels are read by the
+JAN, MCC, MDD, AFN, each as its paper defines it (methods/, a file each). The target's labels are read by the
 evaluations only. Sweeps: --tasks, --seeds and a comma-separated --method run every task, seed and method in one
 command; each finished run adds a row to out_dir/results.jsonl, a stopped sweep resumes with the same command,
 and the end prints the table papers show (methods as rows, mean ± std over seeds); --report=True prints it again.
-The training flags take comma-separated values too (a grid: grid.py), and every evaluation records scores that
-need no target label (validators.py); the end of a sweep then also shows what each would choose (selection.py).
+The training flags take comma-separated values too (a grid: runs/grid.py), and every evaluation records scores
+that need no target label (selection/validators.py); the end of a sweep then also shows what each would choose
+(selection/selection_table.py).
 """
 import collections
 import datetime
@@ -71,7 +72,7 @@ eval_batch_size = 256  # target images per batch when evaluating (memory only: t
 device = "auto"  # auto (CUDA when present, else CPU), cpu, cuda, cuda:1, ...
 seed = 0  # same seed, same machine: same numbers
 eval_every = 1  # target accuracy every N epochs, shown as a curve (0: only the final model's)
-validators = "auto"  # scores that need no target label, at each evaluation (validators.py): auto (all that apply), none
+validators = "auto"  # scores that need no target label, at each evaluation (selection/): auto (all that apply), none
 out_dir = "out"  # a JSON of config, per-epoch metrics and the final accuracy is written here for each run
 save_model = False  # also write the final weights (a state_dict) to out_dir
 checkpoint = True  # save the run at epoch ends in out_dir; the same command resumes it there (README, Resume)
@@ -90,7 +91,7 @@ FLAGS = {k: v for k, v in globals().items() if not k.startswith("_") and isinsta
 
 
 def parse_flags(argv, flag_defaults=FLAGS, echo=True):
-    """--name=value overrides of the flags above (flags.py); --help prints this file's docstring and the flags."""
+    """--name=value overrides of the flags above (runs/flags.py); --help prints this file's docstring and the flags."""
     return flags.parse(argv, flag_defaults, echo, lambda: __doc__ + flags.help_text(__file__, FLAGS), grid.GRID)
 
 

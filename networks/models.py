@@ -169,8 +169,9 @@ def make_adaptation(c, net, new_layer, num_classes, device):
     method = METHODS[c["method"]]
     if not method.adapts:
         return None, new_layer
-    adaptation = method(classifier(new_layer).in_features, num_classes, c["trade_off"],
-                        tap(architecture(c["model"]).layers(net)), **{flag: c[flag] for flag in method.flags}).to(device)
+    features = tap(architecture(c["model"]).layers(net))
+    adaptation = method(classifier(new_layer).in_features, num_classes, c["trade_off"], features,
+                        **{flag: c[flag] for flag in method.flags}).to(device)
     return adaptation, nn.ModuleList([new_layer, adaptation])
 
 

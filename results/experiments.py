@@ -23,7 +23,7 @@ EXPERIMENT_KEYS = ("model", "weights", "freeze", "method", "bottleneck", "trade_
 
 def method_label(c):
     """The method as tables and printed lines name it: cdan+e for CDAN with entropy conditioning, and in a grid
-    (grid.py) the value of every flag it varies (c["grid"], their names): "dann trade_off=0.1 lr=0.001"."""
+    (runs/grid.py) the value of every flag it varies (c["grid"], their names): "dann trade_off=0.1 lr=0.001"."""
     return c["method"] + ("+e" if c["entropy"] else "") + "".join(f" {name}={c[name]}" for name in c.get("grid", ()))
 
 

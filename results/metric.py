@@ -9,7 +9,7 @@ selection table read the one the metric names, and label it so:
     epoch_value(epoch, scored)               # an evaluated epoch's (None where it has none)
     name_of(scored)                          # "target accuracy" or "target mean class accuracy"
 
-Nothing here imports the repo's other files: results.py, curves.py and selection.py all import it.
+Nothing here imports the repo's other files: tables.py, curves.py and selection/selection_table.py all import it.
 """
 
 # metric: (the row's key, the epoch record's key, what tables and figures call it)

@@ -8,7 +8,8 @@ runs of their product.
 
 Every setting is an experiment of its own (results.EXPERIMENT_KEYS): it is keyed, resumed, sharded and skipped as a
 single run is. --method takes several values too, as it always did (methods.methods), and is crossed with the
-rest. Choosing among the settings without the target's labels is validators.py's and selection.py's.
+rest. Choosing among the settings without the target's labels is selection/validators.py's and
+selection/selection_table.py's.
 """
 import itertools
 
@@ -30,6 +31,7 @@ def settings(c, flag_defaults):
     however the config was made), in the order given:
     [{name: value}] ([{}] for no grid). flag_defaults: the flags' defaults, whose types the values take."""
     names = varied(c)
-    values = [[flags.parse_value(name, text.strip(), flag_defaults[name]) for text in c[name].split(",")] for name in names]
+    values = [[flags.parse_value(name, text.strip(), flag_defaults[name]) for text in c[name].split(",")]
+              for name in names]
     return [dict(zip(names, combination)) for combination in itertools.product(*values)]
 

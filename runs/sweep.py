@@ -1,4 +1,5 @@
-"""The sweep: every task, seed and setting of one command, each run's row in the results file, and the tables at its end.
+"""The sweep: every task, seed and setting of one command, each run's row in the results file, and the tables at
+its end.
 
     finished = run_sweep(c, "data/office31", device, "out/results.jsonl", fine_tune, precision, plain, FLAGS)
 

@@ -1,5 +1,5 @@
-"""The selection table: what each validator (validators.py) would have chosen from a sweep without the target's
-labels, and what that choice is worth on them.
+"""The selection table: what each validator (validators.py, beside it) would have chosen from a sweep without the
+target's labels, and what that choice is worth on them.
 
     found = candidates(folder, by_label)                  # by_label: {label: rows}, the rows of one table
     table = picks(found, by_label, "dann trade_off=1.0")  # what each choice picks, beside its default setting
@@ -8,7 +8,7 @@ labels, and what that choice is worth on them.
 The candidates of a task and seed are every evaluated epoch with validator scores of every setting of the table
 (methods x the grid's values): their scores and target accuracies are in the run files (out_dir/<run>.json,
 "epochs"). A run without scores (--validators=none; its file gone) is no candidate: unscored() names them, and the
-table says so. Every number is the rows' metric (metric.py: the target's accuracy, VisDA-2017's mean class
+table says so. Every number is the rows' metric (results/metric.py: the target's accuracy, VisDA-2017's mean class
 accuracy). Each validator picks the candidate it scores highest among those it scored (source_val_acc and DEV: runs
 with a held-out source part only); the cell is the value of that pick, the mean over the seeds where it picked one.
 Beside them: the final model of the default setting (what a run of the flags' defaults reports), where its run is

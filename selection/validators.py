@@ -9,7 +9,7 @@ next to its paper's formula. Every score is higher-is-better (entropy and DEV, w
 office31.py computes them at every evaluation (--validators), from the network's outputs on the target's training
 images, the unlabelled ones adaptation sees (every target image; where the target has a test list, its train list)
 and, for source_val_acc and DEV, on the source images that --source_val holds out of training. The target's labels
-never reach this file: it is given the target's logits and features only. selection.py reads the scores back from
+never reach this file: it is given the target's logits and features only. selection_table.py reads the scores back from
 the run files and shows what each one would have chosen.
 """
 import math

@@ -92,7 +92,7 @@ def test_a_grid_of_two_trade_offs_by_two_epoch_counts_runs_each_once_and_resumes
         runs = found[task]
         assert float(shown["oracle (target labels)"][column]) == round(100 * max(a for _, a in runs), 2)
         for v in validators.NAMES:
-            best = max(runs, key=lambda run: run[0][v])  # (the first of equals, as selection.py picks)
+            best = max(runs, key=lambda run: run[0][v])  # (the first of equals, as selection_table.py picks)
             assert float(shown[v][column]) == round(100 * best[1], 2), v
     oracle = statistics.mean(float(x) for x in shown["oracle (target labels)"][:2])
     for choice, cells in shown.items():  # (every validator scored every candidate: each one's oracle is the oracle)
