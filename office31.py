@@ -118,10 +118,10 @@ from networks.models import build_model, classifier, make_adaptation, network_pi
 from runs.config import dataset_defaults, plain_configs, resolve  # noqa: E402
 from runs.precision import choose_amp, pick_device  # noqa: E402
 from runs.machine import machine  # noqa: E402
-from results.store import mean_class_accuracy, per_class_accuracy
-from results.run_files import not_written, save_run
-from results.experiments import run_label
-from results.tasks import task_pairs
+from results.store import mean_class_accuracy, per_class_accuracy  # noqa: E402
+from results.run_files import not_written, save_run  # noqa: E402
+from results.experiments import run_label  # noqa: E402
+from results.tasks import task_pairs  # noqa: E402
 
 
 def train_one_epoch(model, optimizer, batches, first_step, total_steps, amp, memory_format, adaptation=None,
