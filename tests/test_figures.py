@@ -1,13 +1,19 @@
-"""Figures fit to print: the validators' figure (selection_table.draw)."""
+"""Figures fit to print: the validators' figure (selection_table.draw), the t-SNE figure of one run or two side by
+side (analysis.draw, --analyze), and the example of docs/example/ made by today's code."""
 import json
+import os
+import re
 
 import numpy as np
 import pytest
 from matplotlib.colors import to_rgba
 
+import office31
 from results.curves import colour
-from selection import selection_table, validators
+from selection import analysis, selection_table, validators
 
+TINY = ["--model=resnet18", "--weights=none", "--resize_size=24", "--crop_size=20", "--iters_per_epoch=2",
+        "--batch_size=6", "--num_workers=0", "--device=cpu", "--amp=off"]
 SETTINGS = ("source_only", "dann trade_off=0.3", "dann trade_off=1.0")
 TASKS = (("amazon", "webcam"), ("dslr", "webcam"), ("webcam", "amazon"))
 
@@ -83,3 +89,89 @@ def test_the_validators_figure_of_three_tasks_has_a_row_per_validator_and_a_colu
     assert [axis.get_gid() for axis in figure.axes[:3]] == ["A→W:source_val_acc", "D→W:source_val_acc",
                                                             "W→A:source_val_acc"]
     assert [axis.get_ylabel() for axis in figure.axes[:3]] == ["target accuracy (%)", "", ""]
+
+
+# -------------------------------------------------------------------------------------------------------------------
+# the t-SNE figure
+
+
+def maps(count, classes, points=60):
+    """count maps of random points: (title, note, coordinates, domains, labels)."""
+    generator = np.random.default_rng(0)
+    return [(f"{method}: proxy A-distance 1.000", f"run {method}.json", generator.normal(size=(points, 2)),
+             np.arange(points) % 2, np.arange(points) % classes) for method in ("source_only", "dann")[:count]]
+
+
+def test_a_t_sne_figure_has_its_title_a_class_legend_a_domain_key_of_marks_and_no_ticks(tmp_path):
+    classes = ["back_pack", "bike", "calculator", "mug"]
+    figure = analysis.draw(maps(1, 4), ["amazon", "webcam"], classes, "t-SNE of A→W, dann, seed 0", tmp_path / "t.png")
+    assert figure.texts[0].get_text() == "t-SNE of A→W, dann, seed 0"  # (the suptitle)
+    assert [axis.get_title() for axis in figure.axes] == ["by domain", "by class"]
+    domain, by_class = figure.legends
+    assert [t.get_text() for t in domain.get_texts()] == ["amazon (source)", "webcam (target)"]
+    # the domain key is marks, not colours: grey and black, a circle and a cross, in both panels
+    handles = domain.legend_handles
+    assert [h.get_marker() for h in handles] == ["o", "x"]
+    assert all(to_rgba(h.get_color())[0] == to_rgba(h.get_color())[1] == to_rgba(h.get_color())[2] for h in handles)
+    assert [t.get_text() for t in by_class.get_texts()] == classes
+    for axis in figure.axes:
+        assert list(axis.get_xticks()) == [] and list(axis.get_yticks()) == []
+        assert [c.get_gid() for c in axis.collections] == [f"{axis.get_gid()}:amazon", f"{axis.get_gid()}:webcam"]
+    assert os.path.getsize(tmp_path / "t.png") > 0
+
+
+def test_many_classes_are_named_on_a_colour_bar_and_two_runs_sit_side_by_side(tmp_path):
+    classes = [f"class{k}" for k in range(31)]
+    figure = analysis.draw(maps(2, 31, 93), ["amazon", "webcam"], classes, "t-SNE of A→W, seed 0: source_only "
+                           "beside dann", tmp_path / "t.png")
+    panels = [axis for axis in figure.axes if axis.get_gid() in ("source_only", "dann")]
+    assert [axis.get_title() for axis in panels] == ["source_only: proxy A-distance 1.000",
+                                                     "dann: proxy A-distance 1.000"]
+    assert [axis.get_xlabel() for axis in panels] == ["run source_only.json", "run dann.json"]
+    [bar] = [axis for axis in figure.axes if axis not in panels]
+    assert [t.get_text() for t in bar.get_yticklabels()] == classes
+    assert len(figure.legends) == 1  # the domain key alone: the classes are on the bar
+
+
+def test_analyze_refuses_three_methods_a_grid_or_a_sweep_before_any_work(tmp_path):
+    argv = [f"--data_root={tmp_path / 'none'}", f"--out_dir={tmp_path}", *TINY, "--analyze"]
+    for wrong in ("--method=source_only,dann,cdan", "--method=dann,dann", "--trade_off=0.1,1", "--tasks=all",
+                  "--seeds=2"):
+        with pytest.raises(SystemExit, match=r"--analyze=True reads one finished run, or two side by side "
+                                             r"\(--method=source_only,dann"):
+            office31.main([*argv, "--method=source_only,dann", wrong])
+
+
+@pytest.mark.slow
+def test_analyze_two_methods_draws_their_saved_runs_side_by_side(tmp_path, shifted, capsys, monkeypatch):
+    argv = [f"--data_root={shifted}", f"--out_dir={tmp_path}", *TINY, "--epochs=1", "--eval_every=0"]
+    office31.main([*argv, "--method=dann", "--save_model"])
+    with pytest.raises(SystemExit, match=r"for source_only on amazon->webcam seed 0 with these flags there is no "
+                                         r"finished run of it there"):
+        office31.main([*argv, "--method=source_only,dann", "--analyze"])
+    office31.main([*argv, "--method=source_only"])
+    with pytest.raises(SystemExit, match=r"for source_only on amazon->webcam seed 0 with these flags its weights "
+                                         r"were not saved"):
+        office31.main([*argv, "--method=source_only,dann", "--analyze"])
+    office31.main([*argv, "--method=source_only", "--save_model", "--rerun"])
+    figures = []
+    monkeypatch.setattr(analysis, "draw", lambda *a, draw=analysis.draw: figures.append(draw(*a)) or figures[-1])
+    capsys.readouterr()
+    found = office31.main([*argv, "--method=source_only,dann", "--analyze"])
+    printed = capsys.readouterr().out
+    # each run's proxy A-distance, printed as for one run
+    assert [float(d) for d in re.findall(r"A→W proxy A-distance: (-?[\d.]+)", printed)] == [
+        round(run["proxy_a_distance"], 3) for run in found["runs"]]
+    assert [run["method"] for run in found["runs"]] == ["source_only", "dann"]
+    assert os.path.basename(found["figure"]) == "tsne_amazon-webcam_resnet18_source_only_vs_dann_seed0.png"
+    [figure] = figures
+    assert figure.texts[0].get_text() == "t-SNE of A→W, seed 0: source_only beside dann"
+    panels = [axis for axis in figure.axes if axis.get_gid() in ("source_only", "dann")]
+    assert [axis.get_title().split(":")[0] for axis in panels] == ["source_only", "dann"]
+    assert [axis.get_xlabel().split("\n")[0] for axis in panels] == [f"run {run['run_file']}" for run in found["runs"]]
+
+
+@pytest.fixture
+def shifted(tmp_path):
+    from conftest import make_tree
+    return make_tree(tmp_path / "office31", {"amazon": 8, "webcam": 6}, size=(28, 28))
