@@ -175,3 +175,53 @@ def test_analyze_two_methods_draws_their_saved_runs_side_by_side(tmp_path, shift
 def shifted(tmp_path):
     from conftest import make_tree
     return make_tree(tmp_path / "office31", {"amazon": 8, "webcam": 6}, size=(28, 28))
+
+
+# -------------------------------------------------------------------------------------------------------------------
+# docs/example/
+
+
+EXAMPLE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "example")
+
+
+def test_the_example_is_what_todays_code_writes_from_the_runs_of_its_documented_command(tmp_path, monkeypatch,
+                                                                                       capsys):
+    """docs/example/ keeps its runs' rows and run files (results/): their configs are those of the sweep its README
+    shows, and --report, as the README says, writes from them the tables byte for byte and figures of the sizes
+    kept there."""
+    from PIL import Image
+    from results.store import read_rows
+    from test_docs import commands
+    with open(os.path.join(EXAMPLE, "README.md"), encoding="utf-8") as f:
+        sweep, analyze = commands(f.read())
+    c = office31.resolve(office31.parse_flags(sweep, office31.dataset_defaults("demo", office31.FLAGS), echo=False))
+    rows = read_rows(os.path.join(EXAMPLE, "results", "results.jsonl"))
+    assert sorted((r["config"]["method"], r["seed"]) for r in rows) == sorted(
+        (m, s) for m in c["method"].split(",") for s in range(c["seeds"]))
+    for row in rows:
+        for flag in ("model", "weights", "epochs", "iters_per_epoch", "batch_size", "resize_size", "crop_size",
+                     "source_val", "lr"):
+            assert row["config"][flag] == c[flag], flag
+        assert c["amp"] == "off" and row["config"]["precision"] == "fp32"
+    assert "--analyze=True" in analyze and "--method=source_only,dann" in analyze
+    out = tmp_path / "out" / "demo"
+    out.mkdir(parents=True)
+    for name in os.listdir(os.path.join(EXAMPLE, "results")):
+        (out / name).write_bytes(open(os.path.join(EXAMPLE, "results", name), "rb").read())
+    monkeypatch.chdir(tmp_path)
+    office31.main(["--dataset=demo", "--report"])
+    assert "| method | A→W | average |" in capsys.readouterr().out
+    written = {name.split("_")[0] + os.path.splitext(name)[1]: out / name for name in os.listdir(out)
+               if name.startswith(("table_", "selection_", "curves_", "validators_"))}
+    assert sorted(written) == ["curves.png", "selection.csv", "selection.md", "table.csv", "table.md", "table.tex",
+                               "validators.png"]
+    for name, path in written.items():
+        kept = os.path.join(EXAMPLE, name)
+        if name.endswith(".png"):
+            assert Image.open(path).size == Image.open(kept).size, name
+            assert os.path.getsize(kept) < 200_000  # (a modest dpi)
+        else:
+            assert path.read_text(encoding="utf-8") == open(kept, encoding="utf-8").read(), name
+    # docs/sweeps.md quotes the example's table as it is here
+    with open(os.path.join(EXAMPLE, "..", "sweeps.md"), encoding="utf-8") as f:
+        assert open(os.path.join(EXAMPLE, "table.md"), encoding="utf-8").read().strip() in f.read()
