@@ -129,9 +129,8 @@ def draw(maps, names, classes, title, path):
         key = [Line2D([], [], linestyle="", marker="s", color=cmap(k), label=name) for k, name in enumerate(classes)]
         figure.legend(handles=key, loc="outside right upper", fontsize=8, title="class", frameon=False)
     else:
-        bar = figure.colorbar(ScalarMappable(norm, cmap), ax=axes[0].tolist(), location="right", fraction=0.04,
-                              ticks=range(len(classes)))
-        every = max(1, len(classes) // 70)  # (DomainNet's 345: every fifth name)
+        bar = figure.colorbar(ScalarMappable(norm, cmap), ax=axes[0].tolist(), location="right", fraction=0.04)
+        every = max(1, len(classes) // 70)  # (at most about 70 names: DomainNet's 345, every fourth)
         bar.set_ticks(range(0, len(classes), every), labels=list(classes)[::every], fontsize=6)
         bar.set_label("class")
     figure.suptitle(title, fontsize=10)
@@ -142,9 +141,9 @@ def draw(maps, names, classes, title, path):
     return figure
 
 
-def run_features(c, row, path, domains, device, evaluate):
-    """(source features, source labels, target features, target labels, what the features are) of a saved run:
-    row its result row, path its weights."""
+def run_features(c, path, domains, device, evaluate):
+    """(source features, source labels, target features, target labels, what the features are) of the run of
+    config c whose weights are at path."""
     net, new_layer = build_model(c["model"], len(domains[0].classes), "none", c["bottleneck"], c["freeze"])
     net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
     net = net.to(device)
@@ -172,7 +171,7 @@ def analyze(configs, data_root, device, results_path, evaluate):
     task = task_name(source_name, target_name, labels)
     maps, runs = [], []
     for c, (row, path) in zip(configs, saved):
-        xs, ys, xt, yt, named = run_features(c, row, path, domains, device, evaluate)
+        xs, ys, xt, yt, named = run_features(c, path, domains, device, evaluate)
         distance, error = proxy_a_distance(xs, xt)
         print(f"{task} proxy A-distance: {distance:.3f} (a linear domain classifier's test error {100 * error:.1f}%; "
               f"features: {named}; {len(xs)} source and {len(xt)} target images; run {row['run_file']})")
@@ -191,7 +190,8 @@ def analyze(configs, data_root, device, results_path, evaluate):
     folder = os.path.dirname(results_path)
     if len(configs) == 1:
         figure = os.path.join(folder, "tsne_" + saved[0][0]["run_file"][:-len(".json")] + ".png")
-        title = f"t-SNE of {task}, {runs[0]['method']}, seed {first['seed']}: {maps[0][0].split(': ', 1)[1]}\n{maps[0][1]}"
+        title = (f"t-SNE of {task}, {runs[0]['method']}, seed {first['seed']}: proxy A-distance "
+                 f"{runs[0]['proxy_a_distance']:.3f}\n{maps[0][1]}")
     else:  # one name for the pair, rewritten in place when drawn again
         figure = os.path.join(folder, f"tsne_{source_name}-{target_name}_{first['model']}_"
                                       + "_vs_".join(run["method"] for run in runs) + f"_seed{first['seed']}.png")

@@ -104,7 +104,8 @@ def maps(count, classes, points=60):
 
 def test_a_t_sne_figure_has_its_title_a_class_legend_a_domain_key_of_marks_and_no_ticks(tmp_path):
     classes = ["back_pack", "bike", "calculator", "mug"]
-    figure = analysis.draw(maps(1, 4), ["amazon", "webcam"], classes, "t-SNE of A→W, dann, seed 0", tmp_path / "t.png")
+    figure = analysis.draw(maps(1, 4), ["amazon", "webcam"], classes, "t-SNE of A→W, dann, seed 0",
+                           tmp_path / "t.png")
     assert figure.texts[0].get_text() == "t-SNE of A→W, dann, seed 0"  # (the suptitle)
     assert [axis.get_title() for axis in figure.axes] == ["by domain", "by class"]
     domain, by_class = figure.legends
@@ -169,6 +170,11 @@ def test_analyze_two_methods_draws_their_saved_runs_side_by_side(tmp_path, shift
     panels = [axis for axis in figure.axes if axis.get_gid() in ("source_only", "dann")]
     assert [axis.get_title().split(":")[0] for axis in panels] == ["source_only", "dann"]
     assert [axis.get_xlabel().split("\n")[0] for axis in panels] == [f"run {run['run_file']}" for run in found["runs"]]
+    # one run: its title names the task, method and seed, its proxy A-distance and its run
+    [one] = office31.main([*argv, "--method=dann", "--analyze"])["runs"]
+    assert figures[-1].texts[0].get_text() == (f"t-SNE of A→W, dann, seed 0: proxy A-distance "
+                                               f"{one['proxy_a_distance']:.3f}\nrun {one['run_file']}\nt-SNE of "
+                                               f"{one['layer']} (42 images)")
 
 
 @pytest.fixture
