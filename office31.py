@@ -359,9 +359,6 @@ def main(argv=None):
         results_path = os.path.join(c["out_dir"], "results.jsonl")
         one = len(methods(c)) == 1 and not grid.varied(c)
         shown = with_method(c, methods(c)[0]) if one else c  # one method: its resolved values
-        if c["analyze"] and not (one and c["tasks"] == "" and c["seeds"] == 1):
-            raise UserError("--analyze=True reads one finished run: give one --method, one value per flag and no "
-                            "--tasks or --seeds (--source, --target and --seed name the run).")
         if c["report"]:
             flags.print_config(shown)
             return report.print_report(c, results_path, flags.given(argv, FLAGS), FLAGS)
@@ -376,8 +373,8 @@ def main(argv=None):
         precision = "bf16" if amp[0] else "fp32"
         if c["analyze"]:
             from selection import analysis  # (scikit-learn and matplotlib: only here)
-            return analysis.analyze(with_method(dict(c, precision=precision), methods(c)[0]), data_root, device,
-                                    results_path, evaluate)
+            return analysis.analyze([with_method(dict(c, precision=precision), m) for m in methods(c)], data_root,
+                                    device, results_path, evaluate)
         return sweep.run_sweep(c, data_root, device, results_path, fine_tune, precision, plain_configs(c, FLAGS),
                                FLAGS)
     except UserError as e:

@@ -159,30 +159,66 @@ def csv_text(table, name_of_task, metric):
 
 
 def draw(found, table, name_of_task, metric, path):
-    """Validator score against the metric's value, one point per run and epoch (found: candidates()): a panel per
-    validator (rows) and task (columns), each validator's picks circled."""
+    """Validator score against the metric's value, one point per run and epoch (found: candidates()), coloured by
+    method as in the learning curves (results/curves.py), a marker per setting of a method, and each validator's
+    pick on each seed circled; one legend for every mark. A panel per validator and task: one task's validators in a
+    grid of at most three columns, several tasks' in a row per validator and a column per task. The metric is in
+    percent, and so is a score that is an accuracy; the other scores keep their own scale, which their axis names
+    (validators.AXES). Returns the figure."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+    from results.curves import colour, rows_and_columns
+    from selection.validators import AXES
     names = [choice for choice in table if choice != ORACLE and not choice.startswith("final model")]
     tasks = ordered(found)
-    figure, axes = plt.subplots(len(names), len(tasks), figsize=(3 * len(tasks), 2.5 * len(names)), squeeze=False)
-    for row, name in enumerate(names):
-        for column, task in enumerate(tasks):
-            axis = axes[row][column]
-            runs = [run for runs in found[task].values() for run in runs if run[3].get(name) is not None]
-            axis.scatter([run[3][name] for run in runs], [100 * run[2] for run in runs], s=12, alpha=0.6)
-            picks = [(found_run[3][name], 100 * found_run[2]) for seed, pick in table[name].get(task, {}).items()
-                     for found_run in found[task][seed] if found_run[:3] == pick[:3]]
-            if picks:
-                axis.scatter(*zip(*picks), s=80, facecolors="none", edgecolors="red")
-            axis.set_title(f"{name_of_task(*task)}: {name}", fontsize=9)
-            axis.set_xlabel(f"{name} score", fontsize=8)
-            axis.set_ylabel(f"{name_of(metric)} (%)", fontsize=8)
-            axis.set_gid(f"{name_of_task(*task)}:{name}")
-    figure.tight_layout()
-    write_file(path, lambda f: figure.savefig(f, format="png", dpi=80))
-    plt.close(figure)
+    if len(tasks) == 1:
+        rows, columns = rows_and_columns(len(names), 3)  # one task: landscape, 6 validators in 2 x 3
+        panels = {(name, tasks[0]): divmod(k, columns) for k, name in enumerate(names)}
+    else:
+        rows, columns = len(names), len(tasks)
+        panels = {(name, task): (row, column) for row, name in enumerate(names) for column, task in enumerate(tasks)}
+    settings = list(dict.fromkeys(run[0] for by_seed in found.values() for runs in by_seed.values() for run in runs))
+    marks, seen = {}, {}  # (colour, marker) of each setting: its method's colour, a marker per setting of a method
+    for label in settings:
+        method = label.split()[0]  # (method_label: "dann trade_off=0.1", "cdan+e")
+        seen[method] = seen.get(method, 0) + 1
+        marks[label] = colour(method), "osD^vP*X"[(seen[method] - 1) % 8]
+    figure, axes = plt.subplots(rows, columns, figsize=(max(6.4, 3.2 * columns), 2.8 * rows + 0.9), squeeze=False,
+                                layout="constrained")
+    for unused in range(len(panels), rows * columns):
+        axes[unused // columns][unused % columns].set_axis_off()
+    value = f"{name_of(metric)} (%)"
+    for (name, task), (row, column) in panels.items():
+        axis = axes[row][column]
+        what, scale = AXES.get(name, ("score (own scale)", 1))
+        for label in settings:
+            runs = [run for runs in found[task].values() for run in runs if run[0] == label
+                    and run[3].get(name) is not None]
+            if runs:
+                shade, marker = marks[label]
+                axis.scatter([scale * run[3][name] for run in runs], [100 * run[2] for run in runs], s=16,
+                             alpha=0.75, color=shade, marker=marker, gid=f"points:{label}")
+        picks = [(scale * found_run[3][name], 100 * found_run[2]) for seed, pick in table[name].get(task, {}).items()
+                 for found_run in found[task][seed] if found_run[:3] == pick[:3]]
+        if picks:
+            axis.scatter(*zip(*picks), s=110, facecolors="none", edgecolors="black", linewidths=1.2, gid="picks")
+        axis.set_title(f"{name_of_task(*task)}: {name}", fontsize=9)
+        axis.set_xlabel(f"{name}: {what}", fontsize=8)
+        axis.set_ylabel(value if column == 0 else "", fontsize=8)
+        axis.tick_params(labelsize=7)
+        axis.set_gid(f"{name_of_task(*task)}:{name}")
+    key = [Line2D([], [], linestyle="", marker=marks[label][1], color=marks[label][0], label=label)
+           for label in settings]
+    key.append(Line2D([], [], linestyle="", marker="o", markersize=10, markerfacecolor="none",
+                      markeredgecolor="black", label="its pick (one per seed)"))
+    figure.legend(handles=key, loc="outside lower center", ncols=min(len(key), 4), fontsize=8, frameon=False)
+    figure.suptitle(f"Each validator's score against the {value}: one point per run and evaluated epoch", fontsize=10)
+    try:
+        write_file(path, lambda f: figure.savefig(f, format="png", dpi=100))
+    finally:
+        plt.close(figure)
     return figure
 
 

@@ -397,7 +397,8 @@ def test_a_visda_selection_table_its_oracle_its_files_and_figure_score_by_the_me
     figure = selection_table.draw(found, table, lambda s, t: "S→R", "mean class accuracy", str(tmp_path / "v.png"))
     [axis] = figure.axes
     assert axis.get_ylabel() == "target mean class accuracy (%)"
-    assert sorted(axis.collections[0].get_offsets()[:, 1].tolist()) == pytest.approx([30.0, 40.0, 70.0])
+    points = [y for c in axis.collections if c.get_gid().startswith("points") for y in c.get_offsets()[:, 1]]
+    assert sorted(points) == pytest.approx([30.0, 40.0, 70.0])
 
 
 def test_runs_without_scores_are_named_and_no_oracle_or_gap_leaves_them_out_silently(tmp_path):
@@ -509,14 +510,15 @@ def test_analyze_a_saved_run_prints_the_proxy_a_distance_and_writes_its_t_sne(tm
         office31.main([*argv, "--analyze"])
     office31.main([*argv, "--save_model", "--rerun"])
     capsys.readouterr()
-    found = office31.main([*argv, "--analyze"])
+    [found] = office31.main([*argv, "--analyze"])["runs"]
     line = capsys.readouterr().out
     shown = re.search(r"A→W proxy A-distance: (-?[\d.]+) \(a linear domain classifier's test error ([\d.]+)%; "
                       r"features: the classifier's input: the 256-wide bottleneck's output; 24 source and 18 target "
                       r"images", line)
     assert shown and float(shown[1]) == round(found["proxy_a_distance"], 3)
     assert found["proxy_a_distance"] == pytest.approx(2 * (1 - 2 * found["domain_error"]))
-    assert os.path.getsize(found["figure"]) > 0 and os.path.basename(found["figure"]).startswith("tsne_amazon-webcam")
+    figure = os.path.join(tmp_path, f"tsne_{found['run_file'][:-len('.json')]}.png")
+    assert os.path.getsize(figure) > 0 and os.path.basename(figure).startswith("tsne_amazon-webcam")
     with pytest.raises(SystemExit, match=r"--analyze=True reads one finished run"):
         office31.main([*argv, "--analyze", "--seeds=2"])
 
