@@ -83,6 +83,7 @@ tasks = ""  # "": just source -> target; "all": every ordered pair of domains in
 seeds = 1  # runs per task, with seeds seed, seed+1, ...
 shard = "0/1"  # i/n: this process takes runs i, i+n, i+2n, ... of the sweep (0 <= i < n)
 rerun = False  # a sweep skips runs already in results.jsonl with the same config; True runs them again
+plan = False  # list the sweep's runs (done, to train) and stop: no image decoded, no training
 report = False  # list the experiments of results.jsonl and print each one's table (flags given narrow it); no training
 bold_best = False  # the .tex table: the best mean of each column in bold (every tie too)
 analyze = False  # a finished run's features (it needs --save_model): t-SNE figure, proxy A-distance; no training
