@@ -219,8 +219,8 @@ def test_the_example_is_what_todays_code_writes_from_the_runs_of_its_documented_
     assert "| method | A→W | average |" in capsys.readouterr().out
     written = {name.split("_")[0] + os.path.splitext(name)[1]: out / name for name in os.listdir(out)
                if name.startswith(("table_", "selection_", "curves_", "validators_"))}
-    assert sorted(written) == ["curves.png", "selection.csv", "selection.md", "table.csv", "table.md", "table.tex",
-                               "validators.png"]
+    assert sorted(written) == ["curves.png", "selection.csv", "selection.md", "selection.tex", "table.csv", "table.md",
+                               "table.tex", "validators.png"]
     for name, path in written.items():
         kept = os.path.join(EXAMPLE, name)
         if name.endswith(".png"):
