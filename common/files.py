@@ -36,15 +36,25 @@ def temporary(path, tag=None, suffix=".tmp", folder=False, separator="."):
         tmp = made if folder else made[1]
         if not folder:
             os.close(made[0])
+        os.chmod(tmp, (0o777 if folder else 0o666) & ~umask())  # mkstemp's 0600: what lands is as open() makes it
     try:
         yield tmp
     finally:
         remove(tmp)
 
 
+def umask():
+    """The process's umask (read by setting it, then setting it back: the one way os offers)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def remove(path):
     """Delete the file or folder at path, if there is one."""
     if os.path.isdir(path) and not os.path.islink(path):
+        for folder, _, _ in os.walk(path):  # a read-only folder (unpacked from an archive) would keep its files
+            os.chmod(folder, 0o700)
         shutil.rmtree(path, ignore_errors=True)
     elif os.path.lexists(path):
         os.remove(path)

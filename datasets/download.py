@@ -18,8 +18,9 @@ from torchvision.datasets.utils import download_file_from_google_drive, download
 
 from common.files import lock, temporary
 from datasets import demo
-from data_loader import (OFFICE31_SIZES, OFFICE_HOME_SIZES, UserError, class_root, count_images, dataset_root,
-                         find_domains, listed, match_domain, subdirs)
+from common.errors import UserError
+from data_loader import (OFFICE31_SIZES, OFFICE_HOME_SIZES, class_root, count_images, dataset_root, find_domains,
+                         listed, match_domain, subdirs)
 
 OFFICE31_DRIVE_ID = "0B4IapRTv9pJ1WGZVd1VDMmhwdlE"
 OFFICE31_ARCHIVE = "domain_adaptation_images.tar.gz"

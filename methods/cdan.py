@@ -15,6 +15,7 @@ class CDAN(Method):
     bottleneck = 256
     flags = {"entropy": "CDAN's entropy conditioning (CDAN+E)"}
     colour = "#9467bd"
+    flag_labels = {"entropy": "+e"}
     label_colours = {"cdan+e": "#c5b0d5"}
 
     def __init__(self, feature_size, num_classes, trade_off, features, entropy=False):

@@ -56,6 +56,7 @@ class Method(nn.Module):
     bottleneck = 0  # the width of the bottleneck before the classifier that --bottleneck=auto gives it; 0: none
     flags = {}  # the switches (boolean flags) only this method reads, {flag: what it is}; False for every other
     colour = None  # its lines in the learning-curve figures (None: a colour fixed by its name)
+    flag_labels = {}  # how a table's labels name a switch of flags that is on ({"entropy": "+e"}); "+<flag>" if not
     label_colours = {}  # the colours of the labels its flags make ({"cdan+e": ...}: results.experiments.method_label)
     separate_domains = False  # True: the source and the target batch go through the network one after the other
     batch_of_two = None  # why a batch of one image cannot train it (said when --batch_size=1 is refused), or None

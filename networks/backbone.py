@@ -14,7 +14,7 @@ from torchvision import models
 
 import resnet
 from common.layers import new_head
-from data_loader import UserError
+from common.errors import UserError
 
 # torchvision's two Inception-style networks carry auxiliary classifiers, which their ImageNet weights include
 AUXILIARY = {"googlenet": ("aux1", "aux2"), "inception_v3": ("AuxLogits",)}

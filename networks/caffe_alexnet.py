@@ -12,13 +12,13 @@ needed: caffemodel_blobs below reads its protobuf encoding) into a plain state_d
 import collections
 import math
 import os
-import tempfile
 
 import torch
 from torch import nn
 
+from common.files import write_file
 from common.layers import new_head
-from data_loader import UserError
+from common.errors import UserError
 from datasets.download import sha1_of
 
 WEIGHTS = ("bvlc_reference_caffenet", "bvlc_alexnet", "none")
@@ -275,12 +275,5 @@ def converted_weights(weights):
         raise UserError(f"'{caffemodel}' has SHA-1 {sha1_of(caffemodel)}, not the {SHA1[weights]} of {weights} "
                         f"from the Caffe model zoo: a damaged or different file. Delete it and run again.")
     state = caffe_state_dict(caffemodel)
-    with tempfile.NamedTemporaryFile(dir=folder, suffix=".tmp", delete=False) as f:  # whole, or not at all
-        try:
-            torch.save(state, f)
-        except BaseException:
-            f.close()
-            os.remove(f.name)
-            raise
-    os.replace(f.name, converted)
+    write_file(converted, lambda f: torch.save(state, f))  # whole, or not at all
     return state

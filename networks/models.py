@@ -24,7 +24,8 @@ from networks import caffe_alexnet
 import resnet
 from methods import METHODS
 from methods.method import tap
-from data_loader import IMAGENET_MEAN, IMAGENET_STD, UserError
+from common.errors import UserError
+from data_loader import IMAGENET_MEAN, IMAGENET_STD
 
 OWN_FILES = ("alexnet", "caffe_alexnet") + resnet.DEPTHS  # the papers' networks, each with a file of its own
 MODELS = OWN_FILES + tuple(name for name in torchvision.models.list_models(module=torchvision.models)

@@ -7,9 +7,7 @@ setting are named, and which rows a table shows.
 """
 import os
 
-
-
-
+from methods import METHODS, own_flags
 
 # ---------------------------------------------------------------------------------------------------------
 # The sweep: which runs, what makes two runs the same experiment, task names, and the printed table
@@ -22,9 +20,19 @@ EXPERIMENT_KEYS = ("model", "weights", "freeze", "method", "bottleneck", "trade_
 
 
 def method_label(c):
-    """The method as tables and printed lines name it: cdan+e for CDAN with entropy conditioning, and in a grid
-    (runs/grid.py) the value of every flag it varies (c["grid"], their names): "dann trade_off=0.1 lr=0.001"."""
-    return c["method"] + ("+e" if c["entropy"] else "") + "".join(f" {name}={c[name]}" for name in c.get("grid", ()))
+    """The method as tables and printed lines name it: cdan+e for CDAN with entropy conditioning (the switches of
+    its own that are on: switched_on), and in a grid (runs/grid.py) the value of every flag it varies (c["grid"],
+    their names): "dann trade_off=0.1 lr=0.001"."""
+    return c["method"] + switched_on(c) + "".join(f" {name}={c[name]}" for name in c.get("grid", ()))
+
+
+def switched_on(c):
+    """"+e" for CDAN+E: each switch only c's method reads (its class's `flags`) that is on, as the class names it
+    (`flag_labels`; "+<flag>" where it names none)."""
+    method = METHODS.get(c["method"])
+    if method is None:  # a row of a method this copy of the code does not have: entropy, the one switch of old
+        return "+e" if c.get("entropy") else ""
+    return "".join(method.flag_labels.get(flag, f"+{flag}") for flag in method.flags if c.get(flag))
 
 
 def run_label(c):
@@ -35,13 +43,13 @@ def run_label(c):
 def run_stem(c):
     """The start of every file name of one run (its JSON, weights, checkpoint): amazon-webcam_resnet50_dann_seed0.
     Full domain names, so that tasks never share a name."""
-    return f"{c['source']}-{c['target']}_{c['model']}_{c['method']}{'+e' * c['entropy']}_seed{c['seed']}"
+    return f"{c['source']}-{c['target']}_{c['model']}_{c['method']}{switched_on(c)}_seed{c['seed']}"
 
 
 def experiment(c):
     """What makes two runs the same experiment, besides the data itself: the dataset's folder name,
-    EXPERIMENT_KEYS, and LATER_KEYS where they are not at their default."""
-    later = {k: c[k] for k, default in LATER_KEYS.items() if c.get(k, default) != default}
+    EXPERIMENT_KEYS, and the later keys where they are not at their default (later_keys)."""
+    later = {k: c[k] for k, default in later_keys().items() if c.get(k, default) != default}
     return os.path.basename(os.path.normpath(c["data_root"])), {**{k: c[k] for k in EXPERIMENT_KEYS}, **later}
 
 
@@ -50,10 +58,16 @@ def experiment(c):
 LATER_KEYS = {"source_val": 0.0}
 
 
+def later_keys():
+    """LATER_KEYS, and the switch of each method added since (a method's `flags` beyond --entropy, which every row
+    records), off by default: runs with it on and off are two experiments, and older rows are those with it off."""
+    return {**LATER_KEYS, **{flag: False for flag in own_flags() if flag not in EXPERIMENT_KEYS}}
+
+
 def stored_config(config):
-    """A row's config with every later key it leaves out (LATER_KEYS: at its default) filled in with that default:
+    """A row's config with every later key it leaves out (later_keys: at its default) filled in with that default:
     what every reader of a stored config reads, so that all of them see the same value."""
-    return {**config, **{key: default for key, default in LATER_KEYS.items() if key not in config}}
+    return {**config, **{key: default for key, default in later_keys().items() if key not in config}}
 
 
 def same_experiment(row, c, data):
@@ -85,8 +99,8 @@ def changed_flags(configs, plain):
     changed = {}
     for method, config in configs.items():
         config = stored_config(config)
-        for key in (*EXPERIMENT_KEYS, *LATER_KEYS):
-            shown_elsewhere = key in ("method", "entropy", "model", "weights", "precision", *config.get("grid", ()))
+        for key in (*EXPERIMENT_KEYS, *later_keys()):
+            shown_elsewhere = key in ("method", *own_flags(), "model", "weights", "precision", *config.get("grid", ()))
             if not shown_elsewhere and config.get(key) != stored_config(plain[method]).get(key):
                 changed.setdefault(f"{key}={config[key]}", None)
     return list(changed)

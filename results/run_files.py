@@ -15,7 +15,7 @@ import platform
 import torch
 
 from common.files import temporary
-from data_loader import UserError
+from common.errors import UserError
 from results.experiments import run_label, run_stem
 
 

@@ -9,7 +9,7 @@ import os
 
 
 from common.files import lock
-from data_loader import UserError
+from common.errors import UserError
 from results.experiments import experiment
 
 

@@ -20,7 +20,7 @@ import statistics
 
 from common.files import write_file
 from common.words import counted
-from data_loader import UserError
+from common.errors import UserError
 from results.experiments import EXPERIMENT_KEYS, experiment, method_label, same_experiment, select_rows, title
 from results.metric import final_value, metric_of
 from results.store import latest_per_seed

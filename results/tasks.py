@@ -9,7 +9,8 @@ import os
 
 
 
-from data_loader import UserError, find_domains, resolve_domain
+from common.errors import UserError
+from data_loader import find_domains, resolve_domain
 from data_loader import fingerprint
 from results.store import latest_per_seed
 

@@ -22,7 +22,7 @@ import signal
 import torch
 
 from common.files import lock, locks, temporary
-from data_loader import UserError
+from common.errors import UserError
 from results.experiments import experiment, run_label, run_stem
 from results.run_files import remove_run_temporaries
 
@@ -108,8 +108,8 @@ class Checkpoint:
 
     def remove_temporaries(self):
         """Delete what a process killed while writing this run's checkpoint left (<name>.ckpt.<pid>.tmp: up to the
-        checkpoint's size), and while writing its JSON or weights (results.remove_run_temporaries: of processes gone).
-        Called under the run's lock, when no other process can be writing its checkpoint."""
+        checkpoint's size), and while writing its JSON or weights (results/run_files.remove_run_temporaries: of
+        processes gone). Called under the run's lock, when no other process can be writing its checkpoint."""
         for path in glob.glob(glob.escape(self.path) + ".*.tmp"):
             print(f"removing {path}, left by a process stopped while writing a checkpoint of {self.name}")
             os.remove(path)

@@ -4,9 +4,9 @@ runs of their product.
     python office31.py --method=dann --trade_off=0.1,0.3,1 --lr=0.001,0.003    # 3 x 2 settings, each a run per task
                                                                                 # and seed
     settings(c)        # [{"trade_off": 0.1, "lr": 0.001}, {"trade_off": 0.1, "lr": 0.003}, ...] in that order
-    results.method_label(config)   # "dann trade_off=0.1 lr=0.001": how tables and printed lines name a setting
+    experiments.method_label(config)   # "dann trade_off=0.1 lr=0.001": how tables and printed lines name a setting
 
-Every setting is an experiment of its own (results.EXPERIMENT_KEYS): it is keyed, resumed, sharded and skipped as a
+Every setting is an experiment of its own (results/experiments.py): it is keyed, resumed, sharded and skipped as a
 single run is. --method takes several values too, as it always did (methods.methods), and is crossed with the
 rest. Choosing among the settings without the target's labels is selection/validators.py's and
 selection/selection_table.py's.

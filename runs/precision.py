@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from common.files import lock  # (Windows: no lock; processes starting together may each measure once)
-from data_loader import UserError
+from common.errors import UserError
 from runs.machine import device_name
 
 

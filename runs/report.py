@@ -11,10 +11,11 @@ import os
 from runs import grid
 from runs.config import plain_configs
 from common.words import counted
-from methods import METHODS, methods, with_method
-from data_loader import UserError, names_domain
+from methods import METHODS, methods, own_flags, with_method
+from common.errors import UserError
+from data_loader import names_domain
 from datasets.download import DATASETS
-from results.experiments import EXPERIMENT_KEYS, LATER_KEYS, experiment, method_label, stored_config, title
+from results.experiments import EXPERIMENT_KEYS, later_keys, experiment, method_label, stored_config, title
 from results.store import read_rows
 from results.tasks import short_names, task_name
 from results.tables import print_table
@@ -75,7 +76,7 @@ def wanted(row, c, given, settings):
         return False
     if "method" in given and config["method"] not in methods(c):
         return False
-    asked = [key for key in (*EXPERIMENT_KEYS, *LATER_KEYS)
+    asked = [key for key in (*EXPERIMENT_KEYS, *later_keys())
              if key in given or (key == "precision" and c["amp"] in PRECISION)]
     expected = [with_method(dict(c, **setting, precision=PRECISION.get(c["amp"])), config["method"])
                 for setting in settings]
@@ -94,7 +95,7 @@ def list_experiments(results_path, experiments, older):
     """Print the experiments of a report ([rows of one experiment]): what differs between them, and each one's
     runs, tasks and seeds. A run is a task and seed of an experiment: its rows again (--rerun=True) count once."""
     configs = [dict(stored_config(group[0]["config"]), dataset=group[0]["dataset"]) for group in experiments]
-    differ = [k for k in ("dataset", *EXPERIMENT_KEYS, *LATER_KEYS)
+    differ = [k for k in ("dataset", *EXPERIMENT_KEYS, *later_keys())
               if len({json.dumps(c.get(k)) for c in configs}) > 1]
     runs = sum(len(distinct_runs(group)) for group in experiments)
     print(f"{results_path}: {counted(runs, 'run')} of {counted(len(experiments), 'experiment')}"
@@ -142,7 +143,7 @@ def config_of(group):
     return dict(stored_config(group[0]["config"]), grid=list(grid))
 
 
-PER_METHOD = ("method", "bottleneck", "trade_off", "entropy")
+PER_METHOD = ("method", "bottleneck", "trade_off", *own_flags())
 
 
 def table_of(by_label, c, flag_defaults):
@@ -163,8 +164,9 @@ def table_of(by_label, c, flag_defaults):
 
 
 def report_tables(c, rows, tables, results_path):
-    """Print each table ((configs, data, labels, runs, plain): results.print_table) and write it next to the results
-    file as table_<name>.md, .csv and .tex (tables.py) and its learning curves as curves_<name>.png (curves.py),
+    """Print each table ((configs, data, labels, runs, plain): results/tables.print_table) and write it next to the
+    results file as table_<name>.md, .csv and .tex (results/tables.py) and its learning curves as curves_<name>.png
+    (results/curves.py),
     <name> telling what the table is (table_name): the same experiments' table lands at the same paths, rewritten
     whole, however many runs it holds; each text file names the runs it shows (tables.shows). Every file written
     is said."""
@@ -183,7 +185,8 @@ def report_tables(c, rows, tables, results_path):
             from selection import selection_table
             chosen = "choosing without target labels: " + title(configs, plain, "the model each validator picks, and "
                                                                 "the oracle")
-            written += selection_table.report(folder, by_label, default_setting(configs, plain), name_of_task, chosen, stem)
+            written += selection_table.report(folder, by_label, default_setting(configs, plain), name_of_task, chosen,
+                                              stem)
             print("wrote " + ", ".join(written))
         except OSError as e:  # a read-only or full results folder: the table is printed all the same
             print(f"warning: could not write the table files and figure to {os.path.abspath(folder)} "

@@ -17,9 +17,10 @@ from time import monotonic
 from runs import distributed
 from runs import grid
 from common.words import counted
-from methods import methods, with_method
+from methods import METHODS, methods, with_method
 from runs.checkpoint import Checkpoint, Diverged, StopOnSignal, Stopped
-from data_loader import UserError, choose_cache, class_counts, class_difference, load_domain
+from common.errors import UserError
+from data_loader import choose_cache, class_counts, class_difference, load_domain
 from networks.models import build_model, input_size
 from results.experiments import count_rows, method_label, run_label, same_experiment, select_rows
 from results.store import append_row, read_rows, result_row
@@ -78,7 +79,8 @@ def run_sweep(c, data_root, device, results_path, train, precision, plain, flag_
                     domains[name] = load_domain(data_root, name, c["resize_size"], cache, c["num_workers"],
                                                 device, input_size(c["model"], c["weights"])[2], c["cache_dir"])
             if sweep:  # where the sweep is; several settings: this run's values, which the config line leaves open
-                shown = dict.fromkeys(("bottleneck", "trade_off", "entropy", *run["grid"])) if len(configs) > 1 else {}
+                read = ("bottleneck", "trade_off", *METHODS[run["method"]].flags, *run["grid"])  # (its own switches)
+                shown = dict.fromkeys(read) if len(configs) > 1 else {}
                 values = "  ".join(f"{k}={run[k]}" for k in shown)
                 print(f"{clock.next()}: {task} {label}{': ' + values if values else ''}  ({clock.said()})")
             try:
@@ -161,8 +163,8 @@ def duration(seconds):
 def sweep_configs(c, precision, flag_defaults):
     """{label: config} of every setting a sweep runs: each method (methods.with_method resolves what it sets)
     with each setting of the grid (grid.settings), the precision --amp chose here, and the names of the flags the
-    grid varies (labels show their values: results.method_label). Settings that a method makes the same (source
-    only has no trade-off) run once."""
+    grid varies (labels show their values: results/experiments.method_label). Settings that a method makes the same
+    (source only has no trade-off) run once."""
     configs = {}
     for method in methods(c):
         for setting in grid.settings(c, flag_defaults):

@@ -108,14 +108,14 @@ def density_ratios(source_features, target_features, held_out_features, seed=0):
     return len(source_features) / len(target_features) * torch.exp(log_odds)
 
 
-def domain_classifier(x, y, fit, check, decays):
+def domain_classifier(x, y, fit, check, decays, steps=100):
     """The linear domain classifier of DEV and of the proxy A-distance (analysis.py): a logistic regression on the
     features x (standardised by the caller) telling the target's rows (y 1) from the source's (y 0), fitted on the
     rows `fit`, its L2 weight the one of decays most accurate on the rows `check` (the first of a tie). Returns
     (w, b, its accuracy on the check rows): x @ w + b is the log-odds log P(target|x)/P(source|x)."""
     best = None
     for decay in decays:
-        w, b = logistic_regression(x[fit], y[fit], decay)
+        w, b = logistic_regression(x[fit], y[fit], decay, steps)
         accuracy = (((x[check] @ w + b) > 0).float() == y[check]).double().mean()
         if best is None or accuracy > best[0]:
             best = accuracy, w, b

@@ -45,6 +45,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import office31  # noqa: E402
+from networks.models import input_size  # noqa: E402
 from methods import METHODS  # noqa: E402
 from runs.checkpoint import Checkpoint, random_states  # noqa: E402
 from runs.machine import device_name  # noqa: E402
@@ -300,7 +301,7 @@ def backbone_rates(names, steps, rounds, warm_up, device):
     y = torch.randint(0, CLASSES, (32,), device=device)
     runs = {}
     for name in names:
-        crop = office31.input_size(name, "none")[1]
+        crop = input_size(name, "none")[1]
         x = torch.randn(32, 3, crop, crop, device=device)
         for channels_last in (True, False):
             memory_format = torch.channels_last if channels_last else torch.contiguous_format

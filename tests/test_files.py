@@ -80,3 +80,36 @@ def test_without_file_locks_rows_are_still_appended_and_read(tmp_path, monkeypat
     for seed in (1, 2):
         store.append_row(path, {k: seed for k in store.ROW_KEYS})
     assert [row["seed"] for row in store.read_rows(path)] == [1, 2]
+
+
+def test_a_file_written_whole_is_as_readable_as_one_open_makes(tmp_path):
+    """A table written through a temporary gets the mode a plain open() would give it (0644 under umask 022), not
+    the temporary's private 0600: colleagues on a shared machine read the tables."""
+    old = os.umask(0o022)
+    try:
+        files.write_file(str(tmp_path / "table.md"), lambda f: f.write(b"| a |"))
+        with open(tmp_path / "plain.md", "w") as f:
+            f.write("| a |")
+        with files.temporary(str(tmp_path / "staged"), folder=True) as folder:
+            made = os.stat(folder).st_mode & 0o777
+    finally:
+        os.umask(old)
+    assert os.stat(tmp_path / "table.md").st_mode & 0o777 == os.stat(tmp_path / "plain.md").st_mode & 0o777 == 0o644
+    assert made == 0o755
+
+
+def test_a_read_only_folder_inside_a_temporary_folder_is_made_removable(tmp_path, monkeypatch):
+    """An archive may unpack a read-only folder into a download's staging folder: its files could not be deleted
+    (by anyone but root), so the staging folder, up to a dataset's size, would stay. Every folder is made writable
+    before the removal."""
+    modes = []
+    remove = files.shutil.rmtree
+    monkeypatch.setattr(files.shutil, "rmtree", lambda path, **kw: modes.append(
+        os.stat(os.path.join(path, "images")).st_mode & 0o777) or remove(path, **kw))
+    with pytest.raises(RuntimeError):
+        with files.temporary(str(tmp_path / "data"), folder=True) as staging:
+            os.makedirs(os.path.join(staging, "images"))
+            open(os.path.join(staging, "images", "a.jpg"), "wb").close()
+            os.chmod(os.path.join(staging, "images"), 0o555)
+            raise RuntimeError("the download failed")
+    assert modes and modes[0] & 0o200 and os.listdir(tmp_path) == []

@@ -17,7 +17,7 @@ import office31
 from conftest import CLASSES, ROOT, make_tree
 from methods.method import Method
 from networks.models import make_adaptation
-from results import curves
+from results import curves, experiments
 from runs import checks
 
 PAGE = os.path.join(ROOT, "docs", "new_method.md")
@@ -66,8 +66,10 @@ def block_after(phrase):
 
 
 def copy_repository(folder):
-    """The tracked files of the repository (git ls-files), copied into folder: a checkout to add to."""
-    names = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    """The repository's files (git ls-files: tracked, and new ones git does not ignore, such as a method just added
+    by this page), copied into folder: a checkout to add to."""
+    names = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                           capture_output=True, text=True, check=True).stdout.split()
     for name in names:
         if os.path.isfile(os.path.join(ROOT, name)):
             os.makedirs(os.path.join(folder, os.path.dirname(name)), exist_ok=True)
@@ -210,3 +212,26 @@ def test_the_pages_dataset_entry_downloads_and_runs_its_sweep(tmp_path):
     assert "Toys is in" in out
     rows = table_rows(out)
     assert list(rows) == ["source_only", "entmin"] and out.count("| method | P→S | S→P | average |") == 1, out
+
+
+def test_a_new_methods_own_switch_keeps_its_runs_apart_and_names_them(monkeypatch):
+    """A switch only a new method reads (its `flags`, a name other than --entropy) is part of the experiment: runs
+    with it on and off are two experiments, with two labels and two file stems; rows written before the method
+    existed read as having it off."""
+    class Toy(Method):
+        flags = {"both": "the toy's switch"}
+
+        def term(self, features, logits, progress):
+            return logits.sum() * 0
+
+    monkeypatch.setitem(registry.METHODS, "toy", Toy)
+    c = office31.resolve(dict(office31.FLAGS, both=False, source="amazon", target="webcam", precision="fp32"))
+    off, on = (registry.with_method(dict(c, both=value), "toy") for value in (False, True))
+    assert experiments.experiment(off) != experiments.experiment(on)
+    assert (experiments.method_label(off), experiments.method_label(on)) == ("toy", "toy+both")
+    assert experiments.run_stem(on).endswith("_toy+both_seed0") and "+both" not in experiments.run_stem(off)
+    older = {k: v for k, v in registry.with_method(c, "dann").items() if k != "both"}  # a row before the toy came
+    assert experiments.stored_config(older)["both"] is False
+    assert experiments.experiment(registry.with_method(c, "dann")) == experiments.experiment(older)
+    cdan = registry.with_method(dict(c, entropy=True), "cdan")  # the switch of old keeps its label
+    assert experiments.method_label(cdan) == "cdan+e" and "both" not in experiments.experiment(cdan)[1]
