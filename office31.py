@@ -355,7 +355,7 @@ def main(argv=None):
         argv = sys.argv[1:] if argv is None else argv
         given = parse_flags(argv, echo=False)["dataset"]  # the dataset first: it may change other defaults
         c = resolve(parse_flags(argv, dataset_defaults(given, FLAGS)))
-        check_settings(c, FLAGS)
+        check_settings(c, FLAGS, flags.given(argv, FLAGS))
         results_path = os.path.join(c["out_dir"], "results.jsonl")
         one = len(methods(c)) == 1 and not grid.varied(c)
         shown = with_method(c, methods(c)[0]) if one else c  # one method: its resolved values

@@ -44,3 +44,43 @@ def test_the_demo_data_gives_no_partial_office31_notice_and_a_partial_office31_d
         data_loader.load_domain(partial, name, resize_size=16, cache="none", num_workers=0, device="cpu")
         full = data_loader.OFFICE31_SIZES[name]
         assert f"notice: {name} has {count} images, not the {full} of the full Office-31" in capsys.readouterr().out
+
+
+TINY = ["--model=resnet18", "--weights=none", "--resize_size=24", "--crop_size=20", "--epochs=1",
+        "--iters_per_epoch=1", "--batch_size=4", "--num_workers=0", "--device=cpu", "--amp=off", "--eval_every=0"]
+
+
+def notes(argv):
+    """The note lines the checks made before any work print for a command line."""
+    from runs import checks, flags
+    c = office31.resolve(office31.parse_flags(argv, echo=False))
+    return checks.unread_notes(c, flags.given(argv, office31.FLAGS))
+
+
+def test_a_flag_no_chosen_method_reads_is_said_once_before_the_work(tree, tmp_path, capsys):
+    office31.main([*TINY, f"--data_root={tree}", f"--out_dir={tmp_path / 'out'}", "--trade_off=0.3"])
+    lines = capsys.readouterr().out.splitlines()
+    said = [k for k, line in enumerate(lines) if line.startswith("note: --trade_off=0.3 is ignored")]
+    assert len(said) == 1, lines
+    assert "source_only does not read it" in lines[said[0]]
+    assert said[0] < min(k for k, line in enumerate(lines) if line.startswith("config:"))  # before the work
+
+
+@pytest.mark.parametrize("argv, flag, ignoring", [
+    (["--method=source_only", "--trade_off=0.1,0.3"], "trade_off", "source_only does"),  # a grid's values too
+    (["--method=dann", "--entropy=False"], "entropy", "dann does"),
+    (["--method=dann,mcc", "--entropy=0"], "entropy", "dann, mcc do"),
+])
+def test_each_flag_that_no_chosen_method_reads_is_named_with_the_methods_that_ignore_it(argv, flag, ignoring):
+    [note] = notes(argv)
+    assert note.startswith(f"note: --{flag}=") and f" is ignored: {ignoring} not read it" in note, note
+
+
+@pytest.mark.parametrize("argv", [
+    ["--method=source_only,dann", "--trade_off=0.3"],  # dann reads it: the sweep's baseline beside it, as meant
+    ["--method=dann,cdan", "--entropy=True"],          # cdan reads it (cdan+e)
+    ["--method=dann", "--trade_off=0.3", "--lr=0.01"],  # every flag read
+    ["--method=source_only"],                           # nothing given that it ignores
+])
+def test_no_note_where_a_chosen_method_reads_the_flag(argv):
+    assert notes(argv) == []
