@@ -46,7 +46,7 @@ EXPECTED_TREE = """Expected either layout (the official archive, or the flattene
     <data_root>/amazon/images/back_pack/frame_0001.jpg      <data_root>/amazon/back_pack/frame_0001.jpg
     <data_root>/dslr/images/...                             <data_root>/dslr/...
     <data_root>/webcam/images/...                           <data_root>/webcam/...
-Office-31 and Office-Home are downloaded when data_root is missing or empty (--dataset; README, Data)."""
+Office-31 and Office-Home are downloaded when data_root is missing or empty (--dataset; docs/data.md)."""
 
 
 # ---------------------------------------------------------------------------------------------------------
