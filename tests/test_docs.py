@@ -212,6 +212,20 @@ def test_the_readme_is_short_with_contents_and_links_every_page():
         assert anchor in anchors, f"the contents link #{anchor}, a heading the README does not have"
 
 
+def test_the_readme_gives_the_tests_times_with_the_quick_tier_beside_the_full_suite():
+    """The README's Tests section shows the full suite and the quick tier side by side, each with its time as
+    docs/tests.md measured it (rounded to minutes); .ci/run runs the first line."""
+    [block] = blocks(read("README.md").split("\n## Tests\n", 1)[1])
+    full, quick = block.splitlines()
+    measured = {kind: round(int(m) + int(s) / 60) for kind, m, s in
+                re.findall(r"the (full suite|quick tier), [^;]*?(\d+) min (\d+) s", read("docs/tests.md"))}
+    assert set(measured) == {"full suite", "quick tier"}
+    for line, kind in ((full, "full suite"), (quick, "quick tier")):
+        assert f"{kind}: about {measured[kind]} minutes" in line, (line, measured)
+    assert '-m "not slow"' in quick and '-m "not slow"' not in full
+    assert read(".ci/run").strip().splitlines()[-1] == full.split("#")[0].strip()
+
+
 def test_the_readme_flag_table_is_the_comments_of_the_flags():
     """The README's table shows each flag's default and the comment it has at the top of office31.py."""
     rows = dict(re.findall(r"^\| `(\w+)` \| `[^`]*` \| (.*) \|$", read("README.md"), re.M))
