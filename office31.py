@@ -83,6 +83,7 @@ tasks = ""  # "": just source -> target; "all": every ordered pair of domains in
 seeds = 1  # runs per task, with seeds seed, seed+1, ...
 shard = "0/1"  # i/n: this process takes runs i, i+n, i+2n, ... of the sweep (0 <= i < n)
 rerun = False  # a sweep skips runs already in results.jsonl with the same config; True runs them again
+plan = False  # list the sweep's runs (done, to train) and stop: no image decoded, no training
 report = False  # list the experiments of results.jsonl and print each one's table (flags given narrow it); no training
 bold_best = False  # the .tex table: the best mean of each column in bold (every tie too)
 analyze = False  # a finished run's features (it needs --save_model): t-SNE figure, proxy A-distance; no training
@@ -118,10 +119,10 @@ from networks.models import build_model, classifier, make_adaptation, network_pi
 from runs.config import dataset_defaults, plain_configs, resolve  # noqa: E402
 from runs.precision import choose_amp, pick_device  # noqa: E402
 from runs.machine import machine  # noqa: E402
-from results.store import mean_class_accuracy, per_class_accuracy
-from results.run_files import not_written, save_run
-from results.experiments import run_label
-from results.tasks import task_pairs
+from results.store import mean_class_accuracy, per_class_accuracy  # noqa: E402
+from results.run_files import not_written, save_run  # noqa: E402
+from results.experiments import run_label  # noqa: E402
+from results.tasks import task_pairs  # noqa: E402
 
 
 def train_one_epoch(model, optimizer, batches, first_step, total_steps, amp, memory_format, adaptation=None,
@@ -359,9 +360,6 @@ def main(argv=None):
         results_path = os.path.join(c["out_dir"], "results.jsonl")
         one = len(methods(c)) == 1 and not grid.varied(c)
         shown = with_method(c, methods(c)[0]) if one else c  # one method: its resolved values
-        if c["analyze"] and not (one and c["tasks"] == "" and c["seeds"] == 1):
-            raise UserError("--analyze=True reads one finished run: give one --method, one value per flag and no "
-                            "--tasks or --seeds (--source, --target and --seed name the run).")
         if c["report"]:
             flags.print_config(shown)
             return report.print_report(c, results_path, flags.given(argv, FLAGS), FLAGS)
@@ -376,8 +374,8 @@ def main(argv=None):
         precision = "bf16" if amp[0] else "fp32"
         if c["analyze"]:
             from selection import analysis  # (scikit-learn and matplotlib: only here)
-            return analysis.analyze(with_method(dict(c, precision=precision), methods(c)[0]), data_root, device,
-                                    results_path, evaluate)
+            return analysis.analyze([with_method(dict(c, precision=precision), m) for m in methods(c)], data_root,
+                                    device, results_path, evaluate)
         return sweep.run_sweep(c, data_root, device, results_path, fine_tune, precision, plain_configs(c, FLAGS),
                                FLAGS)
     except UserError as e:

@@ -21,6 +21,7 @@ from results.metric import epoch_key, metric_of, name_of
 from results.store import latest_per_seed
 from results.tasks import tasks_in_order
 from common.files import write_file
+from common.words import counted
 from methods import METHODS
 
 
@@ -100,7 +101,7 @@ def draw(folder, by_method, name_of_task, title, path):
                 continue
             epochs, mean, low, high = mean_curve(seeds, epoch_key(metric), 100)
             if len(epochs) > 1:
-                top.plot(epochs, mean, color=colour(method), label=f"{method} ({len(seeds)} seeds)",
+                top.plot(epochs, mean, color=colour(method), label=f"{method} ({counted(len(seeds), 'seed')})",
                          gid=f"{method}:target")
                 top.fill_between(epochs, low, high, color=colour(method), alpha=0.2, linewidth=0)
             else:

@@ -1,20 +1,25 @@
 """The sweep's table in the forms a paper needs, written next to the results file by --report=True and at the end of
 every sweep:
 
-    table.md    what was printed: the title (dataset, network, precision, flags not at their defaults), the table, notes
-    table.csv   one line per method and task: mean, sample std and number of seeds, and every seed's accuracy
+    table.md    what was printed: the title (dataset, network, precision, flags not at their defaults), the table,
+                notes, and the line naming the runs it shows (shows())
+    table.csv   one line per method and task: mean, sample std and number of seeds, every seed's accuracy, the seeds,
+                and the hash of the runs the table shows
     table.tex   a booktabs table in the papers' layout (methods as rows, tasks as columns, the average last); with
-                --bold_best=True the best mean of each column in bold
+                --bold_best=True the best mean of each column in bold; a comment line above says which runs it shows
 
 tables: [(precision, {method label: rows}, name_of_task)], one per printed table (--amp=auto may print one per
 precision). Accuracies are in percent, as printed.
 """
 import csv
+import hashlib
 import io
+import json
 import os
 import statistics
 
 from common.files import write_file
+from common.words import counted
 from data_loader import UserError
 from results.experiments import EXPERIMENT_KEYS, experiment, method_label, same_experiment, select_rows, title
 from results.metric import final_value, metric_of
@@ -26,18 +31,38 @@ def accuracies(by_seed):
     return [100 * by_seed[seed]["accuracy"] for seed in sorted(by_seed)]
 
 
+def shows(by_label, name_of_task):
+    """What identifies the rows a table shows (by_label: {label: rows}; the latest row of each task and seed, as its
+    cells): (a line naming how many runs, their tasks and seeds, and a hash of those runs; the hash). The hash is of
+    each run's setting, task, seed, date and run file: a seed more, a rerun or another run changes it, so a table's
+    file, rewritten at the same path, says which runs made it."""
+    runs = sorted([label, *task, seed, row.get("date"), row.get("run_file")]
+                  for label, rows in by_label.items() for task, by_seed in latest_per_seed(rows).items()
+                  for seed, row in by_seed.items())
+    digest = hashlib.sha1(json.dumps(runs).encode()).hexdigest()[:8]
+    tasks = [name_of_task(*task) for task in tasks_in_order(by_label)]
+    seeds = sorted({run[3] for run in runs})
+    return (f"shows {counted(len(runs), 'run')}: {'task' + 's' * (len(tasks) > 1)} {', '.join(tasks)}; "
+            f"{'seed' + 's' * (len(seeds) > 1)} {', '.join(map(str, seeds))}; runs hash {digest}"), digest
+
+
 def csv_text(tables):
+    """One line per method and task (see the top); seed_list: the seeds of its accuracies, in their order;
+    runs_hash: the hash of the runs its table shows (shows())."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(["precision", "method", "task", "source", "target", "mean", "std", "seeds", "accuracies"])
+    writer.writerow(["precision", "method", "task", "source", "target", "mean", "std", "seeds", "accuracies",
+                     "seed_list", "runs_hash"])
     for precision, by_method, name_of_task in tables:
+        digest = shows(by_method, name_of_task)[1]
         for method, rows in by_method.items():
             by_task = latest_per_seed(rows)
             for task in (t for t in tasks_in_order(by_method) if t in by_task):
                 values = accuracies(by_task[task])
                 std = f"{statistics.stdev(values):.4f}" if len(values) > 1 else ""
                 writer.writerow([precision, method, name_of_task(*task), *task, f"{statistics.mean(values):.4f}", std,
-                                 len(values), " ".join(f"{v:.4f}" for v in values)])
+                                 len(values), " ".join(f"{v:.4f}" for v in values),
+                                 " ".join(map(str, sorted(by_task[task]))), digest])
     return out.getvalue()
 
 
@@ -58,7 +83,8 @@ def latex_text_cell(text):
 def latex_text(tables, bold_best=False):
     """One booktabs tabular per table: a method's cell is its mean ± sample std over seeds (one decimal, as the
     papers print), "-" where it has no run; the average is the mean of its task means, where it has every task.
-    bold_best: the best mean of each column in bold, and every mean that prints the same (a tie at one decimal)."""
+    bold_best: the best mean of each column in bold, and every mean that prints the same (a tie at one decimal).
+    A comment line above each names its precision and the runs it shows (shows())."""
     parts = []
     for precision, by_method, name_of_task in tables:
         tasks = tasks_in_order(by_method)
@@ -72,8 +98,8 @@ def latex_text(tables, bold_best=False):
                  for column in columns}  # the means as printed: ties and the best are decided on these
         best = {column: max(means.values(), key=float, default=None) for column, means in shown.items()}
         header = " & ".join(["Method", *(latex_text_cell(name_of_task(*t)) for t in tasks), "Avg"])
-        lines = [f"% {precision}", "\\begin{tabular}{l" + "c" * len(columns) + "}", "\\toprule", header + r" \\",
-                 "\\midrule"]
+        lines = [f"% {precision}; {shows(by_method, name_of_task)[0]}", "\\begin{tabular}{l" + "c" * len(columns) + "}",
+                 "\\toprule", header + r" \\", "\\midrule"]
         for method, by_task in cells.items():
             row = [latex_cell(by_task[c], bold_best and shown[c][method] == best[c]) if c in by_task else "-"
                    for c in columns]
@@ -84,8 +110,8 @@ def latex_text(tables, bold_best=False):
 
 
 def write_tables(folder, tables, printed, bold_best, name):
-    """table_<name>.md (the printed text), .csv and .tex into folder, each written whole or not at all; returns
-    their paths."""
+    """table_<name>.md (the printed text), .csv and .tex into folder, each written whole or not at all (replacing the
+    files of the last report of this table); returns their paths."""
     written = []
     for kind, text in (("md", printed), ("csv", csv_text(tables)), ("tex", latex_text(tables, bold_best))):
         written.append(os.path.join(folder, f"table_{name}.{kind}"))
@@ -175,7 +201,8 @@ def print_table(rows, configs, data, labels, runs, results_path, plain):
     """Print the table of one sweep (see select_rows) on this data: tasks as rows for one method, the papers' layout
     (methods as rows, tasks as columns) for several. Its title names the dataset, network, precision and every
     flag that differs from the defaults' configs (plain: {label: config}); notes under it say what the average is
-    and what was left out. Returns (the printed text, {method label: rows}, name_of_task), for tables.py."""
+    and what was left out, and a last line which runs it shows (shows()). Returns (the printed text, {method label:
+    rows}, name_of_task), for tables.py."""
     mine = select_rows(rows, configs, data, runs)
     c = next(iter(configs.values()))
     dataset = experiment(c)[0]
@@ -204,14 +231,18 @@ def print_table(rows, configs, data, labels, runs, results_path, plain):
     others = [r for r in rows if (r["dataset"], r["config"]) in keys and (r["source"], r["target"], r["seed"]) in runs
               and not any(same_experiment(r, config, data) for config in configs.values())]
     if others:
-        lines.append(f"note: {len(others)} more rows with these flags come from another copy of '{dataset}' (other "
-                     "class names or image counts than the data in data_root, or written before those were "
-                     "recorded); they are not in this table.")
+        one = len(others) == 1
+        lines.append(f"note: {counted(len(others), 'more row')} with these flags {'comes' if one else 'come'} from "
+                     f"another copy of '{dataset}' (other class names or image counts than the data in data_root, or "
+                     f"written before those were recorded); {'it is' if one else 'they are'} not in this table.")
     older = sum((r["dataset"], {**r["config"], "precision": c["precision"]}) in keys
                 for r in rows if "precision" not in r["config"])
     if older:
-        lines.append(f"note: {older} more rows with these flags were written before rows recorded their precision "
-                     "(bf16 or fp32); they are not in this table, and a sweep runs them again.")
+        one = older == 1
+        lines.append(f"note: {counted(older, 'more row')} with these flags {'was' if one else 'were'} written before "
+                     f"rows recorded their precision (bf16 or fp32); {'it is' if one else 'they are'} not in this "
+                     "table, and a sweep runs them again.")
+    lines.append("\n" + shows(by_label, name)[0])
     text = "\n".join(lines)
     print(text)
     return text, by_label, name

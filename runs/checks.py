@@ -97,13 +97,25 @@ def check_config(c):
 
 def check_settings(c, flag_defaults, given=()):
     """check_config for each setting of a grid (grid.py; flag_defaults give its values' types), or for the one
-    config where there is none; then a note for each flag of the command line (given: their names) that no chosen
-    method reads."""
+    config where there is none, and --analyze's own; then a note for each flag of the command line (given: their
+    names) that no chosen method reads."""
     for setting in grid.settings(c, flag_defaults):
         check_config(dict(c, **setting))
+    if c.get("analyze"):
+        check_analyze(c)
     for line in unread_notes(c, given):
         if os.environ.get("RANK", "0") == "0":  # (under torchrun, process 0 says it)
             print(line)
+
+
+def check_analyze(c):
+    """--analyze=True reads one finished run, or two side by side in one figure (--method=source_only,dann: the
+    comparison papers show), of the same task and seed: one or two methods, one value of every other flag."""
+    named = methods(c)
+    if len(named) > 2 or len(set(named)) < len(named) or grid.varied(c) or c["tasks"] != "" or c["seeds"] != 1:
+        raise UserError("--analyze=True reads one finished run, or two side by side (--method=source_only,dann: "
+                        "their t-SNE maps in one figure): give one or two --method, one value of every other flag "
+                        "and no --tasks or --seeds (--source, --target and --seed name the runs).")
 
 
 def unread_notes(c, given):

@@ -10,6 +10,7 @@ import os
 
 from runs import grid
 from runs.config import plain_configs
+from common.words import counted
 from methods import METHODS, methods, with_method
 from data_loader import UserError, names_domain
 from datasets.download import DATASETS
@@ -29,7 +30,7 @@ def print_report(c, results_path, given, flag_defaults):
     rows = read_rows(results_path)
     if not rows:
         raise UserError(f"{results_path} holds no results yet: a run or a sweep with --out_dir="
-                        f"{os.path.dirname(results_path) or '.'} writes them there.")
+                        f"{os.path.dirname(results_path) or '.'} writes them there.{found_below(results_path)}")
     older = sum("precision" not in r["config"] for r in rows)
     settings = grid.settings(c, flag_defaults)  # a grid's values: a row of any of them is asked for
     chosen = [r for r in rows if "precision" in r["config"] and wanted(r, c, given, settings)]
@@ -42,9 +43,25 @@ def print_report(c, results_path, given, flag_defaults):
     experiments = {}
     for r in chosen:
         experiments.setdefault(json.dumps([r["dataset"], stored_config(r["config"])], sort_keys=True), []).append(r)
-    list_experiments(results_path, list(experiments.values()), len(chosen), older)
+    list_experiments(results_path, list(experiments.values()), older)
     report_tables(c, rows, [table_of(group, c, flag_defaults) for group in tables_of(list(experiments.values()))],
                   results_path)  # (all rows: the notes under a table count those it leaves out)
+
+
+def found_below(results_path):
+    """Where the results are when results_path holds none: " found: out/demo/results.jsonl; run with
+    --out_dir=out/demo" for the results files one folder down that hold rows (the demo writes to out/demo), or ""."""
+    folder = os.path.dirname(results_path) or "."
+    name = os.path.basename(results_path)
+    try:
+        below = sorted(os.path.join(os.path.dirname(results_path), entry, name) for entry in os.listdir(folder))
+    except OSError:  # (no such folder: nothing below it either)
+        return ""
+    found = [path for path in below if os.path.isfile(path) and os.path.getsize(path) > 0]
+    if not found:
+        return ""
+    runs = " or ".join(f"--out_dir={os.path.dirname(path)}" for path in found)
+    return f" Found: {', '.join(found)}; run with {runs}."
 
 
 PRECISION = {"bf16": "bf16", "off": "fp32"}  # what --amp=bf16 and --amp=off leave in a row (auto: either)
@@ -73,12 +90,14 @@ def wanted(row, c, given, settings):
     return True
 
 
-def list_experiments(results_path, experiments, runs, older):
-    """Print the experiments of a report: what differs between them, and each one's runs, tasks and seeds."""
+def list_experiments(results_path, experiments, older):
+    """Print the experiments of a report ([rows of one experiment]): what differs between them, and each one's
+    runs, tasks and seeds. A run is a task and seed of an experiment: its rows again (--rerun=True) count once."""
     configs = [dict(stored_config(group[0]["config"]), dataset=group[0]["dataset"]) for group in experiments]
     differ = [k for k in ("dataset", *EXPERIMENT_KEYS, *LATER_KEYS)
               if len({json.dumps(c.get(k)) for c in configs}) > 1]
-    print(f"{results_path}: {runs} runs of {len(experiments)} experiment{'s' * (len(experiments) > 1)}"
+    runs = sum(len(distinct_runs(group)) for group in experiments)
+    print(f"{results_path}: {counted(runs, 'run')} of {counted(len(experiments), 'experiment')}"
           + (f", which differ in {', '.join(differ)}:" if differ else ":"))
     for k, (config, group) in enumerate(zip(configs, experiments), 1):
         labels = short_names(sorted({n for r in group for n in (r["source"], r["target"])}))
@@ -86,9 +105,16 @@ def list_experiments(results_path, experiments, runs, older):
         seeds = sorted({r["seed"] for r in group})
         shown = "  ".join(f"{key}={config[key]}" for key in differ) or \
             f"{config['dataset']} {config['model']} {method_label(config)}"
-        print(f"  {k}. {shown}: {len(group)} runs, {', '.join(tasks)}, seeds {', '.join(map(str, seeds))}")
+        print(f"  {k}. {shown}: {counted(len(distinct_runs(group)), 'run')}, {', '.join(tasks)}, "
+              f"{'seed' + 's' * (len(seeds) > 1)} {', '.join(map(str, seeds))}")
     if older:
-        print(f"  ({older} more rows were written before rows recorded their precision: in no table.)")
+        print(f"  ({counted(older, 'more row')} {'was' if older == 1 else 'were'} written before rows recorded their "
+              "precision: in no table.)")
+
+
+def distinct_runs(rows):
+    """The runs of one experiment's rows: their (source, target, seed), a rerun's rows counted once."""
+    return {(r["source"], r["target"], r["seed"]) for r in rows}
 
 
 def tables_of(experiments):
@@ -139,13 +165,14 @@ def table_of(by_label, c, flag_defaults):
 def report_tables(c, rows, tables, results_path):
     """Print each table ((configs, data, labels, runs, plain): results.print_table) and write it next to the results
     file as table_<name>.md, .csv and .tex (tables.py) and its learning curves as curves_<name>.png (curves.py),
-    <name> telling the dataset, network and precision, and a hash of the experiments and runs it shows: another
-    report's files never take its place. Every file written is said."""
+    <name> telling what the table is (table_name): the same experiments' table lands at the same paths, rewritten
+    whole, however many runs it holds; each text file names the runs it shows (tables.shows). Every file written
+    is said."""
     folder = os.path.dirname(results_path)
     for configs, data, labels, runs, plain in tables:
         text, by_label, name_of_task = print_table(rows, configs, data, labels, runs, results_path, plain)
         config = next(iter(configs.values()))
-        stem = table_name(configs, runs)
+        stem = table_name(configs)
         try:
             written = write_tables(folder, [(config["precision"], by_label, name_of_task)], text.strip() + "\n",
                                    c["bold_best"], stem)
@@ -173,9 +200,12 @@ def default_setting(configs, plain):
                                            -list(METHODS).index(configs[label]["method"])))  # (ties: the first)
 
 
-def table_name(configs, runs):
-    """<dataset>_<model>_<precision>_<hash of the experiments and runs>: the name of one table's files."""
+def table_name(configs):
+    """<dataset>_<model>_<precision>_<hash of its experiments>: the name of one table's files, from what the table is
+    (the dataset, and every setting's experiment: results.experiment), never from the tasks and seeds it holds so
+    far: a seed more rewrites the same files, and a table of other settings, flags or precision has files of its
+    own."""
     config = next(iter(configs.values()))
-    shown = sorted(json.dumps(experiment(config), sort_keys=True) for config in configs.values()), sorted(runs)
-    digest = hashlib.sha1(json.dumps(shown, sort_keys=True, default=str).encode()).hexdigest()[:8]
+    shown = sorted(json.dumps(experiment(config), sort_keys=True) for config in configs.values())
+    digest = hashlib.sha1(json.dumps(shown).encode()).hexdigest()[:8]
     return f"{experiment(config)[0]}_{config['model']}_{config['precision']}_{digest}"

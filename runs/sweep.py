@@ -12,9 +12,11 @@ import collections
 import contextlib
 import os
 import tempfile
+from time import monotonic
 
 from runs import distributed
 from runs import grid
+from common.words import counted
 from methods import methods, with_method
 from runs.checkpoint import Checkpoint, Diverged, StopOnSignal, Stopped
 from data_loader import UserError, choose_cache, class_counts, class_difference, load_domain
@@ -46,15 +48,24 @@ def run_sweep(c, data_root, device, results_path, train, precision, plain, flag_
     mine = plan[index::count]
     todo = mine if c["rerun"] or not sweep else [run for run in mine if run not in before]
     todo = distributed.decide(todo)  # (under torchrun, process 0's: another shard may append rows as they read them)
+    if sweep or c["plan"]:
+        print_plan(c, plan, mine, todo, [run for run in mine if run in before], results_path, labels, len(configs))
     for setting, source, target, seed in (run for run in mine if run not in todo):
         print(f"skipping {setting} {task_name(source, target, labels)} seed {seed}: already "
               f"in {results_path} (--rerun=True to redo)")
     check_tasks(data_root, dict.fromkeys((s, t) for _, s, t, _ in todo), labels)
+    if c["plan"]:
+        for number, (setting, source, target, seed) in enumerate(todo, 1):
+            print(f"run {number} of {len(todo)}: {task_name(source, target, labels)} {setting} seed {seed}")
+        print(f"--plan=True: nothing was trained; the same command without it trains "
+              f"{'the ' + counted(len(todo), 'run') if todo else 'nothing'}.")
+        return []
     names = sorted({name for _, s, t, _ in todo for name in (s, t)})
     cache = choose_cache(c["cache"], data_root, names, c["resize_size"], device) if todo else None
     if todo and c["weights"] != "none":
         build_model(c["model"], 2, c["weights"])  # fetch the ImageNet weights (or fail) before decoding images
     domains, finished, diverged = {}, [], []
+    clock = Clock(len(todo))
     with StopOnSignal() as stop:
         for setting, source, target, seed in todo:
             run = dict(configs[setting], source=source, target=target, seed=seed)
@@ -66,18 +77,22 @@ def run_sweep(c, data_root, device, results_path, train, precision, plain, flag_
                 if name not in domains:  # decoded once per process, shared by every task that uses the domain
                     domains[name] = load_domain(data_root, name, c["resize_size"], cache, c["num_workers"],
                                                 device, input_size(c["model"], c["weights"])[2], c["cache_dir"])
-            if len(configs) > 1:  # the main config line leaves these unresolved ("auto", a grid): this run's values
-                shown = dict.fromkeys(("bottleneck", "trade_off", "entropy", *run["grid"]))
-                print(f"run: {task} {label}: " + "  ".join(f"{k}={run[k]}" for k in shown))
+            if sweep:  # where the sweep is; several settings: this run's values, which the config line leaves open
+                shown = dict.fromkeys(("bottleneck", "trade_off", "entropy", *run["grid"])) if len(configs) > 1 else {}
+                values = "  ".join(f"{k}={run[k]}" for k in shown)
+                print(f"{clock.next()}: {task} {label}{': ' + values if values else ''}  ({clock.said()})")
             try:
                 result = train_and_record(run, domains, device, task, data, results_path, stop,
                                           before[(setting, source, target, seed)], train)
             except Diverged as e:
+                clock.trained()
                 if not sweep:
                     raise
                 print(f"error: {e} Moving on to the next run.")
                 diverged.append(f"{task} {label}")
                 continue
+            if result:
+                clock.trained()
             if result and distributed.rank() == 0:
                 named = f"  {label}" if sweep or run["method"] != "source_only" else ""  # plain fine-tuning: bare
                 print(f"{task} accuracy: {100 * result['accuracy']:.2f}% ({result['correct']}/{result['total']})"
@@ -89,9 +104,58 @@ def run_sweep(c, data_root, device, results_path, train, precision, plain, flag_
             report_tables(c, rows, [(configs, data, labels, runs, plain)], results_path)
     if diverged:
         others = "The other runs are in the results file." if finished else "No run of this process finished."
-        raise UserError(f"{len(diverged)} of {len(todo)} runs diverged and wrote no result: {', '.join(diverged)} "
+        raise UserError(f"{len(diverged)} of {counted(len(todo), 'run')} diverged and wrote no result: "
+                        f"{', '.join(diverged)} "
                         f"(their messages are above). {others}")
     return finished
+
+
+def print_plan(c, plan, mine, todo, done, results_path, labels, settings):
+    """Before the first run: how many runs the sweep plans (its tasks, seeds and settings), this process's shard of
+    them, how many are in the results file already (done) and how many it trains (todo). --plan=True: also each run
+    it would train, numbered as the sweep numbers them."""
+    tasks = list(dict.fromkeys(task_name(s, t, labels) for _, s, t, _ in plan))
+    parts = [counted(len(tasks), "task") + f" ({', '.join(tasks)})", counted(c["seeds"], "seed"),
+             counted(settings, "setting")]
+    shard = f"; this process's shard {c['shard']} takes {len(mine)}" if len(mine) < len(plan) else ""
+    already = f"{len(done)} in {results_path} already"
+    if any(run in todo for run in done):  # (--rerun=True; a single run always trains)
+        already += ", trained again" + " (--rerun=True)" * c["rerun"]
+    print(f"plan: {counted(len(plan), 'run')}, {' x '.join(parts)}{shard}; {already}; {len(todo)} to train")
+
+
+class Clock:
+    """Where a sweep is: "run 7 of 12", the time since its first run began, and what is left, estimated from the
+    runs trained so far (a skipped run, one another process trains, takes no time and counts for none)."""
+
+    def __init__(self, runs):
+        self.runs, self.number, self.start, self.done = runs, 0, monotonic(), 0
+
+    def next(self):
+        """"run k of n" for the run about to start."""
+        self.number += 1
+        return f"run {self.number} of {self.runs}"
+
+    def trained(self):
+        self.done += 1
+
+    def said(self):
+        """"1m 05s elapsed, about 3m 10s left": the mean time of a run trained so far, times the runs left (this
+        one too); the estimate only once a run has trained."""
+        elapsed = monotonic() - self.start
+        left = self.runs - self.number + 1
+        estimate = f", about {duration(elapsed / self.done * left)} left" if self.done else ""
+        return f"{duration(elapsed)} elapsed{estimate}"
+
+
+def duration(seconds):
+    """"42s", "3m 05s", "2h 07m"."""
+    seconds = round(seconds)
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m {seconds % 60:02d}s"
+    return f"{seconds // 3600}h {seconds // 60 % 60:02d}m"
 
 
 def sweep_configs(c, precision, flag_defaults):

@@ -2,14 +2,16 @@
 
     python office31.py --method=dann --save_model=True           # the run, its weights kept
     python office31.py --method=dann --analyze=True              # the same flags: its t-SNE figure and A-distance
+    python office31.py --method=source_only,dann --analyze=True  # two saved runs of one task and seed, side by side
 
 The features are the classifier's input (the bottleneck's output where there is one, else the backbone's pooled
 output) of every source and target image, centre-cropped as for testing. Printed: the proxy A-distance (Ben-David
 et al., "Analysis of Representations for Domain Adaptation", NIPS 2007; as DANN and DAN report it), 2 (1 - 2 err)
 with err the test error of a linear domain classifier trained on half of the features, tested on the other half:
 0 where the domains cannot be told apart, 2 where they are separable. Written: tsne_<run>.png, a t-SNE map of the
-features coloured by domain (left) and by class (right). scikit-learn fits the t-SNE and splits the features in
-halves; it is imported here only.
+features by domain (left) and by class (right), circles the source's images and crosses the target's; of two runs,
+tsne_<task>_<model>_<method>_vs_<method>_seed<seed>.png, a map of each by class. scikit-learn fits the t-SNE and
+splits the features in halves; it is imported here only.
 """
 import os
 
@@ -20,7 +22,7 @@ from data_loader import UserError, choose_cache, load_domain
 from networks.models import build_model, classifier, input_size, network_pixels
 from results.tasks import domain_name, task_name
 from results.store import read_rows
-from results.experiments import same_experiment
+from results.experiments import method_label, same_experiment
 from common.files import write_file
 from results.tasks import names_and_fingerprints
 from selection.validators import domain_classifier
@@ -38,7 +40,7 @@ def saved_run(c, results_path, data, source, target):
         why = ("its weights were not saved: run it again with --save_model=True --rerun=True" if rows else
                "there is no finished run of it there: train it first with these flags and --save_model=True")
         raise UserError(f"--analyze=True reads a finished run's weights from {os.path.dirname(results_path) or '.'}, "
-                        f"but for {source}->{target} seed {c['seed']} with these flags {why}.")
+                        f"but for {method_label(c)} on {source}->{target} seed {c['seed']} with these flags {why}.")
     return saved[-1], weights_path(results_path, saved[-1])
 
 
@@ -77,40 +79,71 @@ def tsne(points, seed=0):
     return TSNE(2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(points.numpy())
 
 
-def draw(coordinates, domains, labels, names, classes, title, path):
-    """The t-SNE map twice: coloured by domain (left), by class with the domain as the marker (right)."""
+def class_colours(count):
+    """A colour per class: matplotlib's tab10 or tab20 where they have enough, else evenly spaced along turbo."""
+    import matplotlib
+    from matplotlib.colors import ListedColormap
+    if count <= 20:
+        return ListedColormap(matplotlib.colormaps["tab10" if count <= 10 else "tab20"].colors[:count])
+    return ListedColormap(matplotlib.colormaps["turbo"](numpy.linspace(0, 1, count)))
+
+
+MOST_CLASS_NAMES = 20  # classes named in a legend; more (Office-31's 31, Office-Home's 65): a colour bar of names
+DOMAIN_MARKS = ({"marker": "o", "s": 10, "alpha": 0.6}, {"marker": "x", "s": 14, "linewidths": 0.8, "alpha": 0.8})
+
+
+def draw(maps, names, classes, title, path):
+    """The t-SNE figure, written to path; returns it. maps: [(panel title, note under the panel, coordinates,
+    domains, labels)], domains 0 (source) and 1 (target), names the two domains'. One map: two panels, its points
+    by domain (grey circles for the source, black crosses for the target) and by class (the class's colour, the same
+    marks); two maps (source only and a method, say): a panel of each, by class. The marks' key and the classes'
+    (a legend, or a colour bar of their names where there are many) are the figure's; no axis ticks: t-SNE's
+    coordinates mean nothing."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    figure, (by_domain, by_class) = plt.subplots(1, 2, figsize=(12, 5.5))
-    for k, name in enumerate(names):
-        mine = domains == k
-        by_domain.scatter(*coordinates[mine].T, s=6, alpha=0.6, color=f"C{k}", label=name)
-        by_class.scatter(*coordinates[mine].T, s=8, alpha=0.7, c=labels[mine], cmap="tab20", vmin=0,
-                         vmax=max(len(classes) - 1, 1), marker="o^"[k], label=f"{name} (marker)")
-    by_domain.legend()
-    by_class.legend()
-    by_domain.set_title("by domain")
-    by_class.set_title(f"by class ({len(classes)} classes)")
-    by_domain.set_gid("domain")
-    by_class.set_gid("class")
-    figure.suptitle(title, fontsize=9)
-    figure.tight_layout()
-    write_file(path, lambda f: figure.savefig(f, format="png", dpi=90))
-    plt.close(figure)
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import BoundaryNorm
+    from matplotlib.lines import Line2D
+    panels = [("by domain", "", *maps[0][2:], "domain"), ("by class", "", *maps[0][2:], "class")] \
+        if len(maps) == 1 else [(*m, "class") for m in maps]  # (one map: its title and note are the figure's)
+    cmap = class_colours(len(classes))
+    norm = BoundaryNorm(numpy.arange(len(classes) + 1) - 0.5, len(classes))
+    figure, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels) + 2.2, 5.4), squeeze=False,
+                                layout="constrained")
+    for axis, (name, note, coordinates, domains, labels, by) in zip(axes[0], panels):
+        for k in (0, 1):
+            mine = domains == k
+            shade = {"color": ("0.55", "black")[k]} if by == "domain" else {"c": labels[mine], "cmap": cmap,
+                                                                            "norm": norm}
+            axis.scatter(*coordinates[mine].T, **DOMAIN_MARKS[k], **shade, gid=f"{by}:{names[k]}")
+        axis.set_title(name, fontsize=10)
+        axis.set_xlabel(note, fontsize=7)
+        axis.set_xticks([])
+        axis.set_yticks([])
+        axis.set_gid(by if len(maps) == 1 else name.split(":")[0])
+    marks = [Line2D([], [], linestyle="", marker=DOMAIN_MARKS[k]["marker"], color=("0.55", "black")[k],
+                    label=f"{names[k]} ({('source', 'target')[k]})") for k in (0, 1)]
+    figure.legend(handles=marks, loc="outside lower center", ncols=2, fontsize=9, title="domain", frameon=False)
+    if len(classes) <= MOST_CLASS_NAMES:
+        key = [Line2D([], [], linestyle="", marker="s", color=cmap(k), label=name) for k, name in enumerate(classes)]
+        figure.legend(handles=key, loc="outside right upper", fontsize=8, title="class", frameon=False)
+    else:
+        bar = figure.colorbar(ScalarMappable(norm, cmap), ax=axes[0].tolist(), location="right", fraction=0.04)
+        every = max(1, len(classes) // 70)  # (at most about 70 names: DomainNet's 345, every fourth)
+        bar.set_ticks(range(0, len(classes), every), labels=list(classes)[::every], fontsize=6)
+        bar.set_label("class")
+    figure.suptitle(title, fontsize=10)
+    try:
+        write_file(path, lambda f: figure.savefig(f, format="png", dpi=90))
+    finally:
+        plt.close(figure)
+    return figure
 
 
-def analyze(c, data_root, device, results_path, evaluate):
-    """The proxy A-distance and t-SNE figure of the finished run of config c (one method, resolved); returns
-    {"proxy_a_distance", "domain_error", "layer", "figure"}. evaluate: office31.evaluate."""
-    labels, data = names_and_fingerprints(data_root)
-    source_name, target_name = domain_name(data_root, c["source"]), domain_name(data_root, c["target"])
-    run = dict(c, source=source_name, target=target_name)
-    row, path = saved_run(run, results_path, data, source_name, target_name)
-    cache = choose_cache(c["cache"], data_root, [source_name, target_name], c["resize_size"], device)
-    interpolation = input_size(c["model"], c["weights"])[2]
-    domains = [load_domain(data_root, name, c["resize_size"], cache, c["num_workers"], device, interpolation,
-                           c["cache_dir"]) for name in (source_name, target_name)]
+def run_features(c, path, domains, device, evaluate):
+    """(source features, source labels, target features, target labels, what the features are) of the run of
+    config c whose weights are at path."""
     net, new_layer = build_model(c["model"], len(domains[0].classes), "none", c["bottleneck"], c["freeze"])
     net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
     net = net.to(device)
@@ -119,19 +152,50 @@ def analyze(c, data_root, device, results_path, evaluate):
     (xs, ys), (xt, yt) = (features(c, net, layer, d, evaluate, pixels) for d in domains)
     named = (f"the classifier's input: the {c['bottleneck']}-wide bottleneck's output" if c["bottleneck"] else
              f"the classifier's input: {c['model']}'s {xs.shape[1]} pooled features")
-    distance, error = proxy_a_distance(xs, xt)
+    return xs, ys, xt, yt, named
+
+
+def analyze(configs, data_root, device, results_path, evaluate):
+    """The proxy A-distance and t-SNE map of the finished run of each config (one method each, resolved; one run,
+    or two of one task and seed, such as source only and a method, side by side in one figure); returns {"figure",
+    "runs": [{"proxy_a_distance", "domain_error", "layer", "run_file", "method"}]}. evaluate: office31.evaluate."""
+    labels, data = names_and_fingerprints(data_root)
+    first = configs[0]
+    source_name, target_name = domain_name(data_root, first["source"]), domain_name(data_root, first["target"])
+    saved = [saved_run(dict(c, source=source_name, target=target_name), results_path, data, source_name, target_name)
+             for c in configs]  # (every run found before any work)
+    cache = choose_cache(first["cache"], data_root, [source_name, target_name], first["resize_size"], device)
+    interpolation = input_size(first["model"], first["weights"])[2]
+    domains = [load_domain(data_root, name, first["resize_size"], cache, first["num_workers"], device, interpolation,
+                           first["cache_dir"]) for name in (source_name, target_name)]
     task = task_name(source_name, target_name, labels)
-    print(f"{task} proxy A-distance: {distance:.3f} (a linear domain classifier's test error {100 * error:.1f}%; "
-          f"features: {named}; {len(xs)} source and {len(xt)} target images; run {row['run_file']})")
-    points = torch.cat([xs, xt])
-    domain_of = torch.cat([torch.zeros(len(xs), dtype=torch.long), torch.ones(len(xt), dtype=torch.long)])
-    class_of = torch.cat([ys, yt])
-    if len(points) > MOST_POINTS:
-        keep = torch.randperm(len(points), generator=torch.Generator().manual_seed(0))[:MOST_POINTS]
-        points, domain_of, class_of = points[keep], domain_of[keep], class_of[keep]
-    figure = os.path.join(os.path.dirname(results_path), "tsne_" + row["run_file"][:-len(".json")] + ".png")
-    title = (f"{task} {row['run_file']}: t-SNE of {named} ({len(points)} images); proxy A-distance {distance:.3f}")
-    draw(tsne(points), domain_of.numpy(), class_of.numpy(), [source_name, target_name], domains[0].classes, title,
-         figure)
+    maps, runs = [], []
+    for c, (row, path) in zip(configs, saved):
+        xs, ys, xt, yt, named = run_features(c, path, domains, device, evaluate)
+        distance, error = proxy_a_distance(xs, xt)
+        print(f"{task} proxy A-distance: {distance:.3f} (a linear domain classifier's test error {100 * error:.1f}%; "
+              f"features: {named}; {len(xs)} source and {len(xt)} target images; run {row['run_file']})")
+        points = torch.cat([xs, xt])
+        domain_of = torch.cat([torch.zeros(len(xs), dtype=torch.long), torch.ones(len(xt), dtype=torch.long)])
+        class_of = torch.cat([ys, yt])
+        if len(points) > MOST_POINTS:
+            keep = torch.randperm(len(points), generator=torch.Generator().manual_seed(0))[:MOST_POINTS]
+            points, domain_of, class_of = points[keep], domain_of[keep], class_of[keep]
+        label = method_label(c)
+        maps.append((f"{label}: proxy A-distance {distance:.3f}",
+                     f"run {row['run_file']}\nt-SNE of {named} ({len(points)} images)",
+                     tsne(points), domain_of.numpy(), class_of.numpy()))
+        runs.append({"proxy_a_distance": distance, "domain_error": error, "layer": named,
+                     "run_file": row["run_file"], "method": label})
+    folder = os.path.dirname(results_path)
+    if len(configs) == 1:
+        figure = os.path.join(folder, "tsne_" + saved[0][0]["run_file"][:-len(".json")] + ".png")
+        title = (f"t-SNE of {task}, {runs[0]['method']}, seed {first['seed']}: proxy A-distance "
+                 f"{runs[0]['proxy_a_distance']:.3f}\n{maps[0][1]}")
+    else:  # one name for the pair, rewritten in place when drawn again
+        figure = os.path.join(folder, f"tsne_{source_name}-{target_name}_{first['model']}_"
+                                      + "_vs_".join(run["method"] for run in runs) + f"_seed{first['seed']}.png")
+        title = f"t-SNE of {task}, seed {first['seed']}: " + " beside ".join(run["method"] for run in runs)
+    draw(maps, [source_name, target_name], domains[0].classes, title, figure)
     print(f"wrote {figure}")
-    return {"proxy_a_distance": distance, "domain_error": error, "layer": named, "figure": figure}
+    return {"figure": figure, "runs": runs}

@@ -19,6 +19,14 @@ import torch.nn.functional as F
 
 
 HELD_OUT = ("source_val_acc", "dev")  # read the labels of source images held out of training (--source_val)
+# Each score's scale, as a figure's axis names it (selection_table.draw): (what it is, the factor to its unit); an
+# accuracy in percent like the target's beside it, the others on their own scale
+AXES = {"source_val_acc": ("held-out source accuracy (%)", 100),
+        "dev": ("minus DEV, a weighted source loss (own scale)", 1),
+        "entropy": ("minus the mean target entropy (nats)", 1),
+        "infomax": ("information maximisation (nats)", 1),
+        "bnm": ("batch nuclear norm / N (own scale)", 1),
+        "snd": ("soft neighbourhood density (own scale)", 1)}
 SND_TEMPERATURE = 0.05  # Saito et al.'s tau
 DOMAIN_DECAYS = (1e-1, 1e-2, 1e-3)  # L2 weights tried for DEV's domain classifier, the best on its own held-out 20%
 

@@ -48,7 +48,7 @@ def test_one_run_draws_its_accuracy_and_loss_per_epoch(tmp_path):
     assert lines_of(top)["source_only:target"] == ([1, 2, 3], [100 * e["target_acc"] for e in epochs])
     assert lines_of(bottom)["source_only:loss"] == ([1, 2, 3], [e["loss"] for e in epochs])
     assert "source_only:adaptation" not in lines_of(bottom)
-    assert top.get_legend().get_texts()[0].get_text() == "source_only (1 seeds)"
+    assert top.get_legend().get_texts()[0].get_text() == "source_only (1 seed)"
 
 
 def test_a_visda_curve_is_its_mean_class_accuracy_per_epoch(tmp_path):

@@ -106,7 +106,7 @@ def test_rows_of_another_copy_of_the_dataset_are_another_experiment(tmp_path, ca
     sweep(subset, out, "--report=True")
     shown = capsys.readouterr().out
     assert f"| A→W | {100 * second['accuracy']:.2f} | 1 |" in shown
-    assert "note: 1 more rows with these flags come from another copy of 'office31'" in shown
+    assert "note: 1 more row with these flags comes from another copy of 'office31'" in shown
 
 
 def test_rows_without_fingerprint_are_their_own_group(tmp_path, capsys):
@@ -117,7 +117,7 @@ def test_rows_without_fingerprint_are_their_own_group(tmp_path, capsys):
     del row["data"]  # as written before fingerprints were recorded
     (out / "results.jsonl").write_text(json.dumps(row, ensure_ascii=False) + "\n", encoding="utf-8")
     assert len(sweep(root, out, "--tasks=A-W")) == 1
-    assert "note: 1 more rows with these flags come from another copy" in capsys.readouterr().out
+    assert "note: 1 more row with these flags comes from another copy" in capsys.readouterr().out
 
 
 def test_a_domain_is_named_by_its_folder_name_or_its_initial_in_any_case():

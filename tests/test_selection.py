@@ -361,9 +361,45 @@ def test_selection_picks_each_validators_best_and_the_oracle(tmp_path):
     numbers = selection_table.cells(table)
     assert numbers["entropy"][1:] == pytest.approx((35.0, 75.0, 75.0 - 35.0))
     text = selection_table.markdown(table, lambda s, t: "A→W", "title", "accuracy", {})
-    assert re.search(r"^\| entropy \| 35\.00 \| 35\.00 \| 75\.00 \| 40\.00 \|$", text, re.M)
-    assert re.search(r"^\| oracle \(target labels\) \| 75\.00 \| 75\.00 \| 75\.00 \| 0\.00 \|$", text, re.M)
+    entropy, oracle = (f"{statistics.stdev(values):.2f}" for values in ([50, 20], [90, 60]))  # (over seeds 0, 1)
+    assert table_cells(text)["entropy"] == [f"35.00 ± {entropy}", "35.00", "75.00", "40.00"]
+    assert table_cells(text)[selection_table.ORACLE] == [f"75.00 ± {oracle}", "75.00", "75.00", "0.00"]
     assert "Each cell: the target accuracy (%)" in text and "(k/n)" not in text and "--rerun" not in text
+
+
+def test_the_selection_files_show_mean_and_std_over_seeds_and_name_the_runs_they_are_of(tmp_path):
+    """selection_<name>.md, .csv and .tex: each task's cell is the mean ± sample std over the seeds a choice picked
+    on (no ± for one seed, "(k/n)" for k of n), the .tex a booktabs table as the papers print it; each file names the
+    runs it is of (their count, tasks, seeds, hash), and the hash changes with the runs."""
+    def epoch(acc, entropy, snd):
+        return {"target_acc": acc, "validators": {"entropy": entropy, "snd": snd}}
+    rows = [made(tmp_path, "a", 0, [epoch(0.9, -1, 2), epoch(0.8, -2, 1)], accuracy=0.8, date="d0"),
+            made(tmp_path, "a", 1, [epoch(0.3, -1, None), epoch(0.2, -2, None)], accuracy=0.2, date="d1"),
+            made(tmp_path, "a", 2, [epoch(0.5, -1, 0), epoch(0.7, -2, 1)], accuracy=0.7, date="d2")]
+    by_label = {"dann": rows}
+    paths = selection_table.report(str(tmp_path), by_label, "dann", lambda s, t: "A→W", "title", "stem")
+    assert [os.path.basename(p) for p in paths] == ["selection_stem.md", "selection_stem.csv", "selection_stem.tex",
+                                                    "validators_stem.png"]
+    text, table, latex = (open(p, encoding="utf-8").read() for p in paths[:3])
+    picked = {"entropy": [90, 30, 50], "snd": [90, 70], "final model: dann": [80, 20, 70], "oracle (target labels)":
+              [90, 30, 70]}  # (snd: no score on seed 1)
+    for choice, values in picked.items():
+        mean, std = statistics.mean(values), statistics.stdev(values)
+        partial = " (2/3)" if len(values) == 2 else ""
+        assert table_cells(text)[choice][0] == f"{mean:.2f} ± {std:.2f}{partial}", choice
+        [line] = [line for line in latex.splitlines() if line.startswith(choice.replace("_", "\\_") + " & ")]
+        assert line.split(" & ")[1] == f"{mean:.1f} $\\pm$ {std:.1f}{partial}", choice
+    assert "\\toprule" in latex and "Choice & A$\\to$W & Avg & Its oracle & Gap \\\\" in latex
+    [shown] = [line for line in text.splitlines() if line.startswith("shows ")]
+    assert shown.startswith("shows 3 runs: task A→W; seeds 0, 1, 2; runs hash ")
+    digest = shown.rsplit(" ", 1)[1]
+    assert latex.splitlines()[0].endswith(shown) and latex.startswith("% title; ")
+    assert {line["runs_hash"] for line in csv.DictReader(open(paths[1], encoding="utf-8"))} == {digest}
+    one = {"dann": rows[:1]}  # one seed: no ±
+    paths = selection_table.report(str(tmp_path), one, "dann", lambda s, t: "A→W", "title", "one")
+    text = open(paths[0], encoding="utf-8").read()
+    assert table_cells(text)["entropy"][0] == "90.00" and "shows 1 run: task A→W; seed 0; runs hash " in text
+    assert digest not in text
 
 
 def test_a_visda_selection_table_its_oracle_its_files_and_figure_score_by_the_mean_class_accuracy(tmp_path):
@@ -397,7 +433,8 @@ def test_a_visda_selection_table_its_oracle_its_files_and_figure_score_by_the_me
     figure = selection_table.draw(found, table, lambda s, t: "S→R", "mean class accuracy", str(tmp_path / "v.png"))
     [axis] = figure.axes
     assert axis.get_ylabel() == "target mean class accuracy (%)"
-    assert sorted(axis.collections[0].get_offsets()[:, 1].tolist()) == pytest.approx([30.0, 40.0, 70.0])
+    points = [y for c in axis.collections if c.get_gid().startswith("points") for y in c.get_offsets()[:, 1]]
+    assert sorted(points) == pytest.approx([30.0, 40.0, 70.0])
 
 
 def test_runs_without_scores_are_named_and_no_oracle_or_gap_leaves_them_out_silently(tmp_path):
@@ -417,7 +454,8 @@ def test_runs_without_scores_are_named_and_no_oracle_or_gap_leaves_them_out_sile
     text = selection_table.markdown(table, lambda s, t: f"{s[0].upper()}→{t[0].upper()}", "title", "accuracy",
                               selection_table.unscored(found, by_label))
     assert table_cells(text)["final model: dann lr=0.001"] == ["-", "-", "-", "-"]
-    assert table_cells(text)[selection_table.ORACLE] == ["30.00", "30.00", "30.00", "0.00"]
+    spread = f"{statistics.stdev([20, 40]):.2f}"  # (the oracle's picks: 0.2 on seed 0, 0.4 on seed 1)
+    assert table_cells(text)[selection_table.ORACLE] == [f"30.00 ± {spread}", "30.00", "30.00", "0.00"]
     assert ("No validator scores (run with --validators=none, or the run file is gone), so not among the candidates "
             "and in no number above, the final model's included: dann lr=0.001 (A→W seed 0, W→A seed 0). To score "
             "them, run those settings again with --rerun=True and --validators=auto (or --validators=entropy).") in text
@@ -473,7 +511,7 @@ def test_a_validator_without_a_score_on_a_seed_is_compared_on_the_seeds_it_has(t
     assert selection_table.cells(table)[selection_table.ORACLE][1:] == pytest.approx((60, 60, 0))
     text = selection_table.markdown(table, lambda s, t: "A→W", "title", "accuracy", {})
     assert table_cells(text)["snd"] == ["90.00 (1/2)", "90.00", "90.00", "0.00"]
-    assert table_cells(text)["entropy"] == ["60.00", "60.00", "60.00", "0.00"]
+    assert table_cells(text)["entropy"] == [f"60.00 ± {statistics.stdev([90, 30]):.2f}", "60.00", "60.00", "0.00"]
     assert "(k/n): over the k of the n seeds where it picked one" in text
 
 
@@ -509,14 +547,15 @@ def test_analyze_a_saved_run_prints_the_proxy_a_distance_and_writes_its_t_sne(tm
         office31.main([*argv, "--analyze"])
     office31.main([*argv, "--save_model", "--rerun"])
     capsys.readouterr()
-    found = office31.main([*argv, "--analyze"])
+    [found] = office31.main([*argv, "--analyze"])["runs"]
     line = capsys.readouterr().out
     shown = re.search(r"A→W proxy A-distance: (-?[\d.]+) \(a linear domain classifier's test error ([\d.]+)%; "
                       r"features: the classifier's input: the 256-wide bottleneck's output; 24 source and 18 target "
                       r"images", line)
     assert shown and float(shown[1]) == round(found["proxy_a_distance"], 3)
     assert found["proxy_a_distance"] == pytest.approx(2 * (1 - 2 * found["domain_error"]))
-    assert os.path.getsize(found["figure"]) > 0 and os.path.basename(found["figure"]).startswith("tsne_amazon-webcam")
+    figure = os.path.join(tmp_path, f"tsne_{found['run_file'][:-len('.json')]}.png")
+    assert os.path.getsize(figure) > 0 and os.path.basename(figure).startswith("tsne_amazon-webcam")
     with pytest.raises(SystemExit, match=r"--analyze=True reads one finished run"):
         office31.main([*argv, "--analyze", "--seeds=2"])
 

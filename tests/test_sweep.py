@@ -204,3 +204,34 @@ def test_foreign_or_truncated_results_file_is_refused_untouched(tmp_path, three,
         with pytest.raises(SystemExit, match="is not a complete result row of office31.py"):
             sweep(three, out, *extra)
     assert path.read_text() == content
+
+
+def test_a_sweep_prints_its_plan_and_where_it_is_and_plan_lists_it_without_training(tmp_path, three, monkeypatch,
+                                                                                    capsys):
+    out = tmp_path / "out"
+    sweep(three, out, "--tasks=A-W")
+    capsys.readouterr()
+    flags = ("--tasks=A-W,W-A", "--seeds=2", "--method=source_only,coral")
+    monkeypatch.setattr(office31, "fine_tune", lambda *a: pytest.fail("trained"))
+    monkeypatch.setattr(sweep_module, "load_domain", lambda *a: pytest.fail("decoded images"))
+    assert sweep(three, out, *flags, "--plan=True") == []
+    printed = capsys.readouterr().out
+    assert (f"plan: 8 runs, 2 tasks (A→W, W→A) x 2 seeds x 2 settings; 1 in {out / 'results.jsonl'} already; "
+            "7 to train") in printed
+    assert "skipping source_only A→W seed 0: already in" in printed
+    listed = re.findall(r"^run (\d) of 7: (\S+) (\S+) seed (\d)$", printed, re.M)
+    assert listed[0] == ("1", "A→W", "source_only", "1") and len(listed) == 7 and listed[-1][:3] == ("7", "W→A",
+                                                                                                     "coral")
+    assert printed.rstrip().endswith("--plan=True: nothing was trained; the same command without it trains the 7 runs.")
+    assert len(rows_of(out)) == 1
+    monkeypatch.undo()
+    ticks = iter(range(0, 1000, 10))  # each reading of the clock 10 s after the last
+    monkeypatch.setattr(sweep_module, "monotonic", lambda: next(ticks))
+    sweep(three, out, "--tasks=A-W,W-A", "--seeds=2")
+    printed = capsys.readouterr().out
+    assert f"plan: 4 runs, 2 tasks (A→W, W→A) x 2 seeds x 1 setting; 1 in {out / 'results.jsonl'} already; 3 to " \
+           "train" in printed
+    progress = re.findall(r"^(run \d of 3: .*)$", printed, re.M)
+    assert progress == ["run 1 of 3: A→W source_only seed 1  (10s elapsed)",
+                        "run 2 of 3: W→A source_only seed 0  (20s elapsed, about 40s left)",
+                        "run 3 of 3: W→A source_only seed 1  (30s elapsed, about 15s left)"]

@@ -119,8 +119,10 @@ def test_latex_escapes_every_text_cell():
     latex = tables.latex_text([("fp32", by_method, name)])
     assert "Method & Mnist$\\to$Mnist\\_ & Site\\_a\\&b$\\to$Site\\_c\\% & Avg \\\\" in latex
     assert "\nmy\\_method\\#2 & 50.0 & - & - \\\\" in latex and "\ncdan+e & 50.0 & 50.0 & 50.0 \\\\" in latex
-    unescaped = re.sub(r"\\[&%_#$]", "", latex)
-    assert not re.search(r"[%#]", unescaped.replace("% fp32", "")) and unescaped.count("&") == 3 * 3
+    comment, body = latex.split("\n", 1)  # (a comment line: LaTeX reads nothing of it)
+    assert comment.startswith("% fp32; shows 3 runs: tasks Mnist→Mnist_, Site_a&b→Site_c%; seed 0; runs hash ")
+    unescaped = re.sub(r"\\[&%_#$]", "", body)
+    assert not re.search(r"[%#]", unescaped) and unescaped.count("&") == 3 * 3
 
 
 def test_a_one_method_table_and_its_figure_name_the_method(tmp_path, capsys, monkeypatch):
@@ -165,16 +167,16 @@ def test_a_bare_report_lists_every_experiment_and_prints_each_table_and_flags_na
     office31.main([f"--out_dir={out}", "--report"])  # nothing else: no data_root, no sweep flags
     shown = capsys.readouterr().out
     assert f"{out / 'results.jsonl'}: 6 runs of 3 experiments, which differ in method, trade_off, epochs:" in shown
-    assert "  1. method=source_only  trade_off=0.0  epochs=1: 2 runs, A→W, W→A, seeds 0" in shown
-    assert "  2. method=coral  trade_off=1.0  epochs=1: 2 runs, A→W, W→A, seeds 0" in shown
+    assert "  1. method=source_only  trade_off=0.0  epochs=1: 2 runs, A→W, W→A, seed 0" in shown
+    assert "  2. method=coral  trade_off=1.0  epochs=1: 2 runs, A→W, W→A, seed 0" in shown
     assert "  3. method=source_only  trade_off=0.0  epochs=2: 2 runs, A→W, seeds 0, 1" in shown
     assert shown.count("\noffice31, resnet18 (none), ") == 2  # two tables: the methods side by side, the 2 epochs
     assert "office31, resnet18 (none), source_only / coral, fp32, final model" in shown
     wrote = [line for line in shown.splitlines() if line.startswith("wrote ")]
     files = [path for line in wrote for path in line[len("wrote "):].split(", ")]
-    assert len(wrote) == 2 and len(set(files)) == 11 and all(os.path.exists(path) for path in files)
+    assert len(wrote) == 2 and len(set(files)) == 12 and all(os.path.exists(path) for path in files)
     assert sorted(os.path.basename(path).split("_")[0] for path in files) == \
-        ["curves"] * 2 + ["selection"] * 2 + ["table"] * 6 + ["validators"]  # (two methods to choose from: one table)
+        ["curves"] * 2 + ["selection"] * 3 + ["table"] * 6 + ["validators"]  # (two methods to choose from: one table)
     capsys.readouterr()
     office31.main([f"--out_dir={out}", "--report", "--epochs", "2"])  # a flag given narrows it down
     shown = capsys.readouterr().out
@@ -205,7 +207,7 @@ def test_a_report_reads_rows_of_every_older_shape_and_lists_a_source_val_they_le
     assert f"{out / 'results.jsonl'}: 4 runs of 2 experiments, which differ in source_val:" in shown
     assert "  1. source_val=0.0: 2 runs, A→W, seeds 0, 2" in shown
     assert "  2. source_val=0.2: 2 runs, A→W, seeds 0, 1" in shown
-    assert "(1 more rows were written before rows recorded their precision: in no table.)" in shown
+    assert "(1 more row was written before rows recorded their precision: in no table.)" in shown
     assert shown.count("\noffice31, resnet18 (none), ") == 1  # the grid's settings side by side
     assert re.search(r"^\| source_only source_val=0\.0 \| [\d.]+ ± [\d.]+ \|", shown, re.M)
     assert re.search(r"^\| source_only source_val=0\.2 \| [\d.]+ ± [\d.]+ \|", shown, re.M)
@@ -224,7 +226,7 @@ def test_a_bare_report_keeps_apart_experiments_that_differ_only_in_the_dataset(t
     office31.main([f"--out_dir={out}", "--report"])
     shown = capsys.readouterr().out
     assert f"{out / 'results.jsonl'}: 2 runs of 2 experiments, which differ in dataset:" in shown
-    assert "  1. dataset=office31: 1 runs, A→W, seeds 0" in shown and "  2. dataset=mine: 1 runs, A→W, seeds 0" in shown
+    assert "  1. dataset=office31: 1 run, A→W, seed 0" in shown and "  2. dataset=mine: 1 run, A→W, seed 0" in shown
     assert shown.count("\noffice31, resnet18 (none), source_only, fp32, final model") == 1
     assert shown.count("\nmine, resnet18 (none), source_only, fp32, final model") == 1
     assert len([line for line in shown.splitlines() if line.startswith("wrote ")]) == 2
@@ -236,3 +238,62 @@ def test_a_bare_report_keeps_apart_experiments_that_differ_only_in_the_dataset(t
     assert shown.count("\noffice31, resnet18 (none), source_only, fp32, final model") == 1
     assert shown.count("\nmine, resnet18 (none), source_only / coral, fp32, final model") == 1
     assert shown.count("\noffice31, resnet18 (none), ") + shown.count("\nmine, resnet18 (none), ") == 2
+
+
+def test_a_tables_files_keep_one_path_per_experiment_rewritten_in_place_and_name_their_runs(tmp_path, capsys):
+    """Two experiments in one out_dir keep two sets of files; a seed more rewrites one set where it is, and each
+    text file says which runs it shows (their count, task, seeds, a hash of the runs)."""
+    root = make_tree(tmp_path / "office31", {"amazon": 2, "webcam": 2}, size=(20, 20))
+    out = tmp_path / "out"
+
+    def wrote(*flags):
+        capsys.readouterr()
+        sweep(root, out, "--tasks=A-W", *flags)
+        [line] = [line for line in capsys.readouterr().out.splitlines() if line.startswith("wrote ")]
+        return line[len("wrote "):].split(", ")
+
+    def files():
+        return sorted(p.name for p in out.iterdir() if p.name.startswith(("table_", "curves_")))
+    one = wrote()
+    two = wrote("--epochs=2")  # another experiment: its own files
+    assert len(files()) == 8 and set(one).isdisjoint(two) and sorted(map(os.path.basename, one + two)) == files()
+    md, csv_path, tex = one[:3]
+    before = open(md, encoding="utf-8").read()
+    assert wrote("--seeds=2") == one and len(files()) == 8  # a seed more: the same paths, rewritten
+    assert "shows 1 run: task A→W; seed 0; runs hash " in before
+    markdown = open(md, encoding="utf-8").read()
+    [shown] = [line for line in markdown.splitlines() if line.startswith("shows ")]
+    assert shown.startswith("shows 2 runs: task A→W; seeds 0, 1; runs hash ") and shown not in before
+    assert open(tex, encoding="utf-8").readline() == f"% fp32; {shown}\n"
+    [line] = list(csv.DictReader(open(csv_path, encoding="utf-8")))
+    assert (line["seeds"], line["seed_list"], line["runs_hash"]) == ("2", "0 1", shown.rsplit(" ", 1)[1])
+    assert wrote("--seeds=2", "--report=True") == one  # the report of the same table: the same files
+
+
+def test_a_reports_counts_are_runs_not_rows_in_words_that_agree(tmp_path, capsys):
+    """--rerun=True writes a second row of the same run: the report counts one run (the table shows the latest)."""
+    root = make_tree(tmp_path / "office31", {"amazon": 2, "webcam": 2}, size=(20, 20))
+    out = tmp_path / "out"
+    sweep(root, out, "--tasks=A-W")
+    sweep(root, out, "--tasks=A-W", "--rerun=True")
+    assert len(rows_of(out)) == 2
+    capsys.readouterr()
+    office31.main([f"--out_dir={out}", "--report"])
+    shown = capsys.readouterr().out
+    assert f"{out / 'results.jsonl'}: 1 run of 1 experiment:" in shown
+    assert "  1. office31 resnet18 source_only: 1 run, A→W, seed 0" in shown
+    assert "shows 1 run: task A→W; seed 0; runs hash " in shown
+
+
+def test_a_report_of_an_empty_out_dir_names_the_results_one_folder_down(tmp_path):
+    """The demo writes to out/demo: --out_dir=out --report says where the results are."""
+    for name in ("demo", "other"):
+        os.makedirs(tmp_path / "out" / name)
+    (tmp_path / "out" / "demo" / "results.jsonl").write_text("{}\n")
+    (tmp_path / "out" / "other" / "results.jsonl").write_text("")  # empty: not named
+    with pytest.raises(SystemExit) as stop:
+        office31.main([f"--out_dir={tmp_path / 'out'}", "--report"])
+    demo = tmp_path / "out" / "demo"
+    assert str(stop.value.code).endswith(f"holds no results yet: a run or a sweep with --out_dir={tmp_path / 'out'} "
+                                         f"writes them there. Found: {demo / 'results.jsonl'}; run with "
+                                         f"--out_dir={demo}.")

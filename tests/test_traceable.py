@@ -110,7 +110,7 @@ def test_rows_without_a_precision_are_left_out_and_counted(tmp_path, three, caps
     sweep(three, out, "--tasks=A-W,W-A", "--amp=off", "--report=True")
     shown = capsys.readouterr().out
     assert "| A→W |" not in shown and "| W→A |" in shown
-    assert "note: 1 more rows with these flags were written before rows recorded their precision" in shown
+    assert "note: 1 more row with these flags was written before rows recorded their precision" in shown
 
 
 def test_the_sweep_notes_list_the_real_experiment_keys():
@@ -127,7 +127,7 @@ def test_several_methods_name_the_method_in_files_lines_and_titles(tmp_path, thr
     assert files == ["amazon-webcam_resnet18_cdan+e_seed0", "amazon-webcam_resnet18_source_only_seed0"]
     finals = [line for line in printed.splitlines() if " accuracy: " in line]
     assert [line.split("  ", 1)[1] for line in finals] == ["source_only seed 0", "cdan+e seed 0"]
-    assert "run: A→W cdan+e seed 0: bottleneck=256  trade_off=0.5  entropy=True" in printed
+    assert "run 2 of 2: A→W cdan+e seed 0: bottleneck=256  trade_off=0.5  entropy=True  (" in printed
     title = [line for line in printed.splitlines() if line.startswith("office31, resnet18")][0]
     assert "not the defaults: epochs=1, iters_per_epoch=1, batch_size=4, resize_size=16, crop_size=16, " \
            "trade_off=0.5" in title and ", fp32, " in title

@@ -124,7 +124,8 @@ def check_per_class(block, by_label, name):
 def check_selection(block, out, by_label, default, visda):
     """The selection table: per task and seed, every evaluated epoch with scores of every setting is a candidate;
     a validator picks its highest score among those it scored, the oracle the highest value; the final model is
-    the default setting's, where its run has scores. Cells: the mean over the seeds picked on; average over tasks;
+    the default setting's, where its run has scores. Cells: the mean ± sample std over the seeds picked on (no ±
+    for one); average over tasks;
     its oracle: the best among what the row picked from, on the same tasks and seeds; gap: its oracle minus the
     average."""
     key = "target_class_acc" if visda else "target_acc"
@@ -156,8 +157,10 @@ def check_selection(block, out, by_label, default, visda):
     for choice, by_task in picks.items():
         cells = dict(zip(columns, printed[choice]))
         means = {task: statistics.mean(value for value, _ in chosen) for task, chosen in by_task.items()}
-        for task, mean in means.items():
-            assert numbers(cells[task_names(block, task)])[0] == pytest.approx(mean, abs=SHOWN), (choice, task)
+        for task, chosen in by_task.items():  # the mean ± sample std over the seeds it picked on (no ± for one)
+            mean, std = mean_std([value for value, _ in chosen])
+            assert numbers(cells[task_names(block, task)]) == pytest.approx([mean] + ([std] if std is not None else []),
+                                                                           abs=SHOWN), (choice, task)
         if len(means) == len(found):
             average = statistics.mean(means.values())
             oracle = statistics.mean(statistics.mean(best for _, best in chosen) for chosen in by_task.values())
