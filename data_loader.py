@@ -27,6 +27,7 @@ from torchvision.transforms.functional import pil_to_tensor
 from tqdm import tqdm
 
 from common.errors import UserError  # (its own file, so that office31.py checks flags before torch is imported)
+from datasets import demo
 from datasets.disk_cache import build_disk_cache, disk_cache_path, open_disk_cache, whole
 
 # The complete datasets datasets/download.py fetches: domain -> image count (Office-31: 31 classes; Office-Home: 65).
@@ -45,7 +46,7 @@ EXPECTED_TREE = """Expected either layout (the official archive, or the flattene
     <data_root>/amazon/images/back_pack/frame_0001.jpg      <data_root>/amazon/back_pack/frame_0001.jpg
     <data_root>/dslr/images/...                             <data_root>/dslr/...
     <data_root>/webcam/images/...                           <data_root>/webcam/...
-Office-31 and Office-Home are downloaded when data_root is missing or empty (--dataset; README, Data)."""
+Office-31 and Office-Home are downloaded when data_root is missing or empty (--dataset; docs/data.md)."""
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -570,6 +571,12 @@ def with_lists(domain, data_root):
     return domain
 
 
+def is_demo(domain, folder):
+    """Whether a domain is the demo's as datasets/demo.py draws it (its classes, its image count): no subset of
+    Office-31 to give notice of, though its domains bear Office-31's names."""
+    return tuple(domain.classes) == demo.CLASSES and len(domain) == demo.DOMAINS.get(folder, 0) * len(demo.CLASSES)
+
+
 HELD_OUT_SEED = 0  # the held-out split is the same in every run, whatever its --seed: runs compare on one split
 
 
@@ -607,7 +614,7 @@ def load_domain(data_root, name, resize_size, cache, num_workers, device, interp
         raise UserError(f"{e}. Every class folder under '{root}' needs at least one image.") from None
     domain = with_lists(domain, data_root)
     full = {**OFFICE31_SIZES, **OFFICE_HOME_SIZES}
-    if full.get(folder, len(domain)) != len(domain):
+    if full.get(folder, len(domain)) != len(domain) and not is_demo(domain, folder):
         dataset = "Office-31" if folder in OFFICE31_SIZES else "Office-Home"
         print(f"notice: {folder} has {len(domain)} images, not the {full[folder]} of the full {dataset} "
               "(fine for a subset).")

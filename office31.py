@@ -44,7 +44,7 @@ source_val = 0.0  # fraction of each source class held out of training (the same
 model = "resnet50"  # alexnet, caffe_alexnet (the papers'), resnet18 ... resnet152; vit_b_16, swin_t, convnext_tiny, ...
 weights = "auto"  # auto: IMAGENET1K_V1 (caffe_alexnet: bvlc_reference_caffenet); the model's others; none
 freeze = 0  # leading blocks whose weights stay fixed: conv1, ... (DAN's AlexNet: 3); ResNet: stem, layer1, ...
-# adaptation (README, Domain adaptation); source_only is plain fine-tuning, the others add a loss on target images
+# adaptation (README, Methods); source_only is plain fine-tuning, the others add a loss on target images
 method = "source_only"  # source_only or a name in methods/__init__.py: ddc, dan, coral, dann, cdan, ...; several: a sweep
 bottleneck = "auto"  # Linear+BatchNorm1d+ReLU of this width before the classifier; 0: none; auto: the method's
 trade_off = 1.0  # weight of the adaptation loss (dann, cdan, bsp, mdd: of the reversed gradient, ramped up from 0)
@@ -65,7 +65,7 @@ cache = "auto"  # decode each domain once: memory (~196 KB an image at 256), dis
 cache_dir = ""  # the folder of --cache=disk's files (shared by runs); "": <data_root>/.cache
 amp = "auto"  # bf16 autocast: auto (where it is faster: CUDA compute capability 8.0+, CPUs measured), bf16, off
 channels_last = True  # NHWC memory layout for model and inputs (faster convolutions)
-compile = False  # torch.compile the model: faster ResNet steps after a minute or two of compiling (README, Speed)
+compile = False  # torch.compile the model: faster ResNet steps after a minute or two of compiling (docs/speed.md)
 num_workers = 4  # processes decoding images
 eval_batch_size = 256  # target images per batch when evaluating (memory only: the same accuracy)
 # run
@@ -75,7 +75,7 @@ eval_every = 1  # target accuracy every N epochs, shown as a curve (0: only the 
 validators = "auto"  # scores that need no target label, at each evaluation (selection/): auto (all that apply), none
 out_dir = "out"  # a JSON of config, per-epoch metrics and the final accuracy is written here for each run
 save_model = False  # also write the final weights (a state_dict) to out_dir
-checkpoint = True  # save the run at epoch ends in out_dir; the same command resumes it there (README, Resume)
+checkpoint = True  # save the run at epoch ends in out_dir; the same command resumes it there (docs/sweeps.md, Resume)
 checkpoint_every = 1.0  # minutes: save at the first epoch end this long after the last save (0: every epoch end)
 keep_checkpoint = False  # keep the last checkpoint when the run finishes (else it is removed)
 # sweeps: several tasks and seeds in one command; every finished run adds a row to out_dir/results.jsonl
@@ -356,7 +356,7 @@ def main(argv=None):
         argv = sys.argv[1:] if argv is None else argv
         given = parse_flags(argv, echo=False)["dataset"]  # the dataset first: it may change other defaults
         c = resolve(parse_flags(argv, dataset_defaults(given, FLAGS)))
-        check_settings(c, FLAGS)
+        check_settings(c, FLAGS, flags.given(argv, FLAGS))
         results_path = os.path.join(c["out_dir"], "results.jsonl")
         one = len(methods(c)) == 1 and not grid.varied(c)
         shown = with_method(c, methods(c)[0]) if one else c  # one method: its resolved values

@@ -81,6 +81,9 @@ DATASETS = {
     # drawn here (demo.py), never downloaded: to try the repo offline in a minute
     "demo": {"name": "The demo dataset", "task": ("amazon", "webcam")},
 }
+# The last line of a message that leaves a user without the data: the way to try the repo now (README's "Try it
+# offline in a minute")
+TRY_DEMO = "To try the repo now, offline: python office31.py --dataset=demo (a small drawn dataset; a minute)."
 
 
 def by_hand(dataset, data_root):
@@ -230,7 +233,7 @@ def download_dataset(data_root, dataset):
             return
     raise UserError(f"could not download {spec['name']} into {os.path.abspath(data_root)}:\n" +
                     "".join(f"  {failure}\n" for failure in failures) +
-                    "Nothing was written there.\n" + by_hand(dataset, data_root))
+                    "Nothing was written there.\n" + by_hand(dataset, data_root) + f"\n{TRY_DEMO}")
 
 
 def install(tree, data_root, in_place):
@@ -283,7 +286,8 @@ def prepare_data_root(data_root, download, dataset="office31", names=()):
     if os.path.isdir(data_root) and visible_entries(data_root):
         raise UserError(f"'{data_root}' holds no domain folders with class folders inside.\n{how}")
     if not download:
-        raise UserError(f"'{data_root}' does not exist or is empty, and --download=False.\n{how}")
+        raise UserError(f"'{data_root}' does not exist or is empty, and --download=False.\n{how}" +
+                        (f"\n{TRY_DEMO}" if "official" in spec else ""))
     for name in names if "domains" in spec else ():  # a mistyped domain found now, not after an 18 GB download
         try:
             match_domain(name, list(spec["domains"]), f"in {spec['name']}, whose domains are")

@@ -4,6 +4,7 @@ formula and citation, its layers, its settings, its term), found here by its --m
     METHODS["dann"]                  # the class: METHODS["dann"].bottleneck, its term, its layers
     methods(c)                       # ["source_only", "dann"] for --method=source_only,dann
     with_method(c, "dann")           # the config of dann's runs: its bottleneck, the flags it does not read reset
+    unread_flags("source_only")      # ["trade_off", "entropy"]: the flags with_method resets for it
 
 method.py holds the base class every method subclasses (the joint forward pass, the term in fp32, what a method
 declares) and parts.py the pieces several share (kernels, gradient reversal, the discriminator). A new method is a
@@ -51,12 +52,19 @@ def own_flags():
     return found
 
 
+def unread_flags(method):
+    """The flags a method's runs do not read, as its class declares them: trade_off where it adds no term (not
+    `adapts`: source only), and the switches only other methods read (their `flags`, such as CDAN's --entropy)."""
+    chosen = METHODS[method]
+    return ([] if chosen.adapts else ["trade_off"]) + [flag for flag in own_flags() if flag not in chosen.flags]
+
+
 def with_method(c, method):
-    """The config of one method's runs: its name, the bottleneck width resolved from "auto", and the flags that
-    do not apply to it set to what it does (source only adds no loss; a switch only some methods read, such as
-    CDAN's --entropy, is False for the others), so that they do not split one experiment into several."""
+    """The config of one method's runs: its name, the bottleneck width resolved from "auto", and the flags it does
+    not read (unread_flags) set to what it does (source only adds no loss: a trade-off of 0; another method's switch
+    is False), so that they do not split one experiment into several."""
     width, chosen = c["bottleneck"], METHODS[method]
     if width == "auto":
         width = chosen.default_bottleneck(c["model"])
-    return dict(c, method=method, bottleneck=int(width), trade_off=c["trade_off"] if chosen.adapts else 0.0,
-                **{flag: c[flag] and flag in chosen.flags for flag in own_flags()})
+    return dict(c, method=method, bottleneck=int(width),
+                **{flag: 0.0 if flag == "trade_off" else False for flag in unread_flags(method)})

@@ -2,14 +2,17 @@
 reason and what to do, before a network is built or an image decoded.
 
     check_settings(c, FLAGS)   # c: office31.py's flags, resolved; each setting of a grid is checked
+    check_settings(c, FLAGS, given)   # given: the names of the flags on the command line; a note for each no
+                                      # chosen method reads ("note: --trade_off=0.3 is ignored: source_only ...")
 """
 import math
+import os
 
 from runs import distributed
 from runs import grid
 import resnet
 from selection import validators
-from methods import METHODS, methods, own_flags, with_method
+from methods import METHODS, methods, own_flags, unread_flags, with_method
 from data_loader import CACHES
 from datasets.download import DATASETS
 from common.errors import UserError
@@ -92,13 +95,17 @@ def check_config(c):
     distributed.check(c)
 
 
-def check_settings(c, flag_defaults):
+def check_settings(c, flag_defaults, given=()):
     """check_config for each setting of a grid (grid.py; flag_defaults give its values' types), or for the one
-    config where there is none."""
+    config where there is none, and --analyze's own; then a note for each flag of the command line (given: their
+    names) that no chosen method reads."""
     for setting in grid.settings(c, flag_defaults):
         check_config(dict(c, **setting))
     if c.get("analyze"):
         check_analyze(c)
+    for line in unread_notes(c, given):
+        if os.environ.get("RANK", "0") == "0":  # (under torchrun, process 0 says it)
+            print(line)
 
 
 def check_analyze(c):
@@ -109,6 +116,26 @@ def check_analyze(c):
         raise UserError("--analyze=True reads one finished run, or two side by side (--method=source_only,dann: "
                         "their t-SNE maps in one figure): give one or two --method, one value of every other flag "
                         "and no --tasks or --seeds (--source, --target and --seed name the runs).")
+
+
+def unread_notes(c, given):
+    """A "note: ..." line for each flag given on the command line that no chosen method reads (unread_flags: what
+    with_method resets), naming the methods that ignore it. Only where none reads it: in a sweep where one does
+    (--trade_off with source_only beside dann, --entropy with dann beside cdan), the flag does what it was given for,
+    and the others ignoring it is what the table's rows show (source only's trade-off 0, cdan+e beside dann); a note
+    there would come with every sweep that has a baseline, and teach users to skip notes."""
+    chosen = methods(c)
+    return [f"note: --{flag}={c[flag]} is ignored: {', '.join(chosen)} {'does' if len(chosen) == 1 else 'do'} not "
+            f"read it; it is {what_reads(flag)}. The runs are the same as without it."
+            for flag in sorted(given) if all(flag in unread_flags(m) for m in chosen)]
+
+
+def what_reads(flag):
+    """A flag that with_method may reset, and the methods that read it, in words."""
+    if flag in own_flags():
+        what, readers = own_flags()[flag]
+        return f"{what}, read by {', '.join(readers)} only"
+    return "the weight of the adaptation term that the other methods add"
 
 
 MAX_SEED = 2 ** 64 - 1  # the largest seed torch.manual_seed takes

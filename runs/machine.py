@@ -19,7 +19,7 @@ def machine(device):
 
 def device_name(device):
     """The GPU's name, or the CPU's model name with its family and model numbers (a virtual machine may name it
-    only "AMD EPYC", and CPUs of one name differ: README, Speed)."""
+    only "AMD EPYC", and CPUs of one name differ: docs/speed.md)."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     try:

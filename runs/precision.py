@@ -47,7 +47,7 @@ def choose_amp(amp, device):
     statistics stay fp32 either way. "auto" picks bf16 where it is the faster choice: on CUDA GPUs of compute
     capability 8.0 and up (A100, H100, RTX 30xx and later), which run it natively, not on older ones that
     emulate it slowly; on a CPU, when bf16 measures at least BF16_MARGIN x faster than fp32 there (CPUs of one
-    kind differ: from 4x faster to 0.6x, README, Speed). The margin keeps a near-tie from flipping between runs, and
+    kind differ: from 4x faster to 0.6x, docs/speed.md). The margin keeps a near-tie from flipping between runs, and
     the measurement is made once per machine (machine_bf16_speedup), so the processes of one sweep agree."""
     if device.type == "cuda":
         major, minor = torch.cuda.get_device_capability(device)
