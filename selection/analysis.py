@@ -41,7 +41,7 @@ def saved_run(c, results_path, data, source, target):
         why = ("its weights were not saved: run it again with --save_model=True --rerun=True" if rows else
                "there is no finished run of it there: train it first with these flags and --save_model=True")
         raise UserError(f"--analyze=True reads a finished run's weights from {os.path.dirname(results_path) or '.'}, "
-                        f"but for {method_label(c)} on {source}->{target} seed {c['seed']} with these flags {why}.")
+                        f"but for {method_label(c)} on {source}→{target} seed {c['seed']} with these flags {why}.")
     return saved[-1], weights_path(results_path, saved[-1])
 
 

@@ -22,6 +22,7 @@ import csv
 import io
 import os
 import statistics
+import textwrap
 
 from results.curves import histories
 from results.tables import latex_cell, latex_text_cell, shows
@@ -205,6 +206,7 @@ def draw(found, table, name_of_task, metric, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
+    from matplotlib.ticker import MaxNLocator
     from results.curves import colour, rows_and_columns
     from selection.validators import AXES
     names = [choice for choice in table if choice != ORACLE and not choice.startswith("final model")]
@@ -221,8 +223,8 @@ def draw(found, table, name_of_task, metric, path):
         method = label.split()[0]  # (method_label: "dann trade_off=0.1", "cdan+e")
         seen[method] = seen.get(method, 0) + 1
         marks[label] = colour(method), "osD^vP*X"[(seen[method] - 1) % 8]
-    figure, axes = plt.subplots(rows, columns, figsize=(max(6.4, 3.2 * columns), 2.8 * rows + 0.9), squeeze=False,
-                                layout="constrained")
+    width = max(6.4, 3.2 * columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(width, 2.8 * rows + 0.9), squeeze=False, layout="constrained")
     for unused in range(len(panels), rows * columns):
         axes[unused // columns][unused % columns].set_axis_off()
     value = f"{name_of(metric)} (%)"
@@ -244,13 +246,15 @@ def draw(found, table, name_of_task, metric, path):
         axis.set_xlabel(f"{name}: {what}", fontsize=8)
         axis.set_ylabel(value if column == 0 else "", fontsize=8)
         axis.tick_params(labelsize=7)
+        axis.xaxis.set_major_locator(MaxNLocator(4))  # (a score's long decimals would run into each other)
         axis.set_gid(f"{name_of_task(*task)}:{name}")
     key = [Line2D([], [], linestyle="", marker=marks[label][1], color=marks[label][0], label=label)
            for label in settings]
     key.append(Line2D([], [], linestyle="", marker="o", markersize=10, markerfacecolor="none",
                       markeredgecolor="black", label="its pick (one per seed)"))
     figure.legend(handles=key, loc="outside lower center", ncols=min(len(key), 4), fontsize=8, frameon=False)
-    figure.suptitle(f"Each validator's score against the {value}: one point per run and evaluated epoch", fontsize=10)
+    title = f"Each validator's score against the {value}: one point per run and evaluated epoch"
+    figure.suptitle(textwrap.fill(title, int(11 * width)), fontsize=10)  # (about 11 characters an inch, at size 10)
     try:
         write_file(path, lambda f: figure.savefig(f, format="png", dpi=100))
     finally:

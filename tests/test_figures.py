@@ -147,11 +147,11 @@ def test_analyze_refuses_three_methods_a_grid_or_a_sweep_before_any_work(tmp_pat
 def test_analyze_two_methods_draws_their_saved_runs_side_by_side(tmp_path, shifted, capsys, monkeypatch):
     argv = [f"--data_root={shifted}", f"--out_dir={tmp_path}", *TINY, "--epochs=1", "--eval_every=0"]
     office31.main([*argv, "--method=dann", "--save_model"])
-    with pytest.raises(SystemExit, match=r"for source_only on amazon->webcam seed 0 with these flags there is no "
+    with pytest.raises(SystemExit, match=r"for source_only on amazon→webcam seed 0 with these flags there is no "
                                          r"finished run of it there"):
         office31.main([*argv, "--method=source_only,dann", "--analyze"])
     office31.main([*argv, "--method=source_only"])
-    with pytest.raises(SystemExit, match=r"for source_only on amazon->webcam seed 0 with these flags its weights "
+    with pytest.raises(SystemExit, match=r"for source_only on amazon→webcam seed 0 with these flags its weights "
                                          r"were not saved"):
         office31.main([*argv, "--method=source_only,dann", "--analyze"])
     office31.main([*argv, "--method=source_only", "--save_model", "--rerun"])
@@ -230,4 +230,7 @@ def test_the_example_is_what_todays_code_writes_from_the_runs_of_its_documented_
             assert path.read_text(encoding="utf-8") == open(kept, encoding="utf-8").read(), name
     # docs/sweeps.md quotes the example's table as it is here
     with open(os.path.join(EXAMPLE, "..", "sweeps.md"), encoding="utf-8") as f:
-        assert open(os.path.join(EXAMPLE, "table.md"), encoding="utf-8").read().strip() in f.read()
+        quoted = f.read()
+    for name in ("table.md", "table.tex"):  # (and table.csv's first lines)
+        assert open(os.path.join(EXAMPLE, name), encoding="utf-8").read().strip() in quoted, name
+    assert "\n".join(open(os.path.join(EXAMPLE, "table.csv"), encoding="utf-8").read().splitlines()[:2]) in quoted
