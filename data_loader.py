@@ -571,10 +571,18 @@ def with_lists(domain, data_root):
     return domain
 
 
-def is_demo(domain, folder):
-    """Whether a domain is the demo's as datasets/demo.py draws it (its classes, its image count): no subset of
-    Office-31 to give notice of, though its domains bear Office-31's names."""
-    return tuple(domain.classes) == demo.CLASSES and len(domain) == demo.DOMAINS.get(folder, 0) * len(demo.CLASSES)
+def is_demo(domain, folder, root):
+    """Whether a domain is the demo's as datasets/demo.py draws it (its classes, its image count, its images' size:
+    an Office-31 subset of those classes and counts has photographs of other sizes): no subset of Office-31 to give
+    notice of, though its domains bear Office-31's names. root: the folder of its class folders."""
+    if tuple(domain.classes) != demo.CLASSES or len(domain) != demo.DOMAINS.get(folder, 0) * len(demo.CLASSES):
+        return False
+    first = os.path.join(root, domain.classes[0], min(os.listdir(os.path.join(root, domain.classes[0]))))
+    try:
+        with Image.open(first) as image:
+            return image.size == demo.SIZE
+    except OSError:
+        return False
 
 
 HELD_OUT_SEED = 0  # the held-out split is the same in every run, whatever its --seed: runs compare on one split
@@ -614,7 +622,7 @@ def load_domain(data_root, name, resize_size, cache, num_workers, device, interp
         raise UserError(f"{e}. Every class folder under '{root}' needs at least one image.") from None
     domain = with_lists(domain, data_root)
     full = {**OFFICE31_SIZES, **OFFICE_HOME_SIZES}
-    if full.get(folder, len(domain)) != len(domain) and not is_demo(domain, folder):
+    if full.get(folder, len(domain)) != len(domain) and not is_demo(domain, folder, root):
         dataset = "Office-31" if folder in OFFICE31_SIZES else "Office-Home"
         print(f"notice: {folder} has {len(domain)} images, not the {full[folder]} of the full {dataset} "
               "(fine for a subset).")

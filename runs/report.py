@@ -174,7 +174,7 @@ def report_tables(c, rows, tables, results_path):
     for configs, data, labels, runs, plain in tables:
         text, by_label, name_of_task = print_table(rows, configs, data, labels, runs, results_path, plain)
         config = next(iter(configs.values()))
-        stem = table_name(configs)
+        stem = table_name(configs, data, runs)
         try:
             written = write_tables(folder, [(config["precision"], by_label, name_of_task)], text.strip() + "\n",
                                    c["bold_best"], stem)
@@ -203,12 +203,16 @@ def default_setting(configs, plain):
                                            -list(METHODS).index(configs[label]["method"])))  # (ties: the first)
 
 
-def table_name(configs):
-    """<dataset>_<model>_<precision>_<hash of its experiments>: the name of one table's files, from what the table is
-    (the dataset, and every setting's experiment: results.experiment), never from the tasks and seeds it holds so
-    far: a seed more rewrites the same files, and a table of other settings, flags or precision has files of its
-    own."""
+def table_name(configs, data, runs):
+    """<dataset>_<model>_<precision>_<hash>: the name of one table's files, from what the table is: every setting's
+    experiment (results/experiments.experiment), its tasks (its columns) and their domains' data (data: {domain:
+    fingerprint}; another copy of a dataset in a folder of the same name is another table), never from the seeds it
+    holds so far. A seed more rewrites the same files; a table of other settings, flags, precision, tasks or data
+    has files of its own, so a narrower sweep or report never overwrites a wider one's."""
     config = next(iter(configs.values()))
-    shown = sorted(json.dumps(experiment(config), sort_keys=True) for config in configs.values())
+    tasks = sorted({(source, target) for source, target, _ in runs})
+    domains = sorted({name for task in tasks for name in task})
+    shown = (sorted(json.dumps(experiment(config), sort_keys=True) for config in configs.values()), tasks,
+             [(name, data.get(name)) for name in domains])
     digest = hashlib.sha1(json.dumps(shown).encode()).hexdigest()[:8]
     return f"{experiment(config)[0]}_{config['model']}_{config['precision']}_{digest}"

@@ -13,6 +13,7 @@ features by domain (left) and by class (right), circles the source's images and 
 tsne_<task>_<model>_<method>_vs_<method>_seed<seed>.png, a map of each by class. scikit-learn fits the t-SNE and
 splits the features in halves; it is imported here only.
 """
+import hashlib
 import os
 
 import numpy
@@ -195,9 +196,10 @@ def analyze(configs, data_root, device, results_path, evaluate):
         figure = os.path.join(folder, "tsne_" + saved[0][0]["run_file"][:-len(".json")] + ".png")
         title = (f"t-SNE of {task}, {runs[0]['method']}, seed {first['seed']}: proxy A-distance "
                  f"{runs[0]['proxy_a_distance']:.3f}\n{maps[0][1]}")
-    else:  # one name for the pair, rewritten in place when drawn again
+    else:  # one name for the pair, rewritten in place when drawn again; the hash of its two run files tells it
+        pair = hashlib.sha1(" ".join(run["run_file"] for run in runs).encode()).hexdigest()[:8]  # from other pairs
         figure = os.path.join(folder, f"tsne_{source_name}-{target_name}_{first['model']}_"
-                                      + "_vs_".join(run["method"] for run in runs) + f"_seed{first['seed']}.png")
+                                      + "_vs_".join(run["method"] for run in runs) + f"_seed{first['seed']}_{pair}.png")
         title = f"t-SNE of {task}, seed {first['seed']}: " + " beside ".join(run["method"] for run in runs)
     draw(maps, [source_name, target_name], domains[0].classes, title, figure)
     print(f"wrote {figure}")

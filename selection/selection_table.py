@@ -206,6 +206,7 @@ def draw(found, table, name_of_task, metric, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
+    from matplotlib.colors import to_hex, to_rgb
     from matplotlib.ticker import MaxNLocator
     from results.curves import colour, rows_and_columns
     from selection.validators import AXES
@@ -222,7 +223,9 @@ def draw(found, table, name_of_task, metric, path):
     for label in settings:
         method = label.split()[0]  # (method_label: "dann trade_off=0.1", "cdan+e")
         seen[method] = seen.get(method, 0) + 1
-        marks[label] = colour(method), "osD^vP*X"[(seen[method] - 1) % 8]
+        n = seen[method] - 1  # eight markers filled, then the eight hollow, then the colour's lighter shade
+        shade = colour(method) if n < 16 else to_hex([(1 + v) / 2 for v in to_rgb(colour(method))])
+        marks[label] = shade, "osD^vP*X"[n % 8], "none" if n % 16 >= 8 else shade
     width = max(6.4, 3.2 * columns)
     figure, axes = plt.subplots(rows, columns, figsize=(width, 2.8 * rows + 0.9), squeeze=False, layout="constrained")
     for unused in range(len(panels), rows * columns):
@@ -235,9 +238,9 @@ def draw(found, table, name_of_task, metric, path):
             runs = [run for runs in found[task].values() for run in runs if run[0] == label
                     and run[3].get(name) is not None]
             if runs:
-                shade, marker = marks[label]
+                shade, marker, face = marks[label]
                 axis.scatter([scale * run[3][name] for run in runs], [100 * run[2] for run in runs], s=16,
-                             alpha=0.75, color=shade, marker=marker, gid=f"points:{label}")
+                             alpha=0.75, edgecolors=shade, facecolors=face, marker=marker, gid=f"points:{label}")
         picks = [(scale * found_run[3][name], 100 * found_run[2]) for seed, pick in table[name].get(task, {}).items()
                  for found_run in found[task][seed] if found_run[:3] == pick[:3]]
         if picks:
@@ -248,8 +251,8 @@ def draw(found, table, name_of_task, metric, path):
         axis.tick_params(labelsize=7)
         axis.xaxis.set_major_locator(MaxNLocator(4))  # (a score's long decimals would run into each other)
         axis.set_gid(f"{name_of_task(*task)}:{name}")
-    key = [Line2D([], [], linestyle="", marker=marks[label][1], color=marks[label][0], label=label)
-           for label in settings]
+    key = [Line2D([], [], linestyle="", marker=marks[label][1], color=marks[label][0], markerfacecolor=marks[label][2],
+                  label=label) for label in settings]
     key.append(Line2D([], [], linestyle="", marker="o", markersize=10, markerfacecolor="none",
                       markeredgecolor="black", label="its pick (one per seed)"))
     figure.legend(handles=key, loc="outside lower center", ncols=min(len(key), 4), fontsize=8, frameon=False)
@@ -267,16 +270,19 @@ def report(folder, by_label, default, name_of_task, title, stem):
     the runs it is of (tables.shows), and the figure validators_<stem>.png; returns the paths written ([] when there
     is nothing to choose from)."""
     found = candidates(folder, by_label)  # (the run files, read once)
+    paths = [os.path.join(folder, f"selection_{stem}.{kind}") for kind in ("md", "csv", "tex", "png")]
+    paths[-1] = os.path.join(folder, f"validators_{stem}.png")
     if all(len(runs) < 2 for by_seed in found.values() for runs in by_seed.values()):
+        for stale in paths:  # an earlier report's, of other runs of this table: they would read as this one's
+            if os.path.exists(stale):
+                os.remove(stale)
         return []  # nothing to choose from: no scores, or one scored model per task and seed
     table, metric = picks(found, by_label, default), metric_of(by_label)
     of_runs, digest = shows(by_label, name_of_task)
     text = markdown(table, name_of_task, title, metric, unscored(found, by_label)) + f"\n\n{of_runs}"
     print(text)
-    paths = [os.path.join(folder, f"selection_{stem}.{kind}") for kind in ("md", "csv", "tex")]
     write_file(paths[0], lambda f: f.write((text.strip() + "\n").encode()))
     write_file(paths[1], lambda f: f.write(csv_text(table, name_of_task, metric, digest).encode()))
     write_file(paths[2], lambda f: f.write(latex_text(table, name_of_task, f"{title}; {of_runs}").encode()))
-    paths.append(os.path.join(folder, f"validators_{stem}.png"))
     draw(found, table, name_of_task, metric, paths[-1])
     return paths

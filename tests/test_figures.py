@@ -3,6 +3,7 @@ side (analysis.draw, --analyze), and the example of docs/example/ made by today'
 import json
 import os
 import re
+import sys
 
 import numpy as np
 import pytest
@@ -164,7 +165,8 @@ def test_analyze_two_methods_draws_their_saved_runs_side_by_side(tmp_path, shift
     assert [float(d) for d in re.findall(r"A→W proxy A-distance: (-?[\d.]+)", printed)] == [
         round(run["proxy_a_distance"], 3) for run in found["runs"]]
     assert [run["method"] for run in found["runs"]] == ["source_only", "dann"]
-    assert os.path.basename(found["figure"]) == "tsne_amazon-webcam_resnet18_source_only_vs_dann_seed0.png"
+    assert re.fullmatch(r"tsne_amazon-webcam_resnet18_source_only_vs_dann_seed0_[0-9a-f]{8}\.png",
+                        os.path.basename(found["figure"]))  # (the hash: of its two run files)
     [figure] = figures
     assert figure.texts[0].get_text() == "t-SNE of A→W, seed 0: source_only beside dann"
     panels = [axis for axis in figure.axes if axis.get_gid() in ("source_only", "dann")]
@@ -234,3 +236,20 @@ def test_the_example_is_what_todays_code_writes_from_the_runs_of_its_documented_
     for name in ("table.md", "table.tex"):  # (and table.csv's first lines)
         assert open(os.path.join(EXAMPLE, name), encoding="utf-8").read().strip() in quoted, name
     assert "\n".join(open(os.path.join(EXAMPLE, "table.csv"), encoding="utf-8").read().splitlines()[:2]) in quoted
+
+
+def test_the_validators_figure_tells_apart_every_setting_of_a_big_grid_and_fits_its_title(tmp_path, monkeypatch):
+    """A 3 x 3 x 2 grid of one method: eighteen settings, each its own mark (marker, filling, shade); the title is
+    wrapped to the figure's width (two panels wide, it once ran past both edges)."""
+    grid = tuple(f"dann trade_off={t} lr={lr}" for t in (0.1, 0.3, 1.0) for lr in (0.001, 0.003, 0.01, 0.03, 0.1, 0.3))
+    monkeypatch.setattr(sys.modules[__name__], "SETTINGS", grid)
+    _, _, figure = drawn(tmp_path, TASKS[:1])
+    [legend] = figure.legends
+    marks = [(h.get_marker(), h.get_markerfacecolor(), h.get_color()) for h in legend.legend_handles[:len(grid)]]
+    assert len(set(map(str, marks))) == len(grid)
+    _, _, figure = drawn(tmp_path, TASKS[:2])  # two tasks: two panels wide, the narrowest figure
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    renderer = FigureCanvasAgg(figure).get_renderer()
+    figure.draw(renderer)  # (the constrained layout, as savefig placed it)
+    box = figure._suptitle.get_window_extent(renderer)
+    assert box.x0 >= 0 and box.x1 <= figure.bbox.width

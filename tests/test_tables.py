@@ -268,6 +268,22 @@ def test_a_tables_files_keep_one_path_per_experiment_rewritten_in_place_and_name
     [line] = list(csv.DictReader(open(csv_path, encoding="utf-8")))
     assert (line["seeds"], line["seed_list"], line["runs_hash"]) == ("2", "0 1", shown.rsplit(" ", 1)[1])
     assert wrote("--seeds=2", "--report=True") == one  # the report of the same table: the same files
+    wide = wrote("--tasks=A-W,W-A")  # another table (two tasks): files of its own, which a narrower one never takes
+    assert set(wide).isdisjoint(one) and wrote("--tasks=A-W", "--report=True") == one
+    assert "tasks A→W, W→A" in open(wide[0], encoding="utf-8").read()
+
+
+def test_another_copy_of_a_dataset_in_a_folder_of_the_same_name_gets_files_of_its_own(tmp_path, capsys):
+    """Two trees named office31 with other images are two tables, as their rows are never merged."""
+    out = tmp_path / "out"
+    written = []
+    for copy, count in (("a", 2), ("b", 3)):
+        root = make_tree(tmp_path / copy / "office31", {"amazon": count, "webcam": 2}, size=(20, 20))
+        capsys.readouterr()
+        sweep(root, out, "--tasks=A-W")
+        [line] = [line for line in capsys.readouterr().out.splitlines() if line.startswith("wrote ")]
+        written.append(set(line[len("wrote "):].split(", ")))
+    assert written[0].isdisjoint(written[1]) and all(os.path.exists(path) for path in written[0] | written[1])
 
 
 def test_a_reports_counts_are_runs_not_rows_in_words_that_agree(tmp_path, capsys):

@@ -44,6 +44,12 @@ def test_the_demo_data_gives_no_partial_office31_notice_and_a_partial_office31_d
         data_loader.load_domain(partial, name, resize_size=16, cache="none", num_workers=0, device="cpu")
         full = data_loader.OFFICE31_SIZES[name]
         assert f"notice: {name} has {count} images, not the {full} of the full Office-31" in capsys.readouterr().out
+    counts = {name: n for name, n in demo.DOMAINS.items() if name != "dslr"}  # and even its counts: its photographs'
+    partial = make_tree(tmp_path / "subset" / "office31", counts, classes=demo.CLASSES, size=(40, 30))  # size differs
+    for name, count in ((name, n * len(demo.CLASSES)) for name, n in counts.items()):
+        data_loader.load_domain(partial, name, resize_size=16, cache="none", num_workers=0, device="cpu")
+        full = data_loader.OFFICE31_SIZES[name]
+        assert f"notice: {name} has {count} images, not the {full} of the full Office-31" in capsys.readouterr().out
 
 
 TINY = ["--model=resnet18", "--weights=none", "--resize_size=24", "--crop_size=20", "--epochs=1",
