@@ -8,7 +8,7 @@ formula and citation, its layers, its settings, its term), found here by its --m
 
 method.py holds the base class every method subclasses (the joint forward pass, the term in fp32, what a method
 declares) and parts.py the pieces several share (kernels, gradient reversal, the discriminator). A new method is a
-new file and one line in METHODS (docs/new_method.md); nothing else names a method.
+new file, its import below and its line in METHODS (docs/new_method.md); nothing else names a method.
 """
 from methods.afn import AFN
 from methods.bsp import BSP
