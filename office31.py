@@ -45,7 +45,7 @@ model = "resnet50"  # alexnet, caffe_alexnet (the papers'), resnet18 ... resnet1
 weights = "auto"  # auto: IMAGENET1K_V1 (caffe_alexnet: bvlc_reference_caffenet); the model's others; none
 freeze = 0  # leading blocks whose weights stay fixed: conv1, ... (DAN's AlexNet: 3); ResNet: stem, layer1, ...
 # adaptation (README, Methods); source_only is plain fine-tuning, the others add a loss on target images
-method = "source_only"  # source_only or a name in methods/__init__.py: ddc, dan, coral, dann, cdan, ...; several: a sweep
+method = "source_only"  # source_only or a name in methods/__init__.py: ddc, dan, dann, cdan, ...; several: a sweep
 bottleneck = "auto"  # Linear+BatchNorm1d+ReLU of this width before the classifier; 0: none; auto: the method's
 trade_off = 1.0  # weight of the adaptation loss (dann, cdan, bsp, mdd: of the reversed gradient, ramped up from 0)
 entropy = False  # cdan only: entropy conditioning (CDAN+E)
@@ -129,9 +129,9 @@ def train_one_epoch(model, optimizer, batches, first_step, total_steps, amp, mem
                     stop=None, distributed_run=False):
     """One epoch of SGD; returns the mean of each loss term and the accuracy on the (augmented) source batches.
     batches: (x, y) source batches; with an adaptation method, ((x, y), x_target) pairs, pushed through the network
-    as one batch (AFN: one per domain; Method.network in methods/method.py). Stops with Diverged at the first step whose loss is not
-    finite, and with Stopped(step) at the end of the step during which stop.requested was set (a StopOnSignal;
-    under torchrun, on any process)."""
+    as one batch (AFN: one per domain; Method.network in methods/method.py). Stops with Diverged at the first step
+    whose loss is not finite, and with Stopped(step) at the end of the step during which stop.requested was set (a
+    StopOnSignal; under torchrun, on any process)."""
     model.train()
     for module in model.modules():  # a frozen block's BatchNorm keeps its statistics too: eval mode
         weights = list(module.parameters()) if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) else []

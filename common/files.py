@@ -54,7 +54,8 @@ def remove(path):
     """Delete the file or folder at path, if there is one."""
     if os.path.isdir(path) and not os.path.islink(path):
         for folder, _, _ in os.walk(path):  # a read-only folder (unpacked from an archive) would keep its files
-            os.chmod(folder, 0o700)
+            with contextlib.suppress(OSError):  # (one not ours: rmtree leaves it, and the block's own error stands)
+                os.chmod(folder, 0o700)
         shutil.rmtree(path, ignore_errors=True)
     elif os.path.lexists(path):
         os.remove(path)
@@ -73,8 +74,7 @@ def write_file(path, write):
 def lock(f, shared=False, wait=True):
     """Lock the open file f (flock) until it is closed: exclusive, or shared with other shared holders. Waits for
     the holders of a lock that excludes it, or, with wait=False, returns False at once. True once it is held, and
-    always where the system has no file locks
-    (locks() False)."""
+    always where the system has no file locks (locks() False)."""
     if fcntl is None:
         return True
     try:

@@ -71,7 +71,8 @@ def proxy_a_distance(source, target, seed=0):
         numpy.arange(len(y)), test_size=0.5, stratify=y, random_state=seed))
     mean, std = x[fit].mean(0), x[fit].std(0, unbiased=False)  # over the fitted half, as scikit-learn's StandardScaler
     std[std == 0] = 1
-    _, _, accuracy = domain_classifier((x - mean) / std, torch.tensor(y).double(), fit, test, [1 / len(fit)], steps=2000)
+    _, _, accuracy = domain_classifier((x - mean) / std, torch.tensor(y).double(), fit, test, [1 / len(fit)],
+                                       steps=2000)
     error = 1 - accuracy
     return 2 * (1 - 2 * error), error
 
