@@ -533,6 +533,29 @@ def part(domain, index):
     return subset
 
 
+def relabelled(domain, labels):
+    """The domain with these labels (a tensor: one per image of its folder) in place of its own: the batches a
+    source-free method trains on carry its pseudo-labels, and the domain's own labels are not in them."""
+    copied = copy.copy(domain)
+    copied.targets = labels.tolist()
+    if isinstance(domain, ImageFolderDomain):
+        copied.images = copy.copy(domain.images)
+        copied.images.samples = [(path, label) for (path, _), label in zip(domain.images.samples, copied.targets)]
+        copied.images.targets = copied.targets
+    else:
+        copied.labels = labels.to(domain.labels.device)
+    return copied
+
+
+def shuffled(domain, generator):
+    """The domain's tested images (each once) in an order drawn by generator, as a domain whose test_batches go
+    over them in that order: a test-time method meets the target's classes mixed, as a stream of images would."""
+    tested = domain.tested()
+    copied = copy.copy(domain)
+    copied.index, copied.test_index = tested[torch.randperm(len(tested), generator=generator)], None
+    return copied
+
+
 def list_files(data_root, name):
     """DomainNet's split lists of domain `name`, <data_root>/<name>_train.txt and _test.txt, or None where the
     dataset has none (a domain is then trained and tested on all its images)."""
@@ -604,6 +627,18 @@ def split_held_out(domain, fraction):
     train = torch.ones(len(targets), dtype=torch.bool)
     train[out] = False
     return part(domain, train.nonzero().flatten()), part(domain, out)
+
+
+def split_source(source, fraction):
+    """(the source's training part, its held-out part or None): --source_val's split (split_held_out)."""
+    if not fraction:
+        return source, None
+    source, held = split_held_out(source, fraction)
+    if len(held) < 2:
+        raise UserError(f"--source_val={fraction} holds out {len(held)} of the {len(source) + len(held)} "
+                        f"images of {source.name} (round(fraction x n) of each class of n): the held-out validators "
+                        "need at least 2. Give a larger fraction.")
+    return source, held
 
 
 def load_domain(data_root, name, resize_size, cache, num_workers, device, interpolation="bilinear", cache_dir=None):

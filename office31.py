@@ -30,7 +30,7 @@ import types
 
 from runs import flags
 from runs import grid
-from common.errors import UserError, exit_with, user_message
+from common.errors import Diverged, Stopped, UserError, exit_with, user_message
 
 # -----------------------------------------------------------------------------------------------------------
 # data
@@ -49,6 +49,7 @@ method = "source_only"  # source_only or a name in methods/__init__.py: ddc, dan
 bottleneck = "auto"  # Linear+BatchNorm1d+ReLU of this width before the classifier; 0: none; auto: the method's
 trade_off = 1.0  # weight of the adaptation loss (dann, cdan, bsp, mdd: of the reversed gradient, ramped up from 0)
 entropy = False  # cdan only: entropy conditioning (CDAN+E)
+start_from = ""  # a finished run (its .json or .pt) to start from, not ImageNet; "": shot, tent start from shot_source
 # optimisation
 epochs = 20  # an epoch is iters_per_epoch source batches, so every source gets the same number of updates
 iters_per_epoch = 250  # 20 x 250 = 5,000 iterations of batch 32 (an epoch: 2.8 passes over amazon, 16 over dslr)
@@ -107,13 +108,13 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from runs import distributed, report, sweep  # noqa: E402
+from runs import distributed, report, start, sweep  # noqa: E402
 from selection import validators  # noqa: E402
-from methods import methods, with_method  # noqa: E402
-from runs.checkpoint import Diverged, Stopped, random_states, resume  # noqa: E402
+from methods import METHODS, methods, with_method  # noqa: E402
+from runs.checkpoint import random_states, resume  # noqa: E402
 from runs.optimizer import check_finite, make_optimizer, set_progress  # noqa: E402
 from runs.checks import check_settings  # noqa: E402
-from data_loader import check_same_classes, part, split_held_out  # noqa: E402
+from data_loader import check_same_classes, part, split_source  # noqa: E402
 from datasets.download import DATASETS, prepare_data_root  # noqa: E402
 from networks.models import build_model, classifier, make_adaptation, network_pixels  # noqa: E402
 from runs.config import dataset_defaults, plain_configs, resolve  # noqa: E402
@@ -126,7 +127,7 @@ from results.tasks import task_pairs  # noqa: E402
 
 
 def train_one_epoch(model, optimizer, batches, first_step, total_steps, amp, memory_format, adaptation=None,
-                    stop=None, distributed_run=False):
+                    stop=None, distributed_run=False, smoothing=0.0):
     """One epoch of SGD; returns the mean of each loss term and the accuracy on the (augmented) source batches.
     batches: (x, y) source batches; with an adaptation method, ((x, y), x_target) pairs, pushed through the network
     as one batch (AFN: one per domain; Method.network in methods/method.py). Stops with Diverged at the first step
@@ -149,11 +150,12 @@ def train_one_epoch(model, optimizer, batches, first_step, total_steps, amp, mem
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
             if adaptation is None:
                 logits = model(x.contiguous(memory_format=memory_format))
-                terms = {"classification": F.cross_entropy(logits, y)}
+                terms = {"classification": F.cross_entropy(logits, y, label_smoothing=smoothing)}
             else:
                 joint = adaptation.network(model, x, x_target, memory_format)
                 logits = joint[:len(x)]
-                terms = {"classification": F.cross_entropy(logits, y), "adaptation": adaptation(joint, progress)}
+                terms = {"classification": F.cross_entropy(logits, y, label_smoothing=smoothing),
+                         "adaptation": adaptation(joint, progress)}
         optimizer.zero_grad(set_to_none=True)
         sum(terms.values()).backward()
         if distributed_run and adaptation:  # (the network's gradients: DistributedDataParallel averaged them)
@@ -203,8 +205,16 @@ def fine_tune(c, source, target, device, task, checkpoint=None, stop=None):
     stop: a StopOnSignal, which ends the run with Stopped at the end of a step."""
     torch.manual_seed(c["seed"])
     check_same_classes(source, target)
-    source, held = split_source(c, source)
+    source, held = split_source(source, c["source_val"])
     run = set_up(c, source, device, validators.chosen(c["validators"], held is not None))
+    if run.stage:  # from a trained model, on the target's images alone (SHOT, TENT: methods/shot.py, tent.py)
+        history, tested = run.stage.adapt(c, run, target, evaluate, stop)
+        tested = tested or outputs_on(c, run, target, False)  # (TENT: its online predictions)
+        per_class = per_class_accuracy(tested.logits, tested.labels, target.classes)
+        history[-1].update(target_acc=tested.correct / tested.total, target_class_acc=mean_class_accuracy(per_class))
+        if run.validators:  # those on the target's predictions alone: no source image, no label
+            history[-1]["validators"] = validators.score(run.validators, tested._replace(labels=None))
+        return write_result(c, run, device, task, tested, per_class, history, held)
     history = resume(checkpoint, run.parts, run.generators, c["epochs"])
     saved, saved_at = len(history), time.time()  # the epoch the checkpoint holds, and when it was written
     for epoch in range(len(history) + 1, c["epochs"] + 1):
@@ -234,24 +244,14 @@ def fine_tune(c, source, target, device, task, checkpoint=None, stop=None):
     return write_result(c, run, device, task, tested, per_class, history, held)
 
 
-def split_source(c, source):
-    """(the source's training part, its held-out part or None): --source_val's split (split_held_out)."""
-    if not c["source_val"]:
-        return source, None
-    source, held = split_held_out(source, c["source_val"])
-    if len(held) < 2:
-        raise UserError(f"--source_val={c['source_val']} holds out {len(held)} of the {len(source) + len(held)} "
-                        f"images of {source.name} (round(fraction x n) of each class of n): the held-out validators "
-                        "need at least 2. Give a larger fraction.")
-    return source, held
-
-
 def set_up(c, source, device, names):
     """What a run of config c (seeded already) trains and evaluates with: the network (net; model, what trains:
     compiled, or wrapped for several processes; evaluated), its method's module (adaptation, None for source only),
     the optimizer, the batches' generators, the precision, and parts, what a checkpoint holds; names: validators."""
-    generator = torch.Generator().manual_seed(c["seed"])
-    net, new_layer = build_model(c["model"], len(source.classes), c["weights"], c["bottleneck"], c["freeze"])
+    generator, method = torch.Generator().manual_seed(c["seed"]), METHODS[c["method"]]
+    net, new_layer = build_model(c["model"], len(source.classes), c["weights"], c["bottleneck"], c["freeze"],
+                                 method.head or start.head(c["start_from"]))
+    started = start.load(net, c["start_from"]) if c["start_from"] else None  # (its file and digest: the run file's)
     pixels = network_pixels(c["model"], c["weights"])
     amp, why = choose_amp(c["amp"], device)
     memory_format = torch.channels_last if c["channels_last"] else torch.contiguous_format
@@ -266,9 +266,9 @@ def set_up(c, source, device, names):
     return types.SimpleNamespace(
         net=net, model=model, adaptation=adaptation, optimizer=optimizer, generators=[generator, target_generator],
         amp=amp, why=why, memory_format=memory_format, pixels=pixels, several=several, first=distributed.rank() == 0,
-        validators=names, layer=layer, evaluated=net if layer or several else model,  # (a hook, process 0 alone:
-        # the plain net, neither compiled nor wrapped)
-        parts={"model": net, "method": adaptation or torch.nn.Module(), "optimizer": optimizer})
+        validators=[n for n in names if n in validators.ON_PREDICTIONS] if method.starts_from else names, layer=layer, evaluated=net if layer or several else model,
+        parts={"model": net, "method": adaptation or torch.nn.Module(), "optimizer": optimizer},  # (evaluated: a hook,
+        head=new_layer(net), stage=method if method.starts_from else None, started=started)  # process 0: plain net)
 
 
 def train_epoch(c, run, source, target, epoch, task, stop, checkpoint, saved):
@@ -288,7 +288,7 @@ def train_epoch(c, run, source, target, epoch, task, stop, checkpoint, saved):
     try:
         losses, source_acc = train_one_epoch(run.model, run.optimizer, batches, (epoch - 1) * c["iters_per_epoch"],
                                              total_steps, run.amp, run.memory_format, run.adaptation, stop,
-                                             run.several)
+                                             run.several, METHODS[c["method"]].label_smoothing)
     except Stopped as e:
         resumes = f"its checkpoint at the end of epoch {saved} is in {checkpoint.path}" if checkpoint and saved \
             else "no checkpoint was written yet, so it will start from the beginning"
@@ -343,9 +343,10 @@ def write_result(c, run, device, task, tested, per_class, history, held):
               "epochs": history, "date": datetime.datetime.now().isoformat(timespec="seconds"),
               "held_out": len(held) if held is not None else 0, "per_class": per_class,
               "mean_class_accuracy": history[-1]["target_class_acc"],
-              "metric": DATASETS.get(c["dataset"], {}).get("metric", "accuracy"), "processes": distributed.size()}
+              "metric": DATASETS.get(c["dataset"], {}).get("metric", "accuracy"), "processes": distributed.size(),
+              **({"started_from": run.started} if run.started else {})}
     try:
-        save_run(c, result, run.net.state_dict() if c["save_model"] else None)
+        save_run(c, result, run.net.state_dict() if c["save_model"] or METHODS[c["method"]].saves_model else None)
     except (OSError, RuntimeError) as e:  # a full disk, a quota (torch.save: a RuntimeError)
         raise not_written(result, c["out_dir"], e) from None
     return result

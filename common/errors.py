@@ -15,6 +15,14 @@ class UserError(Exception):
     """A mistake the user can fix (bad path, bad flag, bad file): printed as one paragraph, no traceback."""
 
 
+class Diverged(UserError):
+    """A loss that is not finite: the run stops at that step and writes no result."""
+
+
+class Stopped(Exception):
+    """A signal (SIGTERM, Ctrl-C) stopped the run at the end of a step: its last epoch end's checkpoint resumes it."""
+
+
 def exit_with(message):
     """Exit non-zero, printing message: under torchrun once, by process 0 (GRACE_SECONDS)."""
     if os.environ.get("RANK", "0") != "0":

@@ -20,7 +20,9 @@ from methods.ddc import DDC
 from methods.jan import JAN
 from methods.mcc import MCC
 from methods.mdd import MDD
+from methods.shot import SHOT, ShotSource
 from methods.source_only import SourceOnly
+from methods.tent import TENT
 
 # --method's names, in the order of the tables' rows (source only first: the flags' default, the row compared with)
 METHODS = {
@@ -35,12 +37,23 @@ METHODS = {
     "mcc": MCC,
     "mdd": MDD,
     "afn": AFN,
+    "shot_source": ShotSource,  # SHOT's source model, which shot and tent start from (trained first in a sweep)
+    "shot": SHOT,  # source-free: from a trained model, the target's images alone
+    "tent": TENT,  # test-time: from a trained model, one online pass over the target
 }
 
 
 def methods(c):
-    """The methods a --method value names: one, or several separated by commas (a sweep)."""
-    return [m.strip() for m in c["method"].split(",") if m.strip()]
+    """The methods a --method value names: one, or several separated by commas (a sweep); a method that starts from
+    another's runs (SHOT, TENT: `starts_from`) brings that method in just before it, where --start_from is ""."""
+    named = [m.strip() for m in c["method"].split(",") if m.strip()]
+    planned = []
+    for name in named:
+        stage = getattr(METHODS.get(name), "starts_from", None)
+        if stage and not c.get("start_from") and stage not in named + planned:
+            planned.append(stage)  # (its runs are trained first: each run of this method starts from one of them)
+        planned += [name] if name not in planned else []
+    return planned
 
 
 def own_flags():

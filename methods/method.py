@@ -61,6 +61,20 @@ class Method(nn.Module):
     separate_domains = False  # True: the source and the target batch go through the network one after the other
     batch_of_two = None  # why a batch of one image cannot train it (said when --batch_size=1 is refused), or None
     adapts = True  # False for source only alone: no term, no module, the plain fine-tune loop
+    head = "plain"  # the new layers' form: plain (common/layers.py new_head) or shot (shot_head); None: its start's
+    label_smoothing = 0.0  # of the source classification loss (SHOT's source model: 0.1)
+    saves_model = False  # True: its runs always write their weights (--save_model), for the methods starting from them
+    # A method that adapts a trained model with no source image (SHOT, TENT) runs adapt() instead of the source loop:
+    starts_from = None  # the method whose runs it starts from when --start_from is "" (trained first in a sweep)
+    kind = ""  # what the tables' note calls its rows: "source-free", "test-time"
+    adapts_batchnorm = False  # True: it trains the BatchNorm layers alone (TENT); a network without one is refused
+
+    @classmethod
+    def adapt(cls, c, run, target, evaluate, stop):
+        """A starts_from method's whole training, on the target's images alone: (the history, one row an epoch;
+        the outputs its accuracy is of, or None for the final model's evaluation). run: office31.py's set_up, its
+        net loaded with the start's weights; evaluate: office31.py's; stop: a StopOnSignal."""
+        raise NotImplementedError
 
     def __init__(self, feature_size, num_classes, trade_off, features):
         super().__init__()

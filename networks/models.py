@@ -25,6 +25,7 @@ import resnet
 from methods import METHODS
 from methods.method import tap
 from common.errors import UserError
+from common.layers import shot_head
 from data_loader import IMAGENET_MEAN, IMAGENET_STD
 
 OWN_FILES = ("alexnet", "caffe_alexnet") + resnet.DEPTHS  # the papers' networks, each with a file of its own
@@ -147,10 +148,13 @@ def check_network(name, weights, crop_size):
                         f"--crop_size=0 (its own, {default}) or another size.") from None
 
 
-def build_model(name, num_classes, weights, bottleneck=0, freeze=0):
+def build_model(name, num_classes, weights, bottleneck=0, freeze=0, head="plain"):
     """The network with a new last layer (behind a bottleneck of that width, if any) and its first `freeze`
-    blocks fixed; a checkpoint that cannot be fetched is a UserError saying what to do."""
+    blocks fixed; a checkpoint that cannot be fetched is a UserError saying what to do. head: the new layers' form,
+    "plain" (common/layers.py new_head) or "shot" (SHOT's: shot_head), as the method declares (Method.head)."""
     model = load_network(name, num_classes, weights, bottleneck)
+    if head == "shot":
+        shot_head(architecture(name).new_layer(model))
     if freeze:  # (a family whose stages are not named has none: check_config refuses --freeze>0 there)
         for block in architecture(name).blocks(model)[:freeze]:
             block.requires_grad_(False)  # fixed: make_optimizer leaves them out of every group

@@ -54,8 +54,9 @@ def experiment(c):
 
 
 # Experiment flags added after rows were first written: a row records them only where they are not at their default,
-# so that every older row stays the experiment it was. source_val: the fraction of the source held out of training.
-LATER_KEYS = {"source_val": 0.0}
+# so that every older row stays the experiment it was. source_val: the fraction of the source held out of training;
+# start: the run whose weights it started from, by name and digest (runs/start.py identity), "" for ImageNet's.
+LATER_KEYS = {"source_val": 0.0, "start": ""}
 
 
 def later_keys():

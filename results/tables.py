@@ -21,6 +21,7 @@ import statistics
 from common.files import write_file
 from common.words import counted
 from common.errors import UserError
+from methods import METHODS
 from results.experiments import EXPERIMENT_KEYS, experiment, method_label, same_experiment, select_rows, title
 from results.metric import final_value, metric_of
 from results.store import latest_per_seed
@@ -197,6 +198,21 @@ def per_class_table(by_label, name_of_task):
     return "\n".join(lines)
 
 
+def stage_notes(configs):
+    """A note for each kind of row that adapts a trained model with no source image (methods' `kind`): which rows
+    are source-free, which are test-time, and what each starts from."""
+    found = {}
+    for config in configs.values():
+        method = METHODS.get(config["method"])
+        if method is not None and method.kind:
+            found.setdefault(method.kind, {})[method_label(config)] = config.get("start") or method.starts_from
+    notes = {"source-free": "trained on the target's images alone, with no source image and no target label",
+             "test-time": "one online pass over the target's images, each predicted before the update it leads to: "
+                          "the accuracy is of those predictions"}
+    return [f"{kind}: {', '.join(f'{label} (from {start})' for label, start in rows.items())}: {notes[kind]}."
+            for kind, rows in found.items()]
+
+
 def print_table(rows, configs, data, labels, runs, results_path, plain):
     """Print the table of one sweep (see select_rows) on this data: tasks as rows for one method, the papers' layout
     (methods as rows, tasks as columns) for several. Its title names the dataset, network, precision and every
@@ -224,6 +240,7 @@ def print_table(rows, configs, data, labels, runs, results_path, plain):
     else:
         lines.append(methods_table(by_label, name, PAPER_ORDER))
     lines.append("\n" + AVERAGE_NOTE)
+    lines += stage_notes(configs)
     if metric == "mean class accuracy":
         lines.append("\n" + per_class_table(by_label, name))
     keys = [experiment(config) for config in configs.values()]

@@ -22,19 +22,10 @@ import signal
 import torch
 
 from common.files import lock, locks, temporary
-from common.errors import UserError
 from results.experiments import experiment, run_label, run_stem
 from results.run_files import remove_run_temporaries
 
 FORMAT = 1  # what a checkpoint holds and how; a file of another format is ignored
-
-
-class Diverged(UserError):
-    """A loss that is not finite: the run stops at that step and writes no result."""
-
-
-class Stopped(Exception):
-    """A signal (SIGTERM, Ctrl-C) stopped the run at the end of a step: its last epoch end's checkpoint resumes it."""
 
 
 class Checkpoint:

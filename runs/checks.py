@@ -10,6 +10,7 @@ import os
 
 from runs import distributed
 from runs import grid
+from runs import start
 import resnet
 from selection import validators
 from methods import METHODS, methods, own_flags, unread_flags, with_method
@@ -78,6 +79,7 @@ def check_config(c):
         raise UserError(f"--trade_off={c['trade_off']}: must be a finite number, 0 or more.")
     for method in methods(c):
         check_batch_size(with_method(c, method))
+        check_start(with_method(c, method))
     for flag, (what, readers) in own_flags().items():
         if c[flag] and not set(readers) & set(methods(c)):
             raise UserError(f"--{flag}={c[flag]} is {what}: use it with --method={' or --method='.join(readers)}.")
@@ -136,6 +138,19 @@ def what_reads(flag):
         what, readers = own_flags()[flag]
         return f"{what}, read by {', '.join(readers)} only"
     return "the weight of the adaptation term that the other methods add"
+
+
+def check_start(c):
+    """A method that adapts a trained model (SHOT, TENT) runs on one process, and TENT needs BatchNorm layers to
+    adapt; a --start_from run must be of this network (start.check)."""
+    method = METHODS[c["method"]]
+    if method.starts_from and distributed.launched() > 1:
+        raise UserError(f"--method={c['method']} adapts a trained model on the target's images alone, on one process: "
+                        "run it without torchrun (its source stage too), or with --shard to spread a sweep.")
+    if method.adapts_batchnorm and not (has_batchnorm(c["model"]) or c["bottleneck"] > 0):
+        raise UserError(f"--method={c['method']} adapts BatchNorm layers, and {c['model']} with --bottleneck=0 has none: use a "
+                        "network with BatchNorm (ResNet, ...) or a bottleneck (its BatchNorm1d).")
+    start.check(c)
 
 
 MAX_SEED = 2 ** 64 - 1  # the largest seed torch.manual_seed takes

@@ -8,6 +8,7 @@ what a table's title compares with, to name every flag that differs).
 import os
 
 from datasets import demo
+from runs import start
 from datasets.download import DATASETS
 from data_loader import CACHE_WORDS
 from methods import methods, with_method
@@ -17,7 +18,7 @@ from networks.models import MODELS, input_size, weight_names
 def resolve(c):
     """The flags whose default depends on another, made explicit: data_root, source and target "" (the
     dataset's folder and first task), weights=auto, resize_size=0 and crop_size=0 (the network's); --cache=True and
-    False, the boolean it was, are memory and none. An unknown model or weights name is left for check_config."""
+    False, the boolean it was, are memory and none; with --start_from, start: its run's name and digest (start.py). An unknown model or weights name is left for check_config."""
     weights = c["weights"].lower() if c["weights"].lower() in ("auto", "none") else c["weights"]  # None, AUTO
     if c["model"] in MODELS and weights == "auto":
         weights = weight_names(c["model"])[0]
@@ -26,7 +27,8 @@ def resolve(c):
     source, target = DATASETS.get(c["dataset"], DATASETS["office31"])["task"]
     return dict(c, data_root=c["data_root"] or os.path.join("data", c["dataset"]), source=c["source"] or source,
                 target=c["target"] or target, weights=weights, resize_size=c["resize_size"] or resize,
-                crop_size=c["crop_size"] or crop, cache=CACHE_WORDS.get(c["cache"].lower(), c["cache"].lower()))
+                crop_size=c["crop_size"] or crop, cache=CACHE_WORDS.get(c["cache"].lower(), c["cache"].lower()),
+                **({"start": start.identity(c["start_from"])} if c["start_from"] else {}))  # (experiments.py: a key)
 
 
 def plain_configs(c, flag_defaults):

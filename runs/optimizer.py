@@ -11,7 +11,7 @@ import math
 import torch
 
 from runs import distributed
-from runs.checkpoint import Diverged
+from common.errors import Diverged
 
 
 def make_optimizer(model, new_layer, c, fused=True):

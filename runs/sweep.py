@@ -12,14 +12,16 @@ import collections
 import contextlib
 import os
 import tempfile
+import time
 from time import monotonic
 
 from runs import distributed
 from runs import grid
+from runs import start
 from common.words import counted
 from methods import METHODS, methods, with_method
-from runs.checkpoint import Checkpoint, Diverged, StopOnSignal, Stopped
-from common.errors import UserError
+from runs.checkpoint import Checkpoint, StopOnSignal
+from common.errors import Diverged, Stopped, UserError
 from data_loader import choose_cache, class_counts, class_difference, load_domain
 from networks.models import build_model, input_size
 from results.experiments import count_rows, method_label, run_label, same_experiment, select_rows
@@ -55,6 +57,8 @@ def run_sweep(c, data_root, device, results_path, train, precision, plain, flag_
         print(f"skipping {setting} {task_name(source, target, labels)} seed {seed}: already "
               f"in {results_path} (--rerun=True to redo)")
     check_tasks(data_root, dict.fromkeys((s, t) for _, s, t, _ in todo), labels)
+    for source in dict.fromkeys(s for _, s, _, _ in todo) if c["start_from"] else ():
+        start.check_classes(c, source, class_counts(data_root, source))
     if c["plan"]:
         for number, (setting, source, target, seed) in enumerate(todo, 1):
             print(f"run {number} of {len(todo)}: {task_name(source, target, labels)} {setting} seed {seed}")
@@ -84,6 +88,8 @@ def run_sweep(c, data_root, device, results_path, train, precision, plain, flag_
                 values = "  ".join(f"{k}={run[k]}" for k in shown)
                 print(f"{clock.next()}: {task} {label}{': ' + values if values else ''}  ({clock.said()})")
             try:
+                if METHODS[run["method"]].starts_from and not run["start_from"]:  # SHOT, TENT: their source stage's
+                    run["start_from"] = source_stage(run, domains, device, task, data, results_path, stop, train)
                 result = train_and_record(run, domains, device, task, data, results_path, stop,
                                           before[(setting, source, target, seed)], train)
             except Diverged as e:
@@ -211,6 +217,32 @@ def train_and_record(run, domains, device, task, data, results_path, stop, rows_
         if not run["keep_checkpoint"]:
             checkpoint.remove()
         return result
+
+
+def source_stage(run, domains, device, task, data, results_path, stop, train):
+    """The weights file a run of SHOT or TENT with --start_from="" starts from: that of the run of its source stage
+    (its method's starts_from) of the same task and seed, trained here first where the results file has none yet,
+    and waited for while another process trains it (its lock)."""
+    stage, waiting = with_method(dict(run), METHODS[run["method"]].starts_from), False
+    while True:
+        rows = [r for r in read_rows(results_path) if count_rows([r], stage, data)]
+        if rows:
+            weights = os.path.join(os.path.dirname(results_path), rows[-1]["run_file"][:-len(".json")] + ".pt")
+            if not os.path.exists(weights):
+                raise UserError(f"{task} {run_label(run)} starts from {task} {run_label(stage)}, whose weights "
+                                f"{weights} are gone: train it again with --method={stage['method']} --rerun=True, "
+                                "or name a run with --start_from.")
+            return weights
+        result = train_and_record(stage, domains, device, task, data, results_path, stop, 0, train)
+        if result:
+            print(f"{task} accuracy: {100 * result['accuracy']:.2f}% ({result['correct']}/{result['total']})  "
+                  f"{run_label(stage)} ({run['method']} starts from it)")
+        elif not waiting:
+            print(f"waiting for another process to finish {task} {run_label(stage)}, which {run_label(run)} starts "
+                  "from")
+            waiting = True
+        if not result:
+            time.sleep(5)
 
 
 def check_tasks(data_root, pairs, labels):

@@ -218,7 +218,7 @@ import torch
 import torch.distributed as dist
 sys.path.insert(0, sys.argv[1])
 import office31
-from runs.checkpoint import Diverged, Stopped
+from common.errors import Diverged, Stopped
 dist.init_process_group("gloo")
 torch.manual_seed(0)
 net = torch.nn.Linear(4, 3)

@@ -13,7 +13,7 @@ from common import files
 from runs.optimizer import check_finite
 from results import store
 from results import tasks
-from runs.checkpoint import Diverged
+from common.errors import Diverged
 from results.tasks import short_names
 from conftest import make_tree
 from test_sweep import rows_of, sweep

@@ -1,0 +1,133 @@
+"""A run that starts from a finished run's saved weights instead of ImageNet's (--start_from; SHOT and TENT start
+from their source stage's runs): its files, the checks that its network, classes and input size are this run's,
+and loading it.
+
+    check(c)                      # before any work: its files, network, new layers, bottleneck and input size
+    check_classes(c, classes)     # before any image is decoded: its source domain and classes are this run's
+    head(path)                    # the form of its new layers (plain, shot): that of the method that trained it
+    load(net, path)               # its weights into net; returns what the run file records of it
+    identity(path)                # "amazon-webcam_resnet50_shot_source_seed0_20261206-101500 sha256:1a2b3c4d5e6f"
+
+identity is what the experiment key holds (results/experiments.py, key "start"): two different starting points
+never share a row. A run of SHOT or TENT with --start_from="" starts from the run of its source stage of the same
+task and seed (runs/sweep.py), and its key holds "" for it: the rest of the key fixes that run.
+"""
+import functools
+import hashlib
+import json
+import os
+
+import torch
+
+from common.errors import UserError
+from methods import METHODS
+
+
+def files(path):
+    """(its run file, its weights file) from either's path."""
+    stem, ext = os.path.splitext(path)
+    if ext not in (".json", ".pt"):
+        raise UserError(f"--start_from={path}: expected a finished run's file, its .json or its .pt (the weights "
+                        "--save_model=True writes beside it, named alike), in an --out_dir.")
+    return stem + ".json", stem + ".pt"
+
+
+def run_of(path):
+    """The finished run's file (its config, its classes) of a --start_from value, read; a UserError if it is
+    not there, not whole, or has no weights beside it."""
+    run_file, weights = files(path)
+    if not os.path.exists(weights):
+        raise UserError(f"--start_from={path}: {weights} is not there. A run's weights are written only with "
+                        "--save_model=True (shot_source's always): run it again with it (and --rerun=True if it is "
+                        "in the results file), or name another run.")
+    try:
+        with open(run_file, encoding="utf-8") as f:
+            found = json.load(f)
+        found["config"]["model"], found["per_class"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise UserError(f"--start_from={path}: its run file {run_file} cannot be read ({e}): it says which network, "
+                        "classes and input size the weights are of, so it must be beside them.") from None
+    return found
+
+
+@functools.lru_cache(maxsize=None)
+def digest(weights, size, mtime):
+    """sha256 of a weights file (size and mtime: a file rewritten is read again)."""
+    h = hashlib.sha256()
+    with open(weights, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def sha256(weights):
+    return digest(weights, os.path.getsize(weights), os.path.getmtime(weights))
+
+
+def identity(path):
+    """What the experiment key holds of a --start_from value: the run's name and its weights' digest; "" for none,
+    and the path as given where its weights are missing (check() says so before any work)."""
+    if not path:
+        return ""
+    try:
+        _, weights = files(path)
+        return f"{os.path.basename(os.path.splitext(weights)[0])} sha256:{sha256(weights)[:12]}"
+    except (UserError, OSError):
+        return path
+
+
+def head(path):
+    """The form of the new layers of the run a --start_from value names: its method's (Method.head); plain where
+    there is none."""
+    if not path:
+        return "plain"
+    chosen = METHODS.get(run_of(path)["config"]["method"])
+    return (chosen.head if chosen else None) or "plain"
+
+
+def check(c):
+    """Before any work: the run --start_from names (if any) has this run's network, new layers, bottleneck and input
+    size, so that its weights load and mean what they meant."""
+    if not c["start_from"]:
+        return
+    found = run_of(c["start_from"])["config"]
+    method = METHODS[c["method"]]
+    wanted = {"model": c["model"], "bottleneck": c["bottleneck"], "resize_size": c["resize_size"],
+              "crop_size": c["crop_size"]}
+    differ = [f"--{key}={value} (it has {found.get(key)})" for key, value in wanted.items() if found.get(key) != value]
+    theirs = head(c["start_from"])
+    if method.head and method.head != theirs:
+        differ.append(f"{c['method']} takes a model with {method.head} new layers (common/layers.py), and "
+                      f"{found['method']}'s are {theirs}")
+    if differ:
+        raise UserError(f"--start_from={c['start_from']}: this run's network is not the one saved there: "
+                        f"{'; '.join(differ)}. Give the flags it was trained with (its run file's config), or start "
+                        "from a run of this network.")
+
+
+def check_classes(c, source, classes):
+    """Before any image is decoded: the run --start_from names was trained on this run's source domain, with these
+    classes in this order (its per-class accuracy names them)."""
+    if not c["start_from"]:
+        return
+    found = run_of(c["start_from"])
+    theirs = list(found["per_class"])
+    if found["config"].get("source") != source:
+        raise UserError(f"--start_from={c['start_from']} was trained on {found['config'].get('source')}, and this "
+                        f"run's source is {source}: a run starts from a model of its own source. Leave the other tasks "
+                        "out of --tasks, or start each from its own run.")
+    if theirs != list(classes):
+        raise UserError(f"--start_from={c['start_from']} was trained on {len(theirs)} classes, and {source} here has "
+                        f"{len(classes)}{'' if len(theirs) != len(classes) else ', named otherwise'}: its classifier "
+                        "is not this data's. Start from a run on this data.")
+
+
+def load(net, path):
+    """The weights of the run a --start_from value names, into net; what the run file records of them."""
+    run_file, weights = files(path)
+    try:
+        net.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    except (RuntimeError, OSError, EOFError, ValueError) as e:
+        raise UserError(f"--start_from={path}: {weights} does not load into this network "
+                        f"({str(e).splitlines()[0]}); it is damaged or of another network.") from None
+    return {"run_file": os.path.basename(run_file), "weights": weights, "sha256": sha256(weights)}
