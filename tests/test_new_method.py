@@ -169,6 +169,46 @@ def test_the_pages_method_runs_in_a_sweep_beside_source_only_its_layers_at_lr_mu
     assert widths == {"source_only": 0, "entmin": 256}  # the page's bottleneck, the class's
 
 
+def add_stage_method(repo):
+    """What the page's section on a method that starts from a trained model says: SHOT-IM's file, import and line."""
+    with open(os.path.join(repo, "methods", "shot_im.py"), "w", encoding="utf-8") as f:
+        f.write(block_after("Save this as `methods/shot_im.py`:"))
+    path = os.path.join(repo, "methods", "__init__.py")
+    with open(path, encoding="utf-8") as f:
+        lines = f.read().splitlines(keepends=True)
+    last = max(i for i, line in enumerate(lines) if line.startswith("from methods."))
+    with open(path, "w", encoding="utf-8") as f:
+        f.writelines(lines[:last + 1] + [block_after("register it as above, with its import")] + lines[last + 1:])
+    add_to_mapping(path, "METHODS = {", block_after("and its line at the end of `METHODS`:"))
+
+
+@pytest.mark.slow
+def test_the_pages_source_free_method_starts_from_the_source_stage_shot_trains_once(tmp_path):
+    repo = copy_repository(tmp_path / "repo")
+    add_stage_method(repo)
+    root = make_tree(tmp_path / "office31", {"amazon": 2, "dslr": 2, "webcam": 2}, size=(20, 20))
+    args = page_command("and compare it with SHOT: the sweep trains `shot_source` once")
+    assert args[0] == "--method=shot,shot_im"
+    out, _ = run(repo, [*args, *SMALL, f"--data_root={root}", f"--out_dir={tmp_path / 'out'}"],
+                 before="from methods.shot import SHOT\nSHOT.epochs = 2")  # (its 15 target epochs: 2 are enough here)
+    assert list(table_rows(out)) == ["shot_source", "shot", "shot_im"], out
+    assert "source-free: shot (from shot_source), shot_im (from shot_source)" in out
+    with open(tmp_path / "out" / "results.jsonl", encoding="utf-8") as f:
+        rows = [json.loads(line) for line in f]
+    assert sorted(r["config"]["method"] for r in rows) == ["shot", "shot", "shot_im", "shot_im", "shot_source",
+                                                            "shot_source"]  # one source stage a task, shared
+    sources = {(r["source"], r["target"]): r["run_file"] for r in rows if r["config"]["method"] == "shot_source"}
+    for r in rows:
+        if r["config"]["method"] != "shot_source":
+            with open(tmp_path / "out" / r["run_file"], encoding="utf-8") as f:
+                started = json.load(f)["started_from"]
+            assert started["run_file"] == sources[(r["source"], r["target"])]
+            with open(tmp_path / "out" / r["run_file"], encoding="utf-8") as f:
+                history = json.load(f)["epochs"]
+            pseudo = [e["loss"] for e in history]
+            assert (max(pseudo) == 0.0) == (r["config"]["method"] == "shot_im")  # SHOT-IM: no pseudo-label term
+
+
 @pytest.mark.slow
 def test_the_pages_validator_has_its_row_in_the_selection_table(tmp_path):
     repo = copy_repository(tmp_path / "repo")
