@@ -149,8 +149,16 @@ def draw(maps, names, classes, title, path):
 def run_features(c, path, domains, device, evaluate):
     """(source features, source labels, target features, target labels, what the features are) of the run of
     config c whose weights are at path."""
-    net, new_layer = build_model(c["model"], len(domains[0].classes), "none", c["bottleneck"], c["freeze"])
-    net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    head = "shot" if any("parametrizations." in key for key in state) else "plain"  # (SHOT's weight-normed classifier)
+    net, new_layer = build_model(c["model"], len(domains[0].classes), "none", c["bottleneck"], c["freeze"], head)
+    try:
+        net.load_state_dict(state)
+    except RuntimeError as e:
+        raise UserError(f"--analyze: the weights at {path} do not load into {c['model']} with --bottleneck="
+                        f"{c['bottleneck']} ({str(e).splitlines()[0]}). A tent run's cannot: its BatchNorm layers "
+                        "keep no statistics, since it adapts as it predicts; analyze the run it started from "
+                        "instead.") from None
     net = net.to(device)
     layer = classifier(new_layer(net))
     pixels = network_pixels(c["model"], c["weights"])
