@@ -82,6 +82,7 @@ keep_checkpoint = False  # keep the last checkpoint when the run finishes (else 
 tasks = ""  # "": just source -> target; "all": every ordered pair of domains in data_root; or "A-W,W-A,..."
 seeds = 1  # runs per task, with seeds seed, seed+1, ...
 shard = "0/1"  # i/n: this process takes runs i, i+n, i+2n, ... of the sweep (0 <= i < n)
+runs_at_once = 1  # processes sharing the device, each training the sweep's next free run (docs/speed.md)
 rerun = False  # a sweep skips runs already in results.jsonl with the same config; True runs them again
 plan = False  # list the sweep's runs (done, to train) and stop: no image decoded, no training
 report = False  # list the experiments of results.jsonl and print each one's table (flags given narrow it); no training
@@ -107,7 +108,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from runs import distributed, report, sweep  # noqa: E402
+from runs import at_once, distributed, report, sweep  # noqa: E402
 from selection import validators  # noqa: E402
 from methods import methods, with_method  # noqa: E402
 from runs.checkpoint import Diverged, Stopped, random_states, resume  # noqa: E402
@@ -376,6 +377,9 @@ def main(argv=None):
             from selection import analysis  # (scikit-learn and matplotlib: only here)
             return analysis.analyze([with_method(dict(c, precision=precision), m) for m in methods(c)], data_root,
                                     device, results_path, evaluate)
+        if c["runs_at_once"] > 1 and not c["plan"] and not at_once.child():  # N processes of this command
+            return at_once.run_at_once(c, [__file__, *argv], data_root, device, results_path, precision,
+                                       plain_configs(c, FLAGS), FLAGS)
         return sweep.run_sweep(c, data_root, device, results_path, fine_tune, precision, plain_configs(c, FLAGS),
                                FLAGS)
     except UserError as e:
