@@ -1,9 +1,15 @@
 """--runs_at_once: several runs of a sweep side by side, each an independent process, every run trained once and
-with the numbers it gets alone; the memory cache budgeted per process; what it cannot take, refused before any work."""
+with the numbers it gets alone; the memory cache budgeted per process; what it cannot take, refused before any
+work; and tests/benchmark.py's parts 8 (the table, one run at a time and N at once) and 9
+(CUDA graphs, on a GPU)."""
 import json
+import os
+import time
 
 import pytest
+import torch
 
+import benchmark  # (tests/benchmark.py)
 import office31
 import data_loader
 from results import store
@@ -90,3 +96,40 @@ def test_the_processes_lines_come_prefixed_and_their_exit_codes_back(capsys):
     lines = sorted(capsys.readouterr().out.splitlines())
     assert lines == ["[1/2] hello from 1/2", "[2/2] hello from 2/2"]
 
+
+def test_benchmark_reads_the_gpus_utilisation_where_it_can_and_says_why_not_elsewhere(tmp_path, monkeypatch):
+    with benchmark.GpuUtilisation("cpu") as cpu:
+        pass
+    assert cpu.mean() is None and cpu.why_not() == "not a CUDA device"
+    fake = tmp_path / "bin" / "nvidia-smi"  # prints a utilisation as nvidia-smi does with these options
+    fake.parent.mkdir()
+    fake.write_text("#!/bin/sh\necho 40\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake.parent}{os.pathsep}{os.environ['PATH']}")
+    with benchmark.GpuUtilisation("cuda", period=0.01) as gpu:
+        time.sleep(0.2)
+    assert gpu.mean() == 40 and len(gpu.samples) > 1
+    monkeypatch.setenv("PATH", str(tmp_path / "nothing"))
+    with benchmark.GpuUtilisation("cuda") as none:
+        pass
+    assert none.mean() is None and none.why_not() == "nvidia-smi gave no reading (FileNotFoundError)"
+    assert benchmark.projected_table(1600) == 18 * 5000 * 32 / 1600
+
+
+def test_benchmark_measures_cuda_graphs_on_a_gpu_only_and_no_default_changes():
+    assert benchmark.overhead_rates("resnet50", 1, 1, torch.device("cpu")) == \
+        "not measured: CUDA graphs need a CUDA --device"
+    assert office31.FLAGS["compile"] is False and not [name for name in office31.FLAGS if "graph" in name]
+
+
+@pytest.mark.slow
+def test_benchmark_times_the_table_one_at_a_time_and_at_once_in_one_call(tree, capsys):
+    rates = benchmark.print_table_rates(str(tree), 2, 1, "resnet18", torch.device("cpu"),
+                                        ["--resize_size=40", "--crop_size=32", "--num_workers=0", "--amp=off"])
+    assert list(rates) == ["one at a time", "2 at once"]
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("8. the source-only table, runs at once: 4 A→W runs of 1 steps (resnet18, batch 32)")
+    for line, (rate, utilisation, seconds) in zip(lines[1:], rates.values()):
+        assert rate == pytest.approx(4 * 32 / seconds) and utilisation == "not a CUDA device"
+        assert "GPU utilisation not measured (not a CUDA device)" in line and "min projected" in line
+    assert lines[1].endswith("1.00x")
