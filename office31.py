@@ -108,7 +108,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from runs import at_once, distributed, report, sweep  # noqa: E402
+from runs import distributed, report, sweep  # noqa: E402
 from selection import validators  # noqa: E402
 from methods import methods, with_method  # noqa: E402
 from runs.checkpoint import Diverged, Stopped, random_states, resume  # noqa: E402
@@ -120,6 +120,7 @@ from networks.models import build_model, classifier, make_adaptation, network_pi
 from runs.config import dataset_defaults, plain_configs, resolve  # noqa: E402
 from runs.precision import choose_amp, pick_device  # noqa: E402
 from runs.machine import machine  # noqa: E402
+from runs import at_once  # noqa: E402
 from results.store import mean_class_accuracy, per_class_accuracy  # noqa: E402
 from results.run_files import not_written, save_run  # noqa: E402
 from results.experiments import run_label  # noqa: E402
