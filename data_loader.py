@@ -232,16 +232,22 @@ def check_cache_fits(data_root, names, resize_size, device):
 def memory_for_cache(device):
     """(bytes, what they are) this process's memory cache may take: the free GPU memory or the available memory,
     shared with the other processes torchrun started on this node that hold their own cache in it (every one on the
-    CPU; on a GPU, those given the same GPU)."""
+    CPU; on a GPU, those given the same GPU), or with the others of --runs_at_once (RUNS_AT_ONCE: all on one device)."""
     have, where = available_memory(device), "free GPU memory" if device.type == "cuda" else "available memory"
     processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
     if device.type == "cuda":
         processes = math.ceil(processes / max(torch.cuda.device_count(), 1))
+    started = "torchrun started"
+    if RUNS_AT_ONCE in os.environ:  # ("k/N", set by runs/at_once.py for each of its N processes)
+        processes, started = int(os.environ[RUNS_AT_ONCE].split("/")[1]), "of --runs_at_once"
     if have is None or processes == 1:
         return have, where
     shared = "on this GPU" if device.type == "cuda" else "on this node"
-    return have // processes, f"{where} per process ({have / 1e9:.1f} GB over the {processes} processes torchrun " \
-                              f"started {shared})"
+    return have // processes, f"{where} per process ({have / 1e9:.1f} GB over the {processes} processes {started} " \
+                              f"{shared})"
+
+
+RUNS_AT_ONCE = "OFFICE31_RUNS_AT_ONCE"  # "k/N" in the environment of each of the N processes of --runs_at_once=N
 
 
 CACHES = ("auto", "memory", "disk", "none")

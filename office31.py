@@ -83,6 +83,7 @@ keep_checkpoint = False  # keep the last checkpoint when the run finishes (else 
 tasks = ""  # "": just source -> target; "all": every ordered pair of domains in data_root; or "A-W,W-A,..."
 seeds = 1  # runs per task, with seeds seed, seed+1, ...
 shard = "0/1"  # i/n: this process takes runs i, i+n, i+2n, ... of the sweep (0 <= i < n)
+runs_at_once = 1  # processes sharing the device, each training the sweep's next free run (docs/speed.md)
 rerun = False  # a sweep skips runs already in results.jsonl with the same config; True runs them again
 plan = False  # list the sweep's runs (done, to train) and stop: no image decoded, no training
 report = False  # list the experiments of results.jsonl and print each one's table (flags given narrow it); no training
@@ -120,6 +121,7 @@ from networks.models import build_model, classifier, make_adaptation, network_pi
 from runs.config import dataset_defaults, plain_configs, resolve  # noqa: E402
 from runs.precision import choose_amp, pick_device  # noqa: E402
 from runs.machine import machine  # noqa: E402
+from runs import at_once  # noqa: E402
 from results.store import mean_class_accuracy, per_class_accuracy  # noqa: E402
 from results.run_files import not_written, save_run  # noqa: E402
 from results.experiments import run_label  # noqa: E402
@@ -377,6 +379,9 @@ def main(argv=None):
             from selection import analysis  # (scikit-learn and matplotlib: only here)
             return analysis.analyze([with_method(dict(c, precision=precision), m) for m in methods(c)], data_root,
                                     device, results_path, evaluate)
+        if c["runs_at_once"] > 1 and not c["plan"] and not at_once.child():  # N processes of this command
+            return at_once.run_at_once(c, [__file__, *argv], data_root, device, results_path, precision,
+                                       plain_configs(c, FLAGS), FLAGS)
         return sweep.run_sweep(c, data_root, device, results_path, fine_tune, precision, plain_configs(c, FLAGS),
                                FLAGS)
     except UserError as e:

@@ -8,6 +8,7 @@ reason and what to do, before a network is built or an image decoded.
 import math
 import os
 
+from runs import at_once
 from runs import distributed
 from runs import grid
 from runs import start
@@ -95,6 +96,7 @@ def check_config(c):
                         "the crop is cut from the resized image, so it must fit inside it.")
     check_network(c["model"], c["weights"], c["crop_size"])
     distributed.check(c)
+    at_once.check(c)
 
 
 def check_settings(c, flag_defaults, given=()):

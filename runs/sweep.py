@@ -106,7 +106,7 @@ def run_sweep(c, data_root, device, results_path, train, precision, plain, flag_
                 print(f"{task} accuracy: {100 * result['accuracy']:.2f}% ({result['correct']}/{result['total']})"
                       f"{named}")
                 finished.append(result)
-    if sweep and distributed.rank() == 0:
+    if sweep and distributed.rank() == 0 and c["runs_at_once"] == 1:  # (several at once: the first prints them)
         rows = read_rows(results_path)
         if any(select_rows(rows, configs, data, runs).values()):  # a shard with nothing to do may have nothing
             report_tables(c, rows, [(configs, data, labels, runs, plain)], results_path)

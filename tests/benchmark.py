@@ -16,7 +16,7 @@ Not a test (pytest does not collect it): it prints images/s and ratios against t
   3. one full A->W alexnet epoch (train on the source + evaluate the whole target): wall time, peak memory;
   4. what each adaptation method costs: resnet50 training steps with the defaults, source images/s against
      source_only (an adapting step also pushes a target batch through the network); on --device (cpu, or cuda
-     for a GPU's figures; the other parts are CPU only);
+     for a GPU's figures; parts 1-3 and 5 are CPU only);
   5. what a checkpoint costs: its size and the time to write one (network, momentum, random states; into --root)
      for alexnet and resnet50, against the time of a default epoch (250 steps) at the step rate measured here;
   6. other backbones: a source-only training step of vit_b_16, convnext_tiny and swin_t against resnet50 (random
@@ -24,6 +24,15 @@ Not a test (pytest does not collect it): it prints images/s and ratios against t
   7. what the validators add to one evaluation of A→W (795 target images; --source_val=0.1 holds out 282 of amazon's
      2,817) with resnet50's 2,048 features, against the evaluation pass itself: each validator's own computing,
      and the extra forward passes of source_val_acc (the held-out images) and DEV (every source image).
+  8. the source-only table with runs at once (--runs_at_once): a sweep of 2 x --at_once A→W runs (one seed each,
+     --table_iters steps, --table_model, random init) timed end to end on --device one run after another, then with
+     --at_once runs sharing the device, in the same call: images/s, the GPU's mean utilisation (nvidia-smi, sampled
+     twice a second; "not measured" where there is none), and the wall time of the 18-run table (6 tasks x 3 seeds,
+     5,000 steps of 32) projected from each rate, as a ratio against one run at a time;
+  9. host time per step: a source-only resnet50 training step with the defaults, eager against torch.compile with
+     mode="reduce-overhead" (CUDA graphs: the Python and launch overhead of a small batch taken off the GPU's
+     critical path) and with the default mode, through the training loop (the loss still checked one step late);
+     on a CUDA --device only (there is no flag for it: measured first, as docs/speed.md says).
 It first prints the CPU, its bf16 and AMX capabilities, and what --amp=auto chose on it and why: bf16's
 worth differs between CPUs, so figures from different machines only compare with those lines beside them.
 The generated tree is kept in --root and reused by later runs.
@@ -37,6 +46,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 import torch
@@ -374,8 +384,115 @@ def validator_cost(device, batches=3):
     return seconds
 
 
+TABLE_RUNS, TABLE_IMAGES = 18, 5000 * 32  # the source-only table: 6 tasks x 3 seeds, each 5,000 steps of 32
+
+
+def table_rates(root, count, iters, model, device, flags=()):
+    """{label: (source images/s, the GPU's mean utilisation or why it was not measured, seconds)} of a sweep of
+    2 x count A→W runs (seeds 0, 1, ...; one epoch of iters steps of 32, then the final evaluation), one after another
+    and count at once: each an office31.py command timed end to end (its start, decoding and evaluations included),
+    in a fresh out_dir. flags: more flags for both commands (the tests' small trees)."""
+    rates = {}
+    for label, at_once in (("one at a time", 1), (f"{count} at once", count)):
+        with tempfile.TemporaryDirectory() as out:
+            command = [sys.executable, office31.__file__, f"--data_root={root}", "--source=amazon",
+                       "--target=webcam", f"--seeds={2 * count}", f"--model={model}", "--weights=none", "--epochs=1",
+                       "--batch_size=32",
+                       f"--iters_per_epoch={iters}", f"--device={device}", "--eval_every=0", "--validators=none",
+                       "--checkpoint=False", f"--out_dir={out}", f"--runs_at_once={at_once}", *flags]
+            sampler = GpuUtilisation(device)
+            start = time.perf_counter()
+            with sampler:
+                done = subprocess.run(command, capture_output=True, text=True)
+            seconds = time.perf_counter() - start
+            if done.returncode:
+                sys.exit(f"part 8: {' '.join(command)} failed:\n{(done.stdout + done.stderr)[-3000:]}")
+        utilisation = sampler.why_not() if sampler.mean() is None else sampler.mean()
+        rates[label] = (2 * count * iters * 32 / seconds, utilisation, seconds)
+    return rates
+
+
+def projected_table(rate):
+    """Seconds the 18-run table takes at this many source images/s."""
+    return TABLE_RUNS * TABLE_IMAGES / rate
+
+
+class GpuUtilisation:
+    """The GPU's utilisation (%) sampled twice a second by nvidia-smi while the with-block runs; mean() is None where
+    it was not read (a CPU device, no nvidia-smi), and why_not() says why."""
+
+    def __init__(self, device, period=0.5):
+        self.device, self.period, self.samples, self.problem = torch.device(device), period, [], None
+        self.done = threading.Event()
+        if self.device.type != "cuda":
+            self.problem = "not a CUDA device"
+        self.thread = threading.Thread(target=self.sample, daemon=True)
+
+    def query(self):
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")[0].strip()
+        index = visible or str(self.device.index or 0)
+        out = subprocess.run(["nvidia-smi", f"--id={index}", "--query-gpu=utilization.gpu", "--format=csv,noheader,"
+                              "nounits"], capture_output=True, text=True, timeout=10, check=True).stdout
+        return float(out.strip().splitlines()[0])
+
+    def sample(self):
+        """One reading, then one every period until the with-block ends (a short block is read once)."""
+        while True:
+            try:
+                self.samples.append(self.query())
+            except (OSError, subprocess.SubprocessError, ValueError, IndexError) as e:
+                self.problem = f"nvidia-smi gave no reading ({type(e).__name__})"
+                return
+            if self.done.wait(self.period):
+                return
+
+    def __enter__(self):
+        if self.problem is None:
+            self.thread.start()
+        return self
+
+    def __exit__(self, *error):
+        self.done.set()
+        if self.thread.is_alive():
+            self.thread.join()
+
+    def mean(self):
+        return statistics.mean(self.samples) if self.samples and self.problem is None else None
+
+    def why_not(self):
+        return self.problem or "no sample taken"
+
+
+def overhead_rates(name, steps, warm_up, device):
+    """{setting: source images/s} of a source-only training step with the defaults (batch 32, random init) through
+    the training loop, eager and under torch.compile, mode "reduce-overhead" (CUDA graphs) and the default; the
+    settings take turns after their warm-up (where compiling happens), median of 3 rounds. A string saying why
+    where the device is not CUDA: CUDA graphs replay GPU work only."""
+    if device.type != "cuda":
+        return "not measured: CUDA graphs need a CUDA --device"
+    amp, _ = office31.choose_amp("auto", device)
+    x, y = torch.randn(32, 3, 224, 224, device=device), torch.randint(0, CLASSES, (32,), device=device)
+    runs = {}
+    for label, mode in (("eager", None), ('compile, mode="reduce-overhead"', "reduce-overhead"),
+                        ("compile, the default mode", "default")):
+        net, new_layer = office31.build_model(name, CLASSES, "none")
+        net = net.to(device, memory_format=torch.channels_last)
+        optimizer = office31.make_optimizer(net, new_layer(net), office31.FLAGS)
+        model = torch.compile(net, mode=mode) if mode else net
+        office31.train_one_epoch(model, optimizer, [(x, y)] * warm_up, 0, 10, amp, torch.channels_last)
+        runs[label] = (model, optimizer)
+    rates = {label: [] for label in runs}
+    for _ in range(3):
+        for label, (model, optimizer) in runs.items():
+            start = time.perf_counter()
+            office31.train_one_epoch(model, optimizer, [(x, y)] * steps, 0, 10, amp, torch.channels_last)
+            torch.cuda.synchronize()
+            rates[label].append(steps * len(x) / (time.perf_counter() - start))
+    return {label: statistics.median(rate) for label, rate in rates.items()}
+
+
 def where(device):
-    """"on NVIDIA H200, bf16 (...)": the device parts 4 and 6 run on, and the precision --amp=auto chose there."""
+    """"on NVIDIA H200, bf16 (...)": the device parts 4 and 6-9 run on, and the precision --amp=auto chose there."""
     amp, why = office31.choose_amp("auto", device)
     return f"on {device_name(device)}, {'bf16' if amp else 'fp32'} ({why})"
 
@@ -394,9 +511,13 @@ def main():
     parser.add_argument("--rounds", type=int, default=3, help="rounds of timed steps, the settings taking turns")
     parser.add_argument("--warm_up", type=int, default=8, help="untimed first steps of each setting")
     parser.add_argument("--workers", type=int, default=os.cpu_count())
-    parser.add_argument("--device", default="cpu", help="where parts 4 and 6 run: cpu, cuda")
+    parser.add_argument("--device", default="cpu", help="where parts 4 and 6-9 run: cpu, cuda")
     parser.add_argument("--skip", default="", help="comma list of parts to skip: data,steps,epoch,methods,"
-                                                   "checkpoint,backbones,validators")
+                                                   "checkpoint,backbones,validators,at_once,overhead")
+    parser.add_argument("--at_once", type=int, default=3, help="part 8: runs sharing the device")
+    parser.add_argument("--table_iters", type=int, default=0, help="part 8: steps of each run (0: 50 on a GPU, "
+                                                                     "3 on the CPU; --quick: 2)")
+    parser.add_argument("--table_model", default="resnet50", help="part 8: the network of its runs")
     parser.add_argument("--epoch", help=argparse.SUPPRESS)  # internal: run one epoch in this process
     parser.add_argument("--limited", help=argparse.SUPPRESS)  # internal: a disk-cache epoch in this memory cgroup
     parser.add_argument("--cache_dir", help=argparse.SUPPRESS)
@@ -493,6 +614,32 @@ def main():
         reference = seconds["target pass (795 images)"]
         for what, value in seconds.items():
             print(f"   {what:36s} {value:8.2f}s   {value / reference:.3f}x")
+    if "at_once" not in skip:
+        iters = args.table_iters or (2 if args.quick else 50 if device.type == "cuda" else 3)
+        print_table_rates(root, args.at_once, iters, args.table_model, device)
+    if "overhead" not in skip:
+        print(f"9. host time per step: resnet50 source-only training step with the defaults, source images/s (median "
+              f"of 3 rounds of {steps} steps; x: against eager) {where(device)}")
+        rates = overhead_rates("resnet50", steps, warm_up, device)
+        if isinstance(rates, str):
+            print(f"   {rates}")
+        for label, rate in ({} if isinstance(rates, str) else rates).items():
+            print(f"   {label:32s} {rate:7.1f}   {rate / rates['eager']:.2f}x")
+
+
+def print_table_rates(root, count, iters, model, device, flags=()):
+    """Part 8, printed: table_rates, and the 18-run table's wall time projected from each rate."""
+    print(f"8. the source-only table, runs at once: {2 * count} A→W runs of {iters} steps ({model}, batch 32), "
+          f"each command timed end to end (start, decoding, evaluation included) {where(device)}")
+    rates = table_rates(root, count, iters, model, device, flags)
+    alone = rates["one at a time"][0]
+    for label, (rate, utilisation, seconds) in rates.items():
+        used = f"GPU utilisation not measured ({utilisation})" if isinstance(utilisation, str) else \
+            f"GPU {utilisation:.0f}% busy"
+        table = projected_table(rate)
+        print(f"   {label:14s} {rate:8.1f} images/s in {seconds:6.1f}s, {used}; the 18-run table (5,000 steps each): "
+              f"{table / 60:6.1f} min projected   {rate / alone:.2f}x")
+    return rates
 
 
 if __name__ == "__main__":
