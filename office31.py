@@ -12,14 +12,14 @@ annealed every iteration as lr * (1 + 10 p)^-0.75 with p going 0 -> 1 over the r
 training, centre crop for testing. The printed accuracy is the final model's, on every target image.
 
 Adaptation: --method adds a loss on the target's unlabelled images (pushed through the network with the source
-batch) to the source classification loss, on the same loop and schedule: DDC, DAN, Deep CORAL, DANN, CDAN, BSP,
-JAN, MCC, MDD, AFN, each as its paper defines it (methods/, a file each). The target's labels are read by the
-evaluations only. Sweeps: --tasks, --seeds and a comma-separated --method run every task, seed and method in one
-command; each finished run adds a row to out_dir/results.jsonl, a stopped sweep resumes with the same command,
-and the end prints the table papers show (methods as rows, mean ± std over seeds); --report=True prints it again.
-The training flags take comma-separated values too (a grid: runs/grid.py), and every evaluation records scores
-that need no target label (selection/validators.py); the end of a sweep then also shows what each would choose
-(selection/selection_table.py).
+batch) to the source classification loss, on the same loop and schedule: DDC, DAN, Deep CORAL, DANN, CDAN, BSP, JAN,
+MCC, MDD, AFN, each as its paper defines it (methods/, a file each); SHOT and TENT adapt a trained model on the
+target's images alone. Target labels are read by the evaluations only. Sweeps: --tasks, --seeds and a
+comma-separated --method run every task, seed and method in one command; each finished run adds a row to
+out_dir/results.jsonl, a stopped sweep resumes with the same command, and the end prints the table papers show
+(methods as rows, mean ± std over seeds); --report=True prints it again. Training flags take comma-separated values
+too (a grid: runs/grid.py), and every evaluation records scores that need no target label (selection/validators.py);
+a sweep's end then also shows what each would choose (selection/selection_table.py).
 """
 import collections
 import datetime
