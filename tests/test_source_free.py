@@ -21,6 +21,16 @@ from test_train import TINY
 EPSILON = 1e-5  # SHOT's epsilon inside its entropies' logarithm
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """A ResNet-18 on 32-pixel crops in batches of 8: one thread is several times faster than two or more contending
+    for a busy machine's cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def batches(classes=5):
     """Logits of a few kinds of batch, {name: fp32 tensor}: random, confident and diverse, confident on one class
     alone, uniform (every class equally likely), and a single image."""
@@ -193,3 +203,160 @@ def test_tents_mean_entropy_with_its_gradient():
         assert value.item() == pytest.approx(expected.item(), rel=1e-5, abs=1e-6), name
         assert torch.allclose(grad, expected_grad, rtol=1e-4, atol=1e-7), (name, grad, expected_grad)
     assert mean_entropy64(batches()["uniform"].double()).item() == pytest.approx(np.log(5))  # (the reference)
+
+
+def started_run(tree, bottleneck=16):
+    """(c, run, target) as office31.set_up makes them for a run that starts from SHOT's source model: a ResNet-18
+    (no weights) with SHOT's new layers, the webcam of the tests' tree (15 images) as target, in fp32."""
+    net, new_layer = office31.build_model("resnet18", 3, "none", bottleneck, 0, "shot")
+    run = types.SimpleNamespace(net=net, head=new_layer(net), amp=False, memory_format=torch.contiguous_format,
+                                pixels="imagenet", generators=[torch.Generator().manual_seed(s) for s in (0, 1)])
+    c = {"crop_size": 32, "eval_batch_size": 8}
+    return c, run, load_domain(tree, "webcam", 40, True, 0, "cpu")
+
+
+def test_shots_target_stage_keeps_the_classifier_and_trains_the_rest_at_its_codes_rates(tree, monkeypatch):
+    """Through SHOT.adapt (2 epochs of batches of 8 here: 4 steps): the weight-normalised classifier's g, v and bias
+    come out bit-identical while the backbone and the bottleneck move; the backbone at lr 0.001 and the bottleneck at
+    0.01, each step's lr annealed as lr0 (1 + 10 k / n)^-0.75 (k counted from 1), weight decay 1e-3, Nesterov
+    momentum 0.9."""
+    monkeypatch.setattr(SHOT, "epochs", 2)
+    monkeypatch.setattr(SHOT, "batch_size", 8)
+    c, run, target = started_run(tree)
+    before = {name: p.detach().clone() for name, p in run.net.named_parameters()}
+    optimizers, lrs = [], []
+    real_optimizer, real_step = SHOT.optimizer, SHOT.step
+
+    def optimizer(net, head):
+        optimizers.append(real_optimizer(net, head))
+        return optimizers[-1]
+
+    def step(run, optimizer, x, pseudo):
+        lrs.append([group["lr"] for group in optimizer.param_groups])
+        return real_step(run, optimizer, x, pseudo)
+    monkeypatch.setattr(SHOT, "optimizer", optimizer)
+    monkeypatch.setattr(SHOT, "step", step)
+    history, outputs = SHOT.adapt(c, run, target, office31.evaluate, None)
+    assert outputs is None and len(history) == 2
+
+    classifier = ["fc.3.parametrizations.weight.original0", "fc.3.parametrizations.weight.original1", "fc.3.bias"]
+    after = dict(run.net.named_parameters())
+    assert sorted(name for name in after if name.startswith("fc.3.")) == sorted(classifier)
+    for name in classifier:
+        assert torch.equal(after[name], before[name]), name
+    for name in ("conv1.weight", "layer4.1.bn2.weight", "fc.0.weight", "fc.0.bias", "fc.1.weight", "fc.1.bias"):
+        assert not torch.equal(after[name], before[name]), name
+
+    [optimizer] = optimizers
+    backbone, bottleneck = optimizer.param_groups
+    names = {id(p): name for name, p in run.net.named_parameters()}
+    assert sorted(names[id(p)] for p in bottleneck["params"]) == ["fc.0.bias", "fc.0.weight", "fc.1.bias",
+                                                                  "fc.1.weight"]
+    assert sorted(names[id(p)] for p in backbone["params"]) == sorted(n for n in names.values()
+                                                                      if not n.startswith("fc."))
+    assert (backbone["initial_lr"], bottleneck["initial_lr"]) == (pytest.approx(0.001), pytest.approx(0.01))
+    for group in (backbone, bottleneck):
+        assert (group["weight_decay"], group["momentum"], group["nesterov"]) == (1e-3, 0.9, True)
+    steps = 2 * 2  # 15 images in batches of 8: 8 and 7
+    assert len(lrs) == steps
+    for k, (backbone_lr, bottleneck_lr) in enumerate(lrs, 1):
+        assert backbone_lr == pytest.approx(0.001 * (1 + 10 * k / steps) ** -0.75)
+        assert bottleneck_lr == pytest.approx(0.01 * (1 + 10 * k / steps) ** -0.75)
+    assert lrs[-1][1] == pytest.approx(0.01 * 11 ** -0.75)  # the last step's: 0.01 / 6.04
+
+
+def test_tent_trains_the_batchnorm_scales_and_shifts_alone_with_batch_statistics(tree, monkeypatch):
+    """Through TENT.adapt (batches of 4 here: 4 steps): every BatchNorm's weight and bias move, every other parameter
+    and every remaining buffer stays bit-identical, the running statistics are dropped, and a BatchNorm normalises
+    with its batch's own mean and (biased) variance."""
+    monkeypatch.setattr(TENT, "batch_size", 4)
+    c, run, target = started_run(tree)
+    norms = {name for name, m in run.net.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)}
+    assert "fc.1" in norms and "bn1" in norms  # (the bottleneck's BatchNorm1d and the stem's BatchNorm2d)
+    params = {name: p.detach().clone() for name, p in run.net.named_parameters()}
+    buffers = {name: b.clone() for name, b in run.net.named_buffers()}
+    seen = []
+
+    def record(module, inputs, out):  # (copies: the ReLU after bn1 works in place)
+        seen.append((inputs[0].detach().clone(), out.detach().clone()))
+    run.net.bn1.register_forward_hook(record)
+    history, online = TENT.adapt(c, run, target, office31.evaluate, None)
+    assert online.total == 15 and len(history) == 1 and len(seen) == 4
+
+    for name, p in run.net.named_parameters():
+        if name.rpartition(".")[0] in norms:
+            assert not torch.equal(p, params[name]), name
+        else:
+            assert torch.equal(p, params[name]), name
+    left = dict(run.net.named_buffers())
+    assert set(left) == {name for name in buffers if not name.endswith(("running_mean", "running_var"))}
+    for name, b in left.items():
+        assert torch.equal(b, buffers[name]), name  # (num_batches_tracked: not counted on)
+    for name, m in run.net.named_modules():
+        if name in norms:
+            assert m.running_mean is None and m.running_var is None and not m.track_running_stats, name
+
+    x, out = seen[0]  # the first batch, through bn1 as it was at the start
+    mean, var = x.double().mean(dim=(0, 2, 3)), x.double().var(dim=(0, 2, 3), unbiased=False)
+    expected = (x.double() - mean[:, None, None]) / torch.sqrt(var[:, None, None] + run.net.bn1.eps)
+    expected = expected * params["bn1.weight"].double()[:, None, None] + params["bn1.bias"].double()[:, None, None]
+    assert torch.allclose(out.double(), expected, atol=1e-4)
+
+
+def test_shots_new_layers_have_no_relu_a_weight_normalised_classifier_and_still_tap():
+    """shot_head on a ResNet-18's bottleneck: Linear, BatchNorm1d, Identity (where new_head has its ReLU), and a
+    classifier whose weight is g v / ||v|| row by row; the tapped bottleneck (resnet.layers) is the BatchNorm's output,
+    negative values kept, and is what the classifier reads."""
+    torch.manual_seed(0)
+    net, new_layer = office31.build_model("resnet18", 3, "none", 16, 0, "shot")
+    head = new_layer(net)
+    assert [type(m) for m in head[:3]] == [nn.Linear, nn.BatchNorm1d, nn.Identity]
+    assert isinstance(head[3], nn.Linear) and not any(isinstance(m, nn.ReLU) for m in head.modules())
+    plain, _ = office31.build_model("resnet18", 3, "none", 16)
+    assert [type(m) for m in plain.fc] == [nn.Linear, nn.BatchNorm1d, nn.ReLU, nn.Linear]  # (what it replaces)
+    classifier = head[3]
+    assert parametrize.is_parametrized(classifier, "weight")
+    g = classifier.parametrizations.weight.original0.detach().double()
+    v = classifier.parametrizations.weight.original1.detach().double()
+    assert g.shape == (3, 1) and v.shape == (3, 16)
+    with torch.no_grad():
+        classifier.parametrizations.weight.original0.mul_(torch.tensor([[2.0], [0.5], [3.0]]))  # g, apart from ||v||
+    g = g * torch.tensor([[2.0], [0.5], [3.0]], dtype=torch.float64)
+    expected = g * v / v.norm(dim=1, keepdim=True)
+    assert torch.allclose(classifier.weight.double(), expected, atol=1e-6)
+
+    features = tap(resnet.layers(net))
+    read = []
+    classifier.register_forward_pre_hook(lambda m, args: read.append(args[0].detach()))
+    net.train()
+    logits = net(torch.randn(6, 3, 32, 32))
+    assert list(features) == ["bottleneck"] and features["bottleneck"].shape == (6, 16)
+    assert torch.equal(features["bottleneck"], read[0]) and (features["bottleneck"] < 0).any()
+    assert torch.allclose(logits, read[0] @ expected.float().T + classifier.bias, atol=1e-5)
+
+
+def test_shot_sources_classification_loss_smooths_the_labels_by_0_1(tree, tmp_path, monkeypatch):
+    """A shot_source run of one step: the loss it records is the cross-entropy against labels smoothed by 0.1,
+    -sum_k ((1 - 0.1) [k = y] + 0.1 / K) log p_k, of the logits and labels of its one batch, not the plain one;
+    and the network it trained and saved has SHOT's new layers."""
+    batches, logits, losses = [], [], []
+    real = office31.train_one_epoch
+
+    def spy(model, optimizer, given, *args, **kwargs):
+        batches.extend(given)
+        hook = model.register_forward_hook(lambda m, inputs, out: logits.append(out.detach().double()))
+        losses.append(real(model, optimizer, list(batches), *args, **kwargs)[0])
+        hook.remove()
+        return losses[-1], 0.0
+    monkeypatch.setattr(office31, "train_one_epoch", spy)
+    office31.main([f"--data_root={tree}", *TINY, "--epochs=1", "--iters_per_epoch=1", "--method=shot_source",
+                   "--eval_every=0", "--validators=none", f"--out_dir={tmp_path / 'out'}"])
+    [(_, y)], [z] = batches, logits[:1]
+    p = softmax64(z)
+    smoothed = 0.9 * F.one_hot(y, 3).double() + 0.1 / 3
+    expected = -(smoothed * torch.log(p)).sum(1).mean().item()
+    assert losses[0]["classification"] == pytest.approx(expected, rel=1e-5)
+    assert abs(cross_entropy64(z, y).item() - expected) > 1e-3  # (the plain one is another number)
+    [weights] = [f for f in (tmp_path / "out").iterdir() if f.suffix == ".pt"]
+    saved = torch.load(weights, weights_only=True)
+    assert "fc.3.parametrizations.weight.original0" in saved and "fc.3.weight" not in saved
