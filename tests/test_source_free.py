@@ -283,8 +283,16 @@ def test_tent_trains_the_batchnorm_scales_and_shifts_alone_with_batch_statistics
     history, online = TENT.adapt(c, run, target, office31.evaluate, None)
     assert online.total == 15 and len(history) == 1 and len(seen) == 4
 
+    x, out = seen[0]  # the first batch, through bn1 as it was at the start
+    mean, var = x.double().mean(dim=(0, 2, 3)), x.double().var(dim=(0, 2, 3), unbiased=False)
+    expected = (x.double() - mean[:, None, None]) / torch.sqrt(var[:, None, None] + run.net.bn1.eps)
+    expected = expected * params["bn1.weight"].double()[:, None, None] + params["bn1.bias"].double()[:, None, None]
+    assert torch.allclose(out.double(), expected, atol=1e-4)
+
+    trained = {name for name, p in run.net.named_parameters() if name.rpartition(".")[0] in norms}
+    assert {name for name, p in run.net.named_parameters() if p.requires_grad} == trained  # (no other gradient)
     for name, p in run.net.named_parameters():
-        if name.rpartition(".")[0] in norms:
+        if name in trained:
             assert not torch.equal(p, params[name]), name
         else:
             assert torch.equal(p, params[name]), name
@@ -295,12 +303,6 @@ def test_tent_trains_the_batchnorm_scales_and_shifts_alone_with_batch_statistics
     for name, m in run.net.named_modules():
         if name in norms:
             assert m.running_mean is None and m.running_var is None and not m.track_running_stats, name
-
-    x, out = seen[0]  # the first batch, through bn1 as it was at the start
-    mean, var = x.double().mean(dim=(0, 2, 3)), x.double().var(dim=(0, 2, 3), unbiased=False)
-    expected = (x.double() - mean[:, None, None]) / torch.sqrt(var[:, None, None] + run.net.bn1.eps)
-    expected = expected * params["bn1.weight"].double()[:, None, None] + params["bn1.bias"].double()[:, None, None]
-    assert torch.allclose(out.double(), expected, atol=1e-4)
 
 
 def test_shots_new_layers_have_no_relu_a_weight_normalised_classifier_and_still_tap():
