@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from common.errors import Diverged, Stopped
-from data_loader import shuffled
+from data_loader import part, shuffled
 from methods.method import Method, in_fp32
 
 # The pass's predictions, as office31.py's evaluate returns a model's: what the accuracy is of
@@ -24,7 +24,8 @@ class TENT(Method):
     during the pass (online): each batch is predicted with the updates of the batches before it, then updates.
 
     Its settings are the paper's for ImageNet (Sec. 4: SGD, momentum 0.9, lr 0.00025, batches of 64; its code's
-    SGD choice, no weight decay, one step a batch, not episodic), whatever the flags, which train the source stage.
+    SGD choice, no weight decay, one step a batch, not episodic), whatever the flags, which train the source stage;
+    a last batch of one image joins the batch before it (batches).
     Its code adapts BatchNorm2d layers; the paper's normalisation layers here are every BatchNorm, the bottleneck's
     BatchNorm1d too."""
     starts_from = "shot_source"
@@ -55,13 +56,22 @@ class TENT(Method):
         return found
 
     @classmethod
+    def batches(cls, count):
+        """The positions of each batch of a stream of count images: batch_size at a time, a last batch of one image
+        joined to the one before (a BatchNorm1d cannot take the statistics of one image: Office-31's amazon has
+        44 x 64 + 1 images)."""
+        chunks = torch.arange(count).split(cls.batch_size)
+        return chunks[:-2] + (torch.cat(chunks[-2:]),) if len(chunks) > 1 and len(chunks[-1]) == 1 else chunks
+
+    @classmethod
     def adapt(cls, c, run, target, evaluate, stop):
         params = [p for norm in cls.norms(run.net) for p in norm.parameters()]
         optimizer = torch.optim.SGD(params, lr=cls.lr, momentum=cls.momentum)
         start, sums, seen = time.time(), 0.0, 0
         logits, labels = [], []
-        for step, (x, y) in enumerate(shuffled(target, run.generators[1]).test_batches(cls.batch_size,
-                                                                                         c["crop_size"], run.pixels)):
+        stream = shuffled(target, run.generators[1])
+        for step, chunk in enumerate(cls.batches(len(stream))):
+            (x, y), = part(stream, chunk).test_batches(len(chunk), c["crop_size"], run.pixels)
             with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=run.amp):
                 out = run.net(x.contiguous(memory_format=run.memory_format))
             loss = cls.mean_entropy(out)
