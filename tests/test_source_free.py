@@ -305,6 +305,19 @@ def test_tent_trains_the_batchnorm_scales_and_shifts_alone_with_batch_statistics
             assert m.running_mean is None and m.running_var is None and not m.track_running_stats, name
 
 
+def test_tents_last_batch_of_one_image_joins_the_batch_before_it(tree, monkeypatch):
+    """15 target images in batches of 7: the last image alone would give BatchNorm no batch statistics (Office-31's
+    amazon, 2,817 images in batches of 64, ends so); it is predicted with the batch before it, every image once, in
+    two steps."""
+    monkeypatch.setattr(TENT, "batch_size", 7)
+    c, run, target = started_run(tree)
+    sizes = []
+    run.net.register_forward_pre_hook(lambda m, args: sizes.append(len(args[0])))
+    history, online = TENT.adapt(c, run, target, office31.evaluate, None)
+    assert sizes == [7, 8] and online.total == 15 and len(online.logits) == 15
+    assert sorted(online.labels.tolist()) == sorted(target.targets)
+
+
 def test_shots_new_layers_have_no_relu_a_weight_normalised_classifier_and_still_tap():
     """shot_head on a ResNet-18's bottleneck: Linear, BatchNorm1d, Identity (where new_head has its ReLU), and a
     classifier whose weight is g v / ||v|| row by row; the tapped bottleneck (resnet.layers) is the BatchNorm's output,
