@@ -187,6 +187,19 @@ def test_pseudo_labels_recover_the_clusters_of_the_features():
     assert found.tolist() == obtain_label(logits, features).tolist()
 
 
+def test_pseudo_labels_drop_a_class_that_the_first_round_left_empty():
+    """Every class predicted by the softmax, but none labelled so by the first round: the second round's labelset
+    leaves it out (its centroid would be 0, its cosine distance not a number), as obtain_label's labelset of the
+    round's predictions does. (SHOT's released code keeps the softmax's labelset in the second round, where that
+    class's empty centroid gives NaN distances.)"""
+    g = torch.Generator().manual_seed(7)
+    logits, features = torch.randn(12, 5, generator=g), torch.randn(12, 6, generator=g)
+    emptied = set(logits.argmax(1).tolist()) - set(obtain_label(logits, features, rounds=1).tolist())
+    assert emptied == {1}  # (the case this test is about)
+    found = SHOT.pseudo_labels(logits, features)
+    assert found.tolist() == obtain_label(logits, features).tolist() and 1 not in found.tolist()
+    assert len(set(found.tolist())) == 4
+
 def test_pseudo_labels_are_the_rounds_given():
     """One round and two differ on these data: the second round labels again from the first's centroids."""
     g = torch.Generator().manual_seed(11)
