@@ -174,7 +174,7 @@ def test_without_start_from_a_row_and_its_run_file_hold_nothing_new(saved):
     for name in ("unsaved", "plain", "shot"):
         out = os.path.dirname(saved[name])
         [row] = rows_of(out)
-        assert set(row["config"]) == set(EXPERIMENT_KEYS)
+        assert set(row["config"]) == set(EXPERIMENT_KEYS) and not {"start", "start_from"} & set(row["config"])
         assert "started_from" not in run_file(out, row)
 
 
