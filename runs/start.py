@@ -2,7 +2,7 @@
 from their source stage's runs): its files, the checks that its network, classes and input size are this run's,
 and loading it.
 
-    check(c)                      # before any work: its files, network, new layers, bottleneck and input size
+    check(c)                      # before any work: its files, network, new layers, bottleneck, input size, weights
     check_classes(c, classes)     # before any image is decoded: its source domain and classes are this run's
     head(path)                    # the form of its new layers (plain, shot): that of the method that trained it
     load(net, path)               # its weights into net; returns what the run file records of it
@@ -16,6 +16,7 @@ import functools
 import hashlib
 import json
 import os
+import pickle
 
 import torch
 
@@ -103,6 +104,7 @@ def check(c):
         raise UserError(f"--start_from={c['start_from']}: this run's network is not the one saved there: "
                         f"{'; '.join(differ)}. Give the flags it was trained with (its run file's config), or start "
                         "from a run of this network.")
+    state_dict(c["start_from"])  # (read once here too: a damaged file is said before any image is decoded)
 
 
 def check_classes(c, source, classes):
@@ -122,12 +124,30 @@ def check_classes(c, source, classes):
                         "is not this data's. Start from a run on this data.")
 
 
+def state_dict(path):
+    """The state_dict in the weights file of a --start_from value; a UserError where the file is not one that
+    torch.save wrote of a state_dict (damaged: cut short, overwritten)."""
+    _, weights = files(path)
+    try:
+        found = torch.load(weights, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:  # (its own words advise weights_only=False: not for a file of unknown bytes)
+        why = "not a file that torch.save wrote"
+    except (RuntimeError, OSError, EOFError, ValueError) as e:
+        why = str(e).splitlines()[0] if str(e) else type(e).__name__
+    else:
+        if isinstance(found, dict) and all(isinstance(v, torch.Tensor) for v in found.values()):
+            return found
+        why = f"it holds a {type(found).__name__}, not a state_dict"
+    raise UserError(f"--start_from={path}: {weights} cannot be read as a network's weights ({why}); it is damaged. "
+                    "Train that run again (--rerun=True), or name another run.")
+
+
 def load(net, path):
     """The weights of the run a --start_from value names, into net; what the run file records of them."""
     run_file, weights = files(path)
     try:
-        net.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
-    except (RuntimeError, OSError, EOFError, ValueError) as e:
+        net.load_state_dict(state_dict(path))
+    except RuntimeError as e:
         raise UserError(f"--start_from={path}: {weights} does not load into this network "
                         f"({str(e).splitlines()[0]}); it is damaged or of another network.") from None
     return {"run_file": os.path.basename(run_file), "weights": weights, "sha256": sha256(weights)}
