@@ -23,8 +23,8 @@ class TENT(Method):
     entropy of the batch's predictions, H(p) = -sum_k p_k log p_k. The accuracy is that of the predictions made
     during the pass (online): each batch is predicted with the updates of the batches before it, then updates.
 
-    Its settings are the paper's for ImageNet (Sec. 4: SGD, momentum 0.9, lr 0.00025, batches of 64; its code's
-    SGD choice, no weight decay, one step a batch, not episodic), whatever the flags, which train the source stage;
+    Its settings are the paper's for ImageNet (Sec. 4: SGD, momentum 0.9, lr 0.00025, batches of 64) and its
+    code's for SGD (conf.py: Nesterov momentum, no dampening, no weight decay; one step a batch, not episodic), whatever the flags, which train the source stage;
     a last batch of one image joins the batch before it (batches).
     Its code adapts BatchNorm2d layers; the paper's normalisation layers here are every BatchNorm, the bottleneck's
     BatchNorm1d too."""
@@ -66,7 +66,7 @@ class TENT(Method):
     @classmethod
     def adapt(cls, c, run, target, evaluate, stop):
         params = [p for norm in cls.norms(run.net) for p in norm.parameters()]
-        optimizer = torch.optim.SGD(params, lr=cls.lr, momentum=cls.momentum)
+        optimizer = torch.optim.SGD(params, lr=cls.lr, momentum=cls.momentum, nesterov=True)
         start, sums, seen = time.time(), 0.0, 0
         logits, labels = [], []
         stream = shuffled(target, run.generators[1])

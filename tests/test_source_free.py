@@ -293,8 +293,16 @@ def test_tent_trains_the_batchnorm_scales_and_shifts_alone_with_batch_statistics
     def record(module, inputs, out):  # (copies: the ReLU after bn1 works in place)
         seen.append((inputs[0].detach().clone(), out.detach().clone()))
     run.net.bn1.register_forward_hook(record)
+    optimizers = []
+    real_sgd = torch.optim.SGD.__init__
+
+    def sgd(self, params, **kwargs):  # the optimiser TENT builds: its code's SGD (conf.py), the paper's rate
+        optimizers.append(kwargs)
+        real_sgd(self, params, **kwargs)
+    monkeypatch.setattr(torch.optim.SGD, "__init__", sgd)
     history, online = TENT.adapt(c, run, target, office31.evaluate, None)
     assert online.total == 15 and len(history) == 1 and len(seen) == 4
+    assert optimizers == [{"lr": 0.00025, "momentum": 0.9, "nesterov": True}]  # (no weight decay, no dampening)
 
     x, out = seen[0]  # the first batch, through bn1 as it was at the start
     mean, var = x.double().mean(dim=(0, 2, 3)), x.double().var(dim=(0, 2, 3), unbiased=False)
