@@ -57,6 +57,8 @@ def run_sweep(c, data_root, device, results_path, train, precision, plain, flag_
         print(f"skipping {setting} {task_name(source, target, labels)} seed {seed}: already "
               f"in {results_path} (--rerun=True to redo)")
     check_tasks(data_root, dict.fromkeys((s, t) for _, s, t, _ in todo), labels)
+    if c["rerun"]:
+        check_stages_rerun(configs, rows, data, [run for run in todo if run in before], labels)
     for source in dict.fromkeys(s for _, s, _, _ in todo) if c["start_from"] else ():
         start.check_classes(c, source, class_counts(data_root, source))
     if c["plan"]:
@@ -230,8 +232,8 @@ def source_stage(run, domains, device, task, data, results_path, stop, train):
             weights = os.path.join(os.path.dirname(results_path), rows[-1]["run_file"][:-len(".json")] + ".pt")
             if not os.path.exists(weights):
                 raise UserError(f"{task} {run_label(run)} starts from {task} {run_label(stage)}, whose weights "
-                                f"{weights} are gone: train it again with --method={stage['method']} --rerun=True, "
-                                "or name a run with --start_from.")
+                                f"{weights} are gone: train both again with --method={run['method']} --rerun=True (its "
+                                "source stage comes with it), or name a run with --start_from.")
             return weights
         result = train_and_record(stage, domains, device, task, data, results_path, stop, 0, train)
         if result:
@@ -243,6 +245,27 @@ def source_stage(run, domains, device, task, data, results_path, stop, train):
             waiting = True
         if not result:
             time.sleep(5)
+
+
+def check_stages_rerun(configs, rows, data, again, labels):
+    """Before any work: a --rerun=True that trains a source stage again (shot_source) must train again every row that
+    started from it (shot, tent: their `starts_from`), or those rows would stand beside the stage's new run while
+    having started from the one it replaces. again: the planned runs already in the results file."""
+    named = list(dict.fromkeys(config["method"] for config in configs.values()))
+    left, stages = [], set()
+    for setting, source, target, seed in again:
+        stage = configs[setting]
+        for method in (m for m, chosen in METHODS.items() if chosen.starts_from == stage["method"] and m not in named):
+            dependent = dict(with_method(stage, method), source=source, target=target, seed=seed)
+            if count_rows(rows, dependent, data):
+                left.append(f"{method} {task_name(source, target, labels)} seed {seed}")
+                stages.add(stage["method"])
+    if left:
+        methods = ",".join(dict.fromkeys([*(m for m in named if m not in stages), *(run.split()[0] for run in left)]))
+        raise UserError(f"--rerun=True trains {', '.join(sorted(stages))} "
+                        f"again, and rows in the results file started from the runs it would replace: "
+                        f"{', '.join(left)}. Train them again in the same command (--method={methods} "
+                        "--rerun=True), or use a fresh --out_dir.")
 
 
 def check_tasks(data_root, pairs, labels):

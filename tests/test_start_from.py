@@ -222,8 +222,32 @@ def test_a_source_stage_whose_weights_are_gone_is_said(saved, tmp_path, short_sh
         office31.main([*args, "--method=shot"])
     message = " ".join(str(e.value.code).split())
     assert message.startswith("error: A→W shot seed 0 starts from A→W shot_source seed 0, whose weights")
-    assert "are gone" in message and "--method=shot_source --rerun=True" in message
+    assert "are gone" in message and "--method=shot --rerun=True" in message
     assert [r["config"]["method"] for r in rows_of(out)] == ["shot_source"]  # neither retrained nor adapted
+
+
+def test_a_rerun_of_the_source_stage_alone_is_refused_while_rows_started_from_it(saved, tmp_path, short_shot,
+                                                                                 monkeypatch):
+    """--rerun=True of tent (its shot_source with it) would replace the source model that shot's rows started from,
+    and leave them beside the new one: refused before any work, naming them and the command that reruns them all;
+    that command trains every one again, each from the new source stage."""
+    out = tmp_path / "out"
+    args = [f"--data_root={saved['tree']}", f"--out_dir={out}", *TINY]
+    office31.main([*args, "--method=shot,tent"])
+    before = rows_of(out)
+    for method in ("tent", "shot_source"):
+        with pytest.raises(SystemExit) as e:
+            office31.main([*args, f"--method={method}", "--rerun=True"])
+        message = " ".join(str(e.value.code).split())
+        assert message.startswith("error: --rerun=True trains shot_source again, and rows in the results file "
+                                  "started from the runs it would replace: shot A→W seed 0"), message
+        assert rows_of(out) == before  # nothing trained
+    assert "--method=tent,shot --rerun=True" in message or "--method=shot,tent --rerun=True" in message
+    office31.main([*args, "--method=shot,tent", "--rerun=True"])
+    rows = rows_of(out)[len(before):]
+    assert [r["config"]["method"] for r in rows] == ["shot_source", "shot", "tent"]
+    for row in rows[1:]:
+        assert run_file(out, row)["started_from"]["run_file"] == rows[0]["run_file"]
 
 
 def test_the_plan_lists_the_source_stage_runs_too(saved, tmp_path, capsys):
