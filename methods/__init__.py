@@ -52,7 +52,7 @@ def methods(c):
         stage = getattr(METHODS.get(name), "starts_from", None)
         if stage and not c.get("start_from") and stage not in named + planned:
             planned.append(stage)  # (its runs are trained first: each run of this method starts from one of them)
-        planned += [name] if name not in planned else []
+        planned.append(name)  # (a name given twice stays twice: the checks say what is wrong with it)
     return planned
 
 
