@@ -14,12 +14,12 @@ training, centre crop for testing. The printed accuracy is the final model's, on
 Adaptation: --method adds a loss on the target's unlabelled images (pushed through the network with the source
 batch) to the source classification loss, on the same loop and schedule: DDC, DAN, Deep CORAL, DANN, CDAN, BSP, JAN,
 MCC, MDD, AFN, each as its paper defines it (methods/, a file each); SHOT and TENT adapt a trained model on the
-target's images alone. Target labels are read by the evaluations only. Sweeps: --tasks, --seeds and a
-comma-separated --method run every task, seed and method in one command; each finished run adds a row to
-out_dir/results.jsonl, a stopped sweep resumes with the same command, and the end prints the table papers show
-(methods as rows, mean ± std over seeds); --report=True prints it again. Training flags take comma-separated values
-too (a grid: runs/grid.py), and every evaluation records scores that need no target label (selection/validators.py);
-a sweep's end then also shows what each would choose (selection/selection_table.py).
+target's images alone. Target labels are read by the evaluations only.
+Sweeps: --tasks, --seeds and a comma-separated --method run every task, seed and method in one command; each
+finished run adds a row to out_dir/results.jsonl, a stopped sweep resumes with the same command, and the end prints
+the table papers show (methods as rows, mean ± std over seeds); --report=True prints it again. Training flags take
+comma-separated values too (a grid: runs/grid.py), and every evaluation records scores that need no target label
+(selection/validators.py); a sweep's end then also shows what each would choose (selection/selection_table.py).
 """
 import collections
 import datetime
@@ -262,15 +262,15 @@ def set_up(c, source, device, names):
     target_generator = torch.Generator().manual_seed(c["seed"] + 1)  # target batches: a stream of their own
     optimizer = make_optimizer(net, new_layers, c)
     model = torch.compile(net) if c["compile"] else net  # the same parameters; net keeps plain state_dict keys
-    several = distributed.size() > 1  # under torchrun: this process trains on its slice of each batch
-    model = distributed.wrap(net, device) if several else model
+    model = distributed.wrap(net, device) if distributed.size() > 1 else model  # torchrun: a slice of each batch
+    names = [n for n in names if n in validators.ON_PREDICTIONS] if method.starts_from else names  # (no source pass)
     layer = classifier(new_layer(net)) if validators.reads_features(names) else None  # DEV reads its input by a hook
-    return types.SimpleNamespace(
+    return types.SimpleNamespace(  # (evaluated: with a hook, or process 0 alone, the plain net)
         net=net, model=model, adaptation=adaptation, optimizer=optimizer, generators=[generator, target_generator],
-        amp=amp, why=why, memory_format=memory_format, pixels=pixels, several=several, first=distributed.rank() == 0,
-        validators=[n for n in names if n in validators.ON_PREDICTIONS] if method.starts_from else names, layer=layer, evaluated=net if layer or several else model,
-        parts={"model": net, "method": adaptation or torch.nn.Module(), "optimizer": optimizer},  # (evaluated: a hook,
-        head=new_layer(net), stage=method if method.starts_from else None, started=started)  # process 0: plain net)
+        amp=amp, why=why, memory_format=memory_format, pixels=pixels, several=distributed.size() > 1,
+        first=distributed.rank() == 0, validators=names, layer=layer, head=new_layer(net), started=started,
+        evaluated=net if layer or distributed.size() > 1 else model, stage=method if method.starts_from else None,
+        parts={"model": net, "method": adaptation or torch.nn.Module(), "optimizer": optimizer})
 
 
 def train_epoch(c, run, source, target, epoch, task, stop, checkpoint, saved):
@@ -377,8 +377,8 @@ def main(argv=None):
         precision = "bf16" if amp[0] else "fp32"
         if c["analyze"]:
             from selection import analysis  # (scikit-learn and matplotlib: only here)
-            return analysis.analyze([with_method(dict(c, precision=precision), m) for m in methods(c)], data_root,
-                                    device, results_path, evaluate)
+            return analysis.analyze([with_method(dict(c, precision=precision), m) for m in methods(c, stages=False)],
+                                    data_root, device, results_path, evaluate)
         if c["runs_at_once"] > 1 and not c["plan"] and not at_once.child():  # N processes of this command
             return at_once.run_at_once(c, [__file__, *argv], data_root, device, results_path, precision,
                                        plain_configs(c, FLAGS), FLAGS)

@@ -43,10 +43,13 @@ METHODS = {
 }
 
 
-def methods(c):
+def methods(c, stages=True):
     """The methods a --method value names: one, or several separated by commas (a sweep); a method that starts from
-    another's runs (SHOT, TENT: `starts_from`) brings that method in just before it, where --start_from is ""."""
+    another's runs (SHOT, TENT: `starts_from`) brings that method in just before it, where --start_from is "" (not
+    with stages=False: the names alone, as --analyze reads them)."""
     named = [m.strip() for m in c["method"].split(",") if m.strip()]
+    if not stages:
+        return named
     planned = []
     for name in named:
         stage = getattr(METHODS.get(name), "starts_from", None)

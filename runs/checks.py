@@ -115,7 +115,7 @@ def check_settings(c, flag_defaults, given=()):
 def check_analyze(c):
     """--analyze=True reads one finished run, or two side by side in one figure (--method=source_only,dann: the
     comparison papers show), of the same task and seed: one or two methods, one value of every other flag."""
-    named = methods(c)
+    named = methods(c, stages=False)
     if len(named) > 2 or len(set(named)) < len(named) or grid.varied(c) or c["tasks"] != "" or c["seeds"] != 1:
         raise UserError("--analyze=True reads one finished run, or two side by side (--method=source_only,dann: "
                         "their t-SNE maps in one figure): give one or two --method, one value of every other flag "
