@@ -8,7 +8,9 @@ at the end of every sweep (only then is matplotlib imported):
     epochs are marked in whole numbers.
 
 The numbers come from each row's run file (out_dir/<run>.json, "epochs"). A method whose runs evaluated the target
-at fewer than two epochs (eval_every=0 evaluates only the final model) gets no accuracy line: its panel says so.
+at fewer than two epochs (eval_every=0 evaluates only the final model) gets no accuracy line: its panel says so. A
+method that adapts a trained model on the target alone (SHOT, TENT: starts_from) is not drawn: its epochs are its
+target stage's, and its losses are no source loss; the panel says so too.
 """
 import json
 import math
@@ -94,10 +96,13 @@ def draw(folder, by_method, name_of_task, title, path):
         if column == 0:
             top.set_ylabel(f"{name_of(metric)} (%)")
             bottom.set_ylabel("loss", fontsize=8)
-        missing = []
+        missing, staged = [], []
         for method, by_task in runs.items():
             seeds = list(by_task.get(task, {}).values())
             if not seeds:
+                continue
+            if METHODS.get(method.split()[0].split("+")[0], METHODS["source_only"]).starts_from:
+                staged.append(method)  # (its epochs are its target stage's, its losses no source loss: not drawn)
                 continue
             epochs, mean, low, high = mean_curve(seeds, epoch_key(metric), 100)
             if len(epochs) > 1:
@@ -113,8 +118,12 @@ def draw(folder, by_method, name_of_task, title, path):
                 epochs, mean, _, _ = mean_curve(seeds, "adaptation_loss")
                 bottom.plot(epochs, mean, color=colour(method), linestyle="--", gid=f"{method}:adaptation")
                 styles.add("--")
-        if missing:
-            note = "no curve (target evaluated at fewer than 2 epochs, e.g. eval_every=0): " + ", ".join(missing)
+        notes = [f"no curve (target evaluated at fewer than 2 epochs, e.g. eval_every=0): {', '.join(missing)}"] \
+            if missing else []
+        if staged:
+            notes.append(f"not drawn: {', '.join(staged)} (adapted from a trained model, epochs of their own)")
+        if notes:
+            note = "; ".join(notes)
             top.text(0.5, 0.5, textwrap.fill(note, 34), transform=top.transAxes, ha="center", va="center",
                      fontsize=8, gid="no curve", in_layout=False)  # inside its panel: no room to make for it
         if top.get_legend_handles_labels()[0]:

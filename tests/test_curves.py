@@ -64,6 +64,21 @@ def test_a_visda_curve_is_its_mean_class_accuracy_per_epoch(tmp_path):
     assert top.get_ylabel() == "target mean class accuracy (%)"
 
 
+def test_shot_and_tent_are_not_drawn_as_source_losses_and_the_panel_says_so(tmp_path, monkeypatch):
+    """SHOT's target stage has epochs of its own and no source loss (its pseudo-label loss is on the target); TENT
+    has one pass: drawn on the source runs' axes they would read as what they are not. The panel names them."""
+    from methods.shot import SHOT
+    monkeypatch.setattr(SHOT, "epochs", 3)
+    root = make_tree(tmp_path / "office31", {"amazon": 2, "webcam": 2}, size=(20, 20))
+    out = tmp_path / "out"
+    sweep(root, out, "--tasks=A-W", "--epochs=2", "--method=shot,tent")
+    fig, _ = figure_of(out, ["shot_source", "shot", "tent"])
+    top, bottom = panels(fig)["A→W:accuracy"], panels(fig)["A→W:loss"]
+    assert set(lines_of(top)) <= {"shot_source:target"} and set(lines_of(bottom)) == {"shot_source:loss"}
+    [note] = [t for t in top.texts if t.get_gid() == "no curve"]
+    assert "not drawn: shot, tent (adapted from a trained model" in " ".join(note.get_text().split())
+
+
 @pytest.mark.slow
 def test_a_sweep_draws_each_method_as_the_mean_of_its_seeds_in_each_task(tmp_path):
     root = make_tree(tmp_path / "office31", {"amazon": 2, "webcam": 2}, size=(20, 20))
