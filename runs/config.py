@@ -18,7 +18,9 @@ from networks.models import MODELS, input_size, weight_names
 def resolve(c):
     """The flags whose default depends on another, made explicit: data_root, source and target "" (the
     dataset's folder and first task), weights=auto, resize_size=0 and crop_size=0 (the network's); --cache=True and
-    False, the boolean it was, are memory and none; with --start_from, start: its run's name and digest (start.py). An unknown model or weights name is left for check_config."""
+    False, the boolean it was, are memory and none; --start_from, a run file's name alone, the one in out_dir if there
+    is one there and none here; and with it, start: its run's name and digest (start.py; experiments.py: a key). An
+    unknown model or weights name is left for check_config."""
     weights = c["weights"].lower() if c["weights"].lower() in ("auto", "none") else c["weights"]  # None, AUTO
     if c["model"] in MODELS and weights == "auto":
         weights = weight_names(c["model"])[0]
@@ -28,7 +30,8 @@ def resolve(c):
     return dict(c, data_root=c["data_root"] or os.path.join("data", c["dataset"]), source=c["source"] or source,
                 target=c["target"] or target, weights=weights, resize_size=c["resize_size"] or resize,
                 crop_size=c["crop_size"] or crop, cache=CACHE_WORDS.get(c["cache"].lower(), c["cache"].lower()),
-                **({"start": start.identity(c["start_from"])} if c["start_from"] else {}))  # (experiments.py: a key)
+                start_from=start.found(c["start_from"], c["out_dir"]),
+                **({"start": start.identity(start.found(c["start_from"], c["out_dir"]))} if c["start_from"] else {}))
 
 
 def plain_configs(c, flag_defaults):

@@ -24,6 +24,12 @@ from common.errors import UserError
 from methods import METHODS
 
 
+def found(path, out_dir):
+    """A --start_from value as a path: as given, or a run file's name alone (results.jsonl's run_file) in out_dir."""
+    beside = os.path.join(out_dir, path)
+    return beside if path and not os.path.exists(path) and os.path.exists(beside) else path
+
+
 def files(path):
     """(its run file, its weights file) from either's path."""
     stem, ext = os.path.splitext(path)
@@ -96,14 +102,17 @@ def check(c):
     wanted = {"model": c["model"], "bottleneck": c["bottleneck"], "resize_size": c["resize_size"],
               "crop_size": c["crop_size"]}
     differ = [f"--{key}={value} (it has {found.get(key)})" for key, value in wanted.items() if found.get(key) != value]
+    what = " Give the flags it was trained with (its run file's config), or start from a run of this network." \
+        if differ else ""
     theirs = head(c["start_from"])
     if method.head and method.head != theirs:
+        runs = " or ".join(name for name, m in METHODS.items() if m.head == method.head and not m.starts_from)
         differ.append(f"{c['method']} takes a model with {method.head} new layers (common/layers.py), and "
                       f"{found['method']}'s are {theirs}")
+        what += f" Start {c['method']} from a {runs} run."
     if differ:
         raise UserError(f"--start_from={c['start_from']}: this run's network is not the one saved there: "
-                        f"{'; '.join(differ)}. Give the flags it was trained with (its run file's config), or start "
-                        "from a run of this network.")
+                        f"{'; '.join(differ)}.{what}")
     state_dict(c["start_from"])  # (read once here too: a damaged file is said before any image is decoded)
 
 
@@ -116,8 +125,9 @@ def check_classes(c, source, classes):
     theirs = list(found["per_class"])
     if found["config"].get("source") != source:
         raise UserError(f"--start_from={c['start_from']} was trained on {found['config'].get('source')}, and this "
-                        f"run's source is {source}: a run starts from a model of its own source. Leave the other tasks "
-                        "out of --tasks, or start each from its own run.")
+                        f"run's source is {source}: a run starts from a model of its own source. Give "
+                        f"--source={found['config'].get('source')} (with --tasks, only tasks from it), or start from a "
+                        "run of this source.")
     if theirs != list(classes):
         raise UserError(f"--start_from={c['start_from']} was trained on {len(theirs)} classes, and {source} here has "
                         f"{len(classes)}{'' if len(theirs) != len(classes) else ', named otherwise'}: its classifier "

@@ -51,6 +51,8 @@ def run_sweep(c, data_root, device, results_path, train, precision, plain, flag_
     mine = plan[index::count]
     todo = mine if c["rerun"] or not sweep else [run for run in mine if run not in before]
     todo = distributed.decide(todo)  # (under torchrun, process 0's: another shard may append rows as they read them)
+    for source in dict.fromkeys(s for _, s, _, _ in todo) if c["start_from"] else ():  # (before the plan is shown)
+        start.check_classes(c, source, class_counts(data_root, source))
     if sweep or c["plan"]:
         print_plan(c, plan, mine, todo, [run for run in mine if run in before], results_path, labels, len(configs))
     for setting, source, target, seed in (run for run in mine if run not in todo):
@@ -59,8 +61,6 @@ def run_sweep(c, data_root, device, results_path, train, precision, plain, flag_
     check_tasks(data_root, dict.fromkeys((s, t) for _, s, t, _ in todo), labels)
     if c["rerun"]:
         check_stages_rerun(configs, rows, data, [run for run in todo if run in before], labels)
-    for source in dict.fromkeys(s for _, s, _, _ in todo) if c["start_from"] else ():
-        start.check_classes(c, source, class_counts(data_root, source))
     if c["plan"]:
         for number, (setting, source, target, seed) in enumerate(todo, 1):
             print(f"run {number} of {len(todo)}: {task_name(source, target, labels)} {setting} seed {seed}")

@@ -395,3 +395,15 @@ def test_two_processes_on_one_sweep_train_each_run_once(saved, tmp_path):
     assert sorted(n for n in os.listdir(out) if n.endswith(".json")) == sorted(r["run_file"] for r in rows)
     for run, (_, found) in by_run(out, "shot").items():
         assert found["started_from"]["run_file"] == stages[run][0]["run_file"]
+
+
+def test_a_run_file_named_alone_is_found_in_out_dir(saved, tmp_path):
+    """--start_from=<name>.json (results.jsonl's run_file, a name alone) is the run of that name in --out_dir when
+    there is none by that name here."""
+    out = tmp_path / "out"
+    with open(weights_of(saved["plain"]), "rb") as f:
+        copied = copy_run(saved["plain"], out, f.read())
+    [result] = office31.main([f"--data_root={saved['tree']}", f"--out_dir={out}", *TINY, "--method=tent",
+                              f"--start_from={os.path.basename(copied)}"])
+    assert result["started_from"]["weights"] == weights_of(copied)
+    assert result["started_from"]["sha256"] == sha256(weights_of(copied))
