@@ -8,7 +8,8 @@ declares), and tap, which hands it the network's layers. Each method's file subc
 
 Every method sees one batch of source images followed by one batch of target images, pushed through the network
 together, and returns the adaptation term that office31.py adds to the source classification loss. Target labels
-never reach a method.
+never reach a method. A method that adapts a trained model on the target's images alone (SHOT, TENT: starts_from)
+runs its own adapt() instead of the source loop.
 """
 import contextlib
 import functools
