@@ -283,8 +283,8 @@ def method_rates(name, steps, warm_up, device):
     x, x_target = torch.randn(32, 3, 224, 224, device=device), torch.randn(32, 3, 224, 224, device=device)
     y = torch.randint(0, CLASSES, (32,), device=device)
     amp, _ = office31.choose_amp("auto", device)
-    runs = []
-    for method in METHODS:
+    runs, named = [], [m for m, chosen in METHODS.items() if not chosen.starts_from]  # (SHOT, TENT: no source step)
+    for method in named:
         c = office31.with_method(dict(office31.FLAGS, model=name), method)
         net, new_layer = office31.build_model(name, CLASSES, "none", c["bottleneck"])
         net = net.to(device, memory_format=torch.channels_last)
@@ -301,7 +301,7 @@ def method_rates(name, steps, warm_up, device):
             if device.type == "cuda":
                 torch.cuda.synchronize()  # (the epoch's closing loss check already waits for the last step)
             rate.append(steps * len(x) / (time.perf_counter() - start))
-    return {method: statistics.median(rate) for method, rate in zip(METHODS, rates)}
+    return {method: statistics.median(rate) for method, rate in zip(named, rates)}
 
 
 def backbone_rates(names, steps, rounds, warm_up, device):
