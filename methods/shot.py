@@ -9,6 +9,7 @@ from torch import nn
 from common.errors import Diverged, Stopped
 from data_loader import part, relabelled
 from methods.method import Method, in_fp32
+from methods.parts import entropy
 
 PAPER = ("Liang, Hu and Feng, \"Do We Really Need to Access the Source Data? Source Hypothesis Transfer for "
          "Unsupervised Domain Adaptation\", ICML 2020")
@@ -51,16 +52,16 @@ class SHOT(Method):
     epochs, batch_size = 15, 64  # (max_epoch; interval 15: pseudo-labels at every epoch's start)
     lr, backbone_lr = 0.01, 0.1  # (lr; lr_decay1: the backbone's factor)
     momentum, weight_decay = 0.9, 1e-3  # (lr_scheduler)
-    cls_par, ent_par, epsilon = 0.3, 1.0, 1e-5  # (cls_par, ent_par, epsilon; gent True: the diversity term)
+    cls_par, ent_par = 0.3, 1.0  # (cls_par, ent_par; gent True: the diversity term; its epsilon 1e-5: entropy's)
     rounds = 2  # labelling rounds in pseudo_labels (obtain_label's loop)
 
     @staticmethod
     @in_fp32
-    def information_maximisation(logits, epsilon=epsilon):
-        """mean_i H(p_i) - H(mean_i p_i): low when each prediction is confident and the batch's are diverse."""
+    def information_maximisation(logits):
+        """mean_i H(p_i) - H(mean_i p_i): low when each prediction is confident and the batch's are diverse (H:
+        parts.entropy, whose log(p + 1e-5) is SHOT's, epsilon 1e-5)."""
         p = F.softmax(logits, dim=1)
-        mean = p.mean(0)
-        return (-p * torch.log(p + epsilon)).sum(1).mean() - (-mean * torch.log(mean + epsilon)).sum()
+        return entropy(p).mean() - entropy(p.mean(0, keepdim=True)).sum()
 
     @staticmethod
     @in_fp32
