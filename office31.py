@@ -109,11 +109,12 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from runs import distributed, report, start, sweep  # noqa: E402
+from runs import at_once, distributed, report, start, sweep  # noqa: E402
 from selection import validators  # noqa: E402
 from methods import METHODS, methods, with_method  # noqa: E402
 from runs.checkpoint import random_states, resume  # noqa: E402
-from runs.optimizer import check_finite, make_optimizer, set_progress  # noqa: E402
+from runs.optimizer import check_finite, make_optimizer  # noqa: E402
+from common.schedule import set_progress  # noqa: E402
 from runs.checks import check_settings  # noqa: E402
 from data_loader import check_same_classes, part, split_source  # noqa: E402
 from datasets.download import DATASETS, prepare_data_root  # noqa: E402
@@ -121,7 +122,6 @@ from networks.models import build_model, classifier, make_adaptation, network_pi
 from runs.config import dataset_defaults, plain_configs, resolve  # noqa: E402
 from runs.precision import choose_amp, pick_device  # noqa: E402
 from runs.machine import machine  # noqa: E402
-from runs import at_once  # noqa: E402
 from results.store import mean_class_accuracy, per_class_accuracy  # noqa: E402
 from results.run_files import not_written, save_run  # noqa: E402
 from results.experiments import run_label  # noqa: E402

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from common.errors import Diverged, Stopped
+from common.schedule import set_progress
 from data_loader import part, relabelled
 from methods.method import Method, in_fp32
 from methods.parts import entropy
@@ -108,8 +109,7 @@ class SHOT(Method):
                 if len(chunk) < 2:
                     continue
                 step += 1
-                for group in optimizer.param_groups:
-                    group["lr"] = group["initial_lr"] * (1 + 10 * step / steps) ** -0.75
+                set_progress(optimizer, step / steps)
                 (x, pseudo), = part(labels, chunk).train_batches(1, len(chunk), c["crop_size"], generator, run.pixels)
                 terms = cls.step(run, optimizer, x, pseudo)
                 if not all(torch.isfinite(t) for t in terms.values()):

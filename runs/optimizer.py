@@ -1,9 +1,8 @@
 """The training step's protocol around its forward and backward pass: SGD with Nesterov momentum and the new layers
-at lr_mult x the learning rate (make_optimizer), the learning rate annealed every iteration (set_progress), and the
-check after each step that its loss is finite, under torchrun on every process alike (check_finite).
+at lr_mult x the learning rate (make_optimizer; the learning rate annealed every iteration: common/schedule.py), and
+the check after each step that its loss is finite, under torchrun on every process alike (check_finite).
 
     optimizer = make_optimizer(net, new_layers, c)     # c: lr, lr_mult, momentum, weight_decay
-    set_progress(optimizer, step / total_steps)        # lr * (1 + 10 p)^-0.75 in every group
     stopping = check_finite(step, {"classification": loss}, several, stop_requested)   # or raises Diverged
 """
 import math
@@ -25,16 +24,6 @@ def make_optimizer(model, new_layer, c, fused=True):
     fused = fused and next(model.parameters()).device.type in ("cpu", "cuda")
     return torch.optim.SGD(groups, lr=c["lr"], momentum=c["momentum"], weight_decay=c["weight_decay"],
                            nesterov=c["momentum"] > 0, fused=fused)
-
-
-def annealed(initial_lr, progress):
-    """The "inv" schedule of DANN/DAN: lr_p = lr_0 (1 + 10 p)^-0.75, progress p from 0 to 1."""
-    return initial_lr * (1 + 10 * progress) ** -0.75
-
-
-def set_progress(optimizer, progress):
-    for group in optimizer.param_groups:  # the same factor for every group keeps the lr_mult ratio
-        group["lr"] = annealed(group["initial_lr"], progress)
 
 
 def check_finite(step, terms, several=False, stopping=False):

@@ -14,7 +14,8 @@ from runs import flags
 import office31
 from conftest import ROOT, make_tree
 from data_loader import load_domain
-from runs.optimizer import annealed, make_optimizer, set_progress
+from common.schedule import annealed, set_progress
+from runs.optimizer import make_optimizer
 
 TINY = ["--model=resnet18", "--weights=none", "--resize_size=40", "--crop_size=32", "--epochs=2",
         "--iters_per_epoch=4", "--batch_size=8", "--num_workers=0", "--device=cpu", "--amp=off"]  # (auto: tested apart)
