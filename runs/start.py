@@ -136,8 +136,21 @@ def check_classes(c, source, classes):
 
 def state_dict(path):
     """The state_dict in the weights file of a --start_from value; a UserError where the file is not one that
-    torch.save wrote of a state_dict (damaged: cut short, overwritten)."""
+    torch.save wrote of a state_dict (damaged: cut short, overwritten). Read once for the checks of every setting
+    and the runs after them (read_weights)."""
     _, weights = files(path)
+    try:
+        stat = os.stat(weights)
+    except OSError as e:
+        raise UserError(f"--start_from={path}: {weights} cannot be read ({e.strerror or e}). Train that run again "
+                        "(--rerun=True), or name another run.") from None
+    return read_weights(path, weights, stat.st_size, stat.st_mtime)
+
+
+@functools.lru_cache(maxsize=1)
+def read_weights(path, weights, size, mtime):
+    """state_dict's reading, kept for the next call on the same file (size and mtime: a file rewritten is read
+    again). The tensors are only ever copied from (load_state_dict), so one dict serves every run."""
     try:
         found = torch.load(weights, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:  # (its own words advise weights_only=False: not for a file of unknown bytes)
