@@ -87,17 +87,19 @@ def add_to_mapping(path, opening, lines):
         f.writelines(text[:end] + [lines] + text[end:])
 
 
-def add_method(repo):
-    """What the page's method section says: the file, the import with the others, the line at the end of METHODS."""
-    with open(os.path.join(repo, "methods", "entmin.py"), "w", encoding="utf-8") as f:
-        f.write(block_after("Save this as `methods/entmin.py`:"))
+def add_method(repo, file="entmin.py", its_import="add the import with the others at the top",
+               its_line="its line at the end of `METHODS`"):
+    """What the page's method section says: the file, the import with the others, the line at the end of METHODS
+    (the blocks after the page's phrases its_import and its_line)."""
+    with open(os.path.join(repo, "methods", file), "w", encoding="utf-8") as f:
+        f.write(block_after(f"Save this as `methods/{file}`:"))
     path = os.path.join(repo, "methods", "__init__.py")
     with open(path, encoding="utf-8") as f:
         lines = f.read().splitlines(keepends=True)
     last = max(i for i, line in enumerate(lines) if line.startswith("from methods."))
     with open(path, "w", encoding="utf-8") as f:
-        f.writelines(lines[:last + 1] + [block_after("add the import with the others at the top")] + lines[last + 1:])
-    add_to_mapping(path, "METHODS = {", block_after("its line at the end of `METHODS`"))
+        f.writelines(lines[:last + 1] + [block_after(its_import)] + lines[last + 1:])
+    add_to_mapping(path, "METHODS = {", block_after(its_line))
 
 
 def page_command(phrase):
@@ -169,23 +171,10 @@ def test_the_pages_method_runs_in_a_sweep_beside_source_only_its_layers_at_lr_mu
     assert widths == {"source_only": 0, "entmin": 256}  # the page's bottleneck, the class's
 
 
-def add_stage_method(repo):
-    """What the page's section on a method that starts from a trained model says: SHOT-IM's file, import and line."""
-    with open(os.path.join(repo, "methods", "shot_im.py"), "w", encoding="utf-8") as f:
-        f.write(block_after("Save this as `methods/shot_im.py`:"))
-    path = os.path.join(repo, "methods", "__init__.py")
-    with open(path, encoding="utf-8") as f:
-        lines = f.read().splitlines(keepends=True)
-    last = max(i for i, line in enumerate(lines) if line.startswith("from methods."))
-    with open(path, "w", encoding="utf-8") as f:
-        f.writelines(lines[:last + 1] + [block_after("register it as above, with its import")] + lines[last + 1:])
-    add_to_mapping(path, "METHODS = {", block_after("and its line at the end of `METHODS`:"))
-
-
 @pytest.mark.slow
 def test_the_pages_source_free_method_starts_from_the_source_stage_shot_trains_once(tmp_path):
     repo = copy_repository(tmp_path / "repo")
-    add_stage_method(repo)
+    add_method(repo, "shot_im.py", "register it as above, with its import", "and its line at the end of `METHODS`:")
     root = make_tree(tmp_path / "office31", {"amazon": 2, "dslr": 2, "webcam": 2}, size=(20, 20))
     args = page_command("and compare it with SHOT: the sweep trains `shot_source` once")
     assert args[0] == "--method=shot,shot_im"
