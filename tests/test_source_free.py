@@ -79,12 +79,17 @@ def value_and_gradient(loss, logits, **kwargs):
     return value.detach().double(), z.grad.double()
 
 
-def test_information_maximisation_is_mean_entropy_minus_entropy_of_the_mean_with_its_gradient():
+def assert_equal_on_every_batch(loss, reference):
+    """loss (the product's) and reference (the test's float64 formula) agree in value and gradient on batches()."""
     for name, logits in batches().items():
-        value, grad = value_and_gradient(SHOT.information_maximisation, logits)
-        expected, expected_grad = value_and_gradient(information_maximisation64, logits.double())
+        value, grad = value_and_gradient(loss, logits)
+        expected, expected_grad = value_and_gradient(reference, logits.double())
         assert value.item() == pytest.approx(expected.item(), rel=1e-5, abs=1e-6), name
         assert torch.allclose(grad, expected_grad, rtol=1e-4, atol=1e-7), (name, grad, expected_grad)
+
+
+def test_information_maximisation_is_mean_entropy_minus_entropy_of_the_mean_with_its_gradient():
+    assert_equal_on_every_batch(SHOT.information_maximisation, information_maximisation64)
     # the paper's extremes: confident and diverse, about -log K (below zero by the diversity); one class, about 0
     assert information_maximisation64(batches()["confident"].double()).item() == pytest.approx(-np.log(5), abs=1e-3)
     assert abs(information_maximisation64(batches()["one_class"].double()).item()) < 1e-3
@@ -210,11 +215,7 @@ def test_pseudo_labels_are_the_rounds_given():
 
 
 def test_tents_mean_entropy_with_its_gradient():
-    for name, logits in batches().items():
-        value, grad = value_and_gradient(TENT.mean_entropy, logits)
-        expected, expected_grad = value_and_gradient(mean_entropy64, logits.double())
-        assert value.item() == pytest.approx(expected.item(), rel=1e-5, abs=1e-6), name
-        assert torch.allclose(grad, expected_grad, rtol=1e-4, atol=1e-7), (name, grad, expected_grad)
+    assert_equal_on_every_batch(TENT.mean_entropy, mean_entropy64)
     assert mean_entropy64(batches()["uniform"].double()).item() == pytest.approx(np.log(5))  # (the reference)
 
 
