@@ -20,6 +20,13 @@ def accuracies(rows, method, task):
                   and (r["source"], r["target"]) == TASKS[task])
 
 
+def bare_report(out, capsys, *flags):
+    """What `office31.py --out_dir=out --report` prints (flags given narrow it), and that alone."""
+    capsys.readouterr()
+    office31.main([f"--out_dir={out}", "--report", *flags])
+    return capsys.readouterr().out
+
+
 def test_a_sweep_writes_its_table_as_markdown_csv_and_latex(tmp_path, capsys):
     root = make_tree(tmp_path / "office31", {"amazon": 2, "webcam": 2}, size=(20, 20))
     out = tmp_path / "out"
@@ -163,9 +170,7 @@ def test_a_bare_report_lists_every_experiment_and_prints_each_table_and_flags_na
     out = tmp_path / "out"
     sweep(root, out, "--tasks=A-W,W-A", "--method=source_only,coral")
     sweep(root, out, "--tasks=A-W", "--seeds=2", "--epochs=2")  # another experiment: two epochs
-    capsys.readouterr()
-    office31.main([f"--out_dir={out}", "--report"])  # nothing else: no data_root, no sweep flags
-    shown = capsys.readouterr().out
+    shown = bare_report(out, capsys)  # nothing else: no data_root, no sweep flags
     assert f"{out / 'results.jsonl'}: 6 runs of 3 experiments, which differ in method, trade_off, epochs:" in shown
     assert "  1. method=source_only  trade_off=0.0  epochs=1: 2 runs, A→W, W→A, seed 0" in shown
     assert "  2. method=coral  trade_off=1.0  epochs=1: 2 runs, A→W, W→A, seed 0" in shown
@@ -177,9 +182,7 @@ def test_a_bare_report_lists_every_experiment_and_prints_each_table_and_flags_na
     assert len(wrote) == 2 and len(set(files)) == 12 and all(os.path.exists(path) for path in files)
     assert sorted(os.path.basename(path).split("_")[0] for path in files) == \
         ["curves"] * 2 + ["selection"] * 3 + ["table"] * 6 + ["validators"]  # (two methods to choose from: one table)
-    capsys.readouterr()
-    office31.main([f"--out_dir={out}", "--report", "--epochs", "2"])  # a flag given narrows it down
-    shown = capsys.readouterr().out
+    shown = bare_report(out, capsys, "--epochs", "2")  # a flag given narrows it down
     assert ": 2 runs of 1 experiment:" in shown and shown.count("\noffice31, resnet18 (none), ") == 1
     with pytest.raises(SystemExit, match="has no results for resnet50"):
         office31.main([f"--out_dir={out}", "--report", "--model=resnet50"])
@@ -201,9 +204,7 @@ def test_a_report_reads_rows_of_every_older_shape_and_lists_a_source_val_they_le
     no_precision = dict(left_out, seed=3, config={k: v for k, v in left_out["config"].items() if k != "precision"})
     for row in (set_alone, left_out, no_precision):
         store.append_row(str(out / "results.jsonl"), row)
-    capsys.readouterr()
-    office31.main([f"--out_dir={out}", "--report"])
-    shown = capsys.readouterr().out
+    shown = bare_report(out, capsys)
     assert f"{out / 'results.jsonl'}: 4 runs of 2 experiments, which differ in source_val:" in shown
     assert "  1. source_val=0.0: 2 runs, A→W, seeds 0, 2" in shown
     assert "  2. source_val=0.2: 2 runs, A→W, seeds 0, 1" in shown
@@ -222,18 +223,14 @@ def test_a_bare_report_keeps_apart_experiments_that_differ_only_in_the_dataset(t
     for name in ("office31", "mine"):  # the same flags on two data_root folders of different names
         root = make_tree(tmp_path / name, {"amazon": 2, "webcam": 2}, size=(20, 20))
         sweep(root, out)  # (a single run: no table of its own)
-    capsys.readouterr()
-    office31.main([f"--out_dir={out}", "--report"])
-    shown = capsys.readouterr().out
+    shown = bare_report(out, capsys)
     assert f"{out / 'results.jsonl'}: 2 runs of 2 experiments, which differ in dataset:" in shown
     assert "  1. dataset=office31: 1 run, A→W, seed 0" in shown and "  2. dataset=mine: 1 run, A→W, seed 0" in shown
     assert shown.count("\noffice31, resnet18 (none), source_only, fp32, final model") == 1
     assert shown.count("\nmine, resnet18 (none), source_only, fp32, final model") == 1
     assert len([line for line in shown.splitlines() if line.startswith("wrote ")]) == 2
     sweep(tmp_path / "mine", out, "--method=coral")  # a method the other dataset has not: its own table
-    capsys.readouterr()
-    office31.main([f"--out_dir={out}", "--report"])
-    shown = capsys.readouterr().out
+    shown = bare_report(out, capsys)
     assert ": 3 runs of 3 experiments, which differ in dataset, method, trade_off:" in shown
     assert shown.count("\noffice31, resnet18 (none), source_only, fp32, final model") == 1
     assert shown.count("\nmine, resnet18 (none), source_only / coral, fp32, final model") == 1
@@ -293,9 +290,7 @@ def test_a_reports_counts_are_runs_not_rows_in_words_that_agree(tmp_path, capsys
     sweep(root, out, "--tasks=A-W")
     sweep(root, out, "--tasks=A-W", "--rerun=True")
     assert len(rows_of(out)) == 2
-    capsys.readouterr()
-    office31.main([f"--out_dir={out}", "--report"])
-    shown = capsys.readouterr().out
+    shown = bare_report(out, capsys)
     assert f"{out / 'results.jsonl'}: 1 run of 1 experiment:" in shown
     assert "  1. office31 resnet18 source_only: 1 run, A→W, seed 0" in shown
     assert "shows 1 run: task A→W; seed 0; runs hash " in shown
